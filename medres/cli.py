@@ -1,0 +1,165 @@
+"""`medres`: the command line, thin verbs over the library (DESIGN §7).
+
+Heavy imports (torch, pandas, pydicom) happen inside each verb so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from medres.errors import MedresError
+
+app = typer.Typer(
+    name="medres",
+    help="Calibrated, uncertainty-aware ResNet classifiers for folders of medical scans.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+datasets_app = typer.Typer(help="Turn public datasets into scan folders.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+console = Console(stderr=True)
+
+
+@contextmanager
+def user_errors():
+    """Turn a MedresError into a one-line red message and exit code 2 (no traceback)."""
+    try:
+        yield
+    except MedresError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+@app.command()
+def ingest(
+    folder: Annotated[Path, typer.Argument(help="Folder of scans (DICOM, NIfTI, PNG/JPEG).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Manifest to write (.parquet).")],
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV with a 'label' column keyed by path, scan_id, series_uid, "
+            "study_uid or patient_id."
+        ),
+    ] = None,
+    site: Annotated[str | None, typer.Option(help="Site name for every scan.")] = None,
+    headers_only: Annotated[
+        bool,
+        typer.Option(
+            "--headers-only",
+            help="Do not decode pixels (fast; geometry is still checked, corrupt pixel "
+            "data is not).",
+        ),
+    ] = False,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when any scan could not be read.")] = False,
+) -> None:
+    """Find every scan under FOLDER and write one manifest row per scan.
+
+    DICOM series are grouped by SeriesInstanceUID (they may span folders), ordered by
+    position, and checked (tilt, missing slices, mixed orientations). Unreadable scans
+    become rows with status=error and the reason; other files are skipped and counted.
+
+    Example:
+
+        medres ingest scans/ --labels scans/labels.csv --site "St Elsewhere" -o cohort.parquet
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from medres.cohort import build_cohort, summary_tables
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with user_errors():
+        with Progress(*columns, console=console, transient=True) as progress:
+            cohort, report = build_cohort(
+                folder,
+                labels=labels,
+                site=site,
+                verify_pixels=not headers_only,
+                progress=progress,
+            )
+        cohort.save(out)
+    for table in summary_tables(cohort, report):
+        Console().print(table)
+    if report.unmatched_labels:
+        shown = ", ".join(map(str, report.unmatched_labels[:5]))
+        console.print(
+            f"[yellow]warning:[/] {len(report.unmatched_labels)} labels match no scan ({shown})"
+        )
+    n_errors = int((cohort.table["status"] == "error").sum())
+    console.print(f"wrote {out} ({len(cohort.table)} rows, {n_errors} with errors)")
+    if strict and n_errors:
+        raise typer.Exit(1)
+
+
+@datasets_app.command("medmnist")
+def datasets_medmnist(
+    npz: Annotated[Path, typer.Argument(help="A MedMNIST v2 file, e.g. pneumoniamnist.npz.")],
+    out: Annotated[
+        Path, typer.Option("-o", "--out", help="Folder to write (replaced if an earlier export).")
+    ],
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Keep the first N images of each split.")
+    ] = None,
+    per_class: Annotated[
+        int | None,
+        typer.Option(min=1, help="Keep the first N images of each class in each split."),
+    ] = None,
+    splits: Annotated[
+        str, typer.Option(help="Comma-separated official splits to export.")
+    ] = "train,val,test",
+) -> None:
+    """Write a MedMNIST .npz as PNG (2D) or NIfTI (3D) files plus labels.csv and SOURCE.md.
+
+    labels.csv has path, label, split (the official MedMNIST split) and an empty
+    patient_id (MedMNIST has no patient ids). Then: medres ingest FOLDER --labels
+    FOLDER/labels.csv -o COHORT.parquet
+
+    Example:
+
+        medres datasets medmnist pneumoniamnist.npz -o pneumonia --per-class 50
+    """
+    from rich.table import Table
+
+    from medres.datasets.medmnist import export_medmnist
+
+    with user_errors():
+        s = export_medmnist(npz, out, splits=splits, limit=limit, per_class=per_class)
+    head = "positives per label" if s.multi_label else "images per class"
+    kind = "3D NIfTI" if s.is_3d else "2D PNG"
+    shape = "x".join(map(str, s.image_shape))
+    table = Table(title=f"{s.dataset}: {s.n_written} {kind} files")
+    table.add_column("split")
+    table.add_column("images", justify="right")
+    table.add_column(head)
+    for split, n in s.counts.items():
+        per_label = ", ".join(f"{k}: {v}" for k, v in s.label_counts[split].items())
+        table.add_row(split, str(n), per_label)
+    Console().print(table)
+    Console().print(
+        f"wrote {s.out_dir} ({shape} images, labels.csv, SOURCE.md) in {s.seconds:.1f} s; "
+        f"md5 of the input {s.md5}"
+    )
+    for w in s.warnings:
+        console.print(f"[yellow]warning:[/] {w}")

@@ -1,0 +1,385 @@
+"""The cohort manifest: one row per scan, saved as Parquet (DESIGN §3).
+
+Columns (see README "Cohort manifest"):
+
+==============  ==========================================================
+scan_id         unique, stable id of the scan (series UID, or relative path)
+path            the scan's file, or the folder holding a DICOM series
+files           every file of the scan (a DICOM series spans many)
+patient_id      PatientID from the header or the labels file; null if unknown
+study_uid       StudyInstanceUID (null for non-DICOM)
+series_uid      SeriesInstanceUID (null for non-DICOM)
+modality        DICOM Modality, or ``NIFTI`` / ``IMAGE`` when the file has none
+site            InstitutionName, or ``--site``
+shape           array shape, channels first: [C, X, Y] or [C, X, Y, Z]
+spacing_mm      voxel size per spatial axis in mm
+pixel_hash      sha256 of the decoded pixels (finds duplicates across splits)
+label           the label joined from the labels file (null if none)
+split           train / val / test (null until ``medres split``)
+status          ``ok`` or ``error``
+error           the reason a scan could not be read (null when ok)
+error_type      the error's class name (ScanReadError, ...)
+==============  ==========================================================
+
+The Parquet file's key-value metadata holds ``medres`` JSON: the medres version,
+the folder ingested, and flags such as ``split_by`` (``patient`` or ``scan``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.table import Table
+
+from medres import __version__
+from medres.errors import ManifestError, ScanError
+from medres.io import discover, read_scan
+
+COLUMNS: tuple[str, ...] = (
+    "scan_id",
+    "path",
+    "files",
+    "patient_id",
+    "study_uid",
+    "series_uid",
+    "modality",
+    "site",
+    "shape",
+    "spacing_mm",
+    "pixel_hash",
+    "label",
+    "split",
+    "status",
+    "error",
+    "error_type",
+)
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+_META_KEY = b"medres"
+
+
+@dataclass
+class Cohort:
+    """A manifest table plus its metadata.
+
+    Attributes:
+        table: one row per scan with :data:`COLUMNS` (extra columns are kept).
+        meta: JSON-serialisable facts about the cohort (version, root, split flags).
+    """
+
+    table: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = [c for c in COLUMNS if c not in self.table.columns]
+        if missing:
+            raise ManifestError(
+                f"cohort manifest lacks columns {missing}; "
+                "rebuild it with `medres ingest FOLDER -o COHORT.parquet`"
+            )
+        dup = self.table["scan_id"][self.table["scan_id"].duplicated()].unique().tolist()
+        if dup:
+            raise ManifestError(f"scan_id must be unique; repeated: {dup[:5]}")
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        """The rows whose scan was read successfully."""
+        return self.table[self.table["status"] == "ok"]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the manifest to ``path`` (Parquet) atomically; returns the path."""
+        path = Path(path)
+        meta = {"version": __version__, **self.meta}
+        table = pa.Table.from_pandas(self.table, preserve_index=False)
+        schema_meta = dict(table.schema.metadata or {})
+        schema_meta[_META_KEY] = json.dumps(meta).encode()
+        table = table.replace_schema_metadata(schema_meta)
+        _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Cohort:
+        """Read a manifest written by :meth:`save`; ManifestError if it is not one."""
+        path = Path(path)
+        if not path.is_file():
+            raise ManifestError(
+                f"no cohort manifest at {path}; create one with "
+                f"`medres ingest FOLDER -o {path.name}`"
+            )
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as e:
+            raise ManifestError(f"{path} is not a readable Parquet manifest: {e}") from e
+        raw = (table.schema.metadata or {}).get(_META_KEY)
+        meta = json.loads(raw) if raw else {}
+        return cls(table.to_pandas(), meta)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path`` so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- ingest
+
+LABEL_KEYS: tuple[str, ...] = ("path", "scan_id", "series_uid", "study_uid", "patient_id")
+
+
+@dataclass
+class IngestReport:
+    """What an ingest found beyond the table: skipped files, duplicates, label matching."""
+
+    root: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    label_key: str | None = None
+    unmatched_labels: list[str] = field(default_factory=list)
+    unlabelled_scans: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def build_cohort(
+    root: str | Path,
+    *,
+    labels: str | Path | None = None,
+    site: str | None = None,
+    verify_pixels: bool = True,
+    progress=None,
+) -> tuple[Cohort, IngestReport]:
+    """Ingest a folder of scans into a cohort manifest.
+
+    Args:
+        root: the folder (any nesting; DICOM series may span sub-folders).
+        labels: optional CSV keyed by one of :data:`LABEL_KEYS` with a ``label``
+            column; other columns (``split``, ``patient_id``, ``site`` ...) join too.
+        site: the site name for every scan (overrides InstitutionName).
+        verify_pixels: decode every scan (catches truncated pixel data, NaN volumes,
+            missing codecs) and record its shape, spacing and pixel hash. Without it
+            only headers are read: DICOM geometry is still checked.
+        progress: optional ``rich.progress.Progress``; one task per phase.
+
+    Every unreadable scan becomes a row with ``status="error"``; nothing raises for a
+    bad file. Raises ManifestError only for a bad labels file.
+    """
+    start = time.perf_counter()
+    root = Path(root).resolve()
+    if not root.exists():
+        raise ManifestError(f"{root} does not exist; pass the folder holding your scans")
+    advance = _progress_task(progress, "Discovering scans", total=None)
+    found = discover(root, progress=advance)
+    rows = [_failure_row(f) for f in found.failures]
+    advance = _progress_task(progress, "Reading scans", total=len(found.scans))
+    for count, source in enumerate(found.scans, start=1):
+        row = _source_row(source)
+        if verify_pixels:
+            try:
+                volume = read_scan(source)
+            except ScanError as e:
+                row.update(status="error", error=e.message, error_type=type(e).__name__)
+            else:
+                row.update(_volume_facts(volume))
+        rows.append(row)
+        if advance is not None:
+            advance(count)
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    if site is not None:
+        table["site"] = site
+    report = IngestReport(str(root), found.skipped, found.duplicates)
+    if labels is not None:
+        table = join_labels(table, labels, root, report)
+    else:
+        report.unlabelled_scans = table.loc[table["status"] == "ok", "scan_id"].tolist()
+    report.seconds = time.perf_counter() - start
+    meta = {"root": str(root), "verified_pixels": verify_pixels, "site": site}
+    return Cohort(table, meta), report
+
+
+def join_labels(table: pd.DataFrame, labels: str | Path, root: Path, report: IngestReport):
+    """Join a labels CSV onto the manifest (see :data:`LABEL_KEYS` for the key column)."""
+    labels = Path(labels)
+    try:
+        given = pd.read_csv(labels, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ManifestError(f"cannot read labels file {labels}: {e}") from e
+    key = next((k for k in LABEL_KEYS if k in given.columns), None)
+    if key is None or "label" not in given.columns:
+        raise ManifestError(
+            f"{labels} needs a 'label' column and one key column among {list(LABEL_KEYS)}; "
+            f"found columns {list(given.columns)}"
+        )
+    given = given.replace("", None)
+    repeated = given[key][given[key].duplicated()].unique().tolist()
+    if repeated and key != "patient_id":
+        raise ManifestError(f"{labels}: {key} values repeat ({repeated[:5]}); each must be unique")
+    if key == "patient_id":
+        given = _one_label_per_patient(given, labels)
+    report.label_key = key
+    ids = table[key].astype("string")
+    if key == "path":  # accept paths relative to the ingested folder or absolute
+        ids = table["path"].map(lambda p: _relative_to(p, root))
+        given["path"] = given["path"].map(lambda p: _relative_to(p, root))
+    lookup = given.set_index(key)
+    matched = ids.isin(lookup.index)
+    for column in [c for c in lookup.columns if c != key]:
+        values = ids.map(lookup[column])
+        if column in table.columns and column != "label":
+            table[column] = table[column].where(table[column].notna(), values)
+        else:
+            table[column] = values
+    table["label"] = _typed_labels(table["label"])
+    report.unmatched_labels = sorted(set(lookup.index) - set(ids[matched]))
+    ok = table["status"] == "ok"
+    report.unlabelled_scans = table.loc[ok & table["label"].isna(), "scan_id"].tolist()
+    return table
+
+
+def summary_tables(cohort: Cohort, report: IngestReport | None = None):
+    """Rich tables for the terminal: scans by status/reason, patients, classes, sites."""
+    t = cohort.table
+    ok = t[t["status"] == "ok"]
+    overview = Table(title="Cohort", show_header=False)
+    overview.add_row("scans ok", str(len(ok)))
+    overview.add_row("scans with errors", str(int((t["status"] == "error").sum())))
+    overview.add_row("patients", _patients_text(ok))
+    overview.add_row("classes", _counts_text(ok["label"]))
+    overview.add_row("sites", _counts_text(ok["site"]))
+    overview.add_row("modalities", _counts_text(ok["modality"]))
+    if report is not None:
+        overview.add_row("files skipped (not scans)", str(len(report.skipped)))
+        overview.add_row("duplicate files ignored", str(len(report.duplicates)))
+        if report.label_key:
+            overview.add_row("labels joined on", report.label_key)
+            overview.add_row("labels matching no scan", str(len(report.unmatched_labels)))
+        overview.add_row("scans without a label", str(len(report.unlabelled_scans)))
+        overview.add_row("seconds", f"{report.seconds:.2f}")
+    errors = Table(title="Errors by reason")
+    errors.add_column("type")
+    errors.add_column("reason")
+    errors.add_column("scans", justify="right")
+    failed = t[t["status"] == "error"]
+    grouped = failed.groupby(["error_type", failed["error"].map(_reason)], dropna=False).size()
+    for (kind, reason), n in grouped.sort_values(ascending=False).items():
+        errors.add_row(str(kind), str(reason), str(n))
+    return [overview, errors] if len(failed) else [overview]
+
+
+def _source_row(source) -> dict[str, Any]:
+    meta = source.meta
+    return {
+        "scan_id": source.scan_id,
+        "path": source.path,
+        "files": list(source.files),
+        "patient_id": meta.get("patient_id"),
+        "study_uid": meta.get("study_uid"),
+        "series_uid": meta.get("series_uid"),
+        "modality": meta.get("modality") or source.kind.upper(),
+        "site": meta.get("site"),
+        "shape": meta.get("shape"),
+        "spacing_mm": meta.get("spacing_mm"),
+        "status": "ok",
+    }
+
+
+def _failure_row(failure) -> dict[str, Any]:
+    row = {
+        "scan_id": failure.scan_id or failure.path,
+        "path": failure.path,
+        "files": [failure.path],
+        "status": "error",
+        "error": failure.message,
+        "error_type": failure.error_type,
+    }
+    for key in ("patient_id", "study_uid", "series_uid", "modality", "site"):
+        row[key] = failure.meta.get(key)
+    return row
+
+
+def _volume_facts(volume) -> dict[str, Any]:
+    array = np.ascontiguousarray(volume.array)
+    digest = hashlib.sha256(f"{array.shape}{array.dtype}".encode())
+    digest.update(array.tobytes())
+    facts = {
+        "shape": list(array.shape),
+        "spacing_mm": [round(s, 6) for s in volume.spacing_mm],
+        "pixel_hash": digest.hexdigest(),
+    }
+    for key in ("modality", "patient_id", "study_uid", "series_uid", "site"):
+        if volume.meta.get(key):
+            facts[key] = volume.meta[key]
+    return facts
+
+
+def _typed_labels(labels: pd.Series) -> pd.Series:
+    """Integers if every label is an integer, else floats if numeric, else strings."""
+    present = labels.dropna()
+    for dtype in ("Int64", "Float64"):
+        try:
+            converted = pd.to_numeric(labels, errors="raise").astype(dtype)
+        except (ValueError, TypeError):
+            continue
+        if dtype == "Int64" or not present.empty:
+            return converted
+    return labels.astype("string")
+
+
+def _one_label_per_patient(given: pd.DataFrame, labels: Path) -> pd.DataFrame:
+    conflicting = given.groupby("patient_id")["label"].nunique()
+    conflicting = conflicting[conflicting > 1].index.tolist()
+    if conflicting:
+        raise ManifestError(
+            f"{labels}: patients with more than one label ({conflicting[:5]}); key the labels "
+            "by scan_id or path instead"
+        )
+    return given.drop_duplicates("patient_id")
+
+
+def _relative_to(path: str, root: Path) -> str:
+    p = Path(path)
+    if p.is_absolute():
+        try:
+            return p.relative_to(root).as_posix()
+        except ValueError:
+            return p.as_posix()
+    return p.as_posix()
+
+
+def _reason(message) -> str:
+    """The error message up to its first colon or digit run: groups similar errors."""
+    text = str(message)
+    return text.split(":")[0][:60] if text else ""
+
+
+def _counts_text(values: pd.Series) -> str:
+    counts = values.value_counts(dropna=False)
+    return ", ".join(f"{'∅' if pd.isna(k) else k}: {n}" for k, n in counts.items()) or "-"
+
+
+def _patients_text(ok: pd.DataFrame) -> str:
+    missing = int(ok["patient_id"].isna().sum())
+    text = str(ok["patient_id"].nunique())
+    return text + (f" ({missing} scans without a patient id)" if missing else "")
+
+
+def _progress_task(progress, description: str, total: int | None):
+    if progress is None:
+        return None
+    task = progress.add_task(description, total=total)
+    return lambda n: progress.update(task, completed=n)

@@ -1,0 +1,56 @@
+"""The whole medres exception hierarchy (DESIGN §4).
+
+Every message says what was expected, what was found, and what to do. Batch
+boundaries (ingest, predict, evaluate) catch :class:`ScanError` only, record it and
+go on; anything else is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+
+class MedresError(Exception):
+    """Base class of every error medres raises on purpose."""
+
+
+class ConfigError(MedresError):
+    """A configuration file or option is invalid."""
+
+
+class ManifestError(MedresError):
+    """A cohort manifest (or a labels file joined to it) is malformed."""
+
+
+class ScanError(MedresError):
+    """One scan could not be used. ``scan_id`` names it (usually its path)."""
+
+    def __init__(self, scan_id: str, message: str) -> None:
+        super().__init__(f"{scan_id}: {message}")
+        self.scan_id = scan_id
+        self.message = message
+
+    def __reduce__(self):  # keep picklable across worker processes
+        return (type(self), (self.scan_id, self.message))
+
+
+class ScanReadError(ScanError):
+    """The file is not a readable scan: corrupt, truncated, unknown codec, not an image."""
+
+
+class ScanGeometryError(ScanError):
+    """The scan's slices do not form a regular volume (tilt, gaps, mixed orientations)."""
+
+
+class ScanContentError(ScanError):
+    """The scan was read but its pixels are unusable (NaN, constant, wrong shape)."""
+
+
+class LeakageError(MedresError):
+    """The same patient (or identical pixels) appears in more than one split."""
+
+    def __init__(self, message: str, patient_ids: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.patient_ids = list(patient_ids or [])
+
+
+class BundleError(MedresError):
+    """A model bundle is missing, incomplete, or fails verification."""
