@@ -302,7 +302,7 @@ def _failure_row(failure) -> dict[str, Any]:
     row = {
         "scan_id": failure.scan_id or failure.path,
         "path": failure.path,
-        "files": [failure.path],
+        "files": list(failure.files) or [failure.path],
         "status": "error",
         "error": failure.message,
         "error_type": failure.error_type,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from medres import errors
 from medres.errors import ScanReadError
 from medres.io.dicom import has_dicom_preamble, read_dicom, sniff_file_type
 from medres.io.discover import Discovery, Failure, ScanSource, discover
@@ -68,6 +69,10 @@ def _read_folder(path: Path) -> Volume:
     found = discover(path)
     if len(found.scans) == 1:
         return _read_source(found.scans[0])
+    if len(found.failures) == 1 and not found.scans:  # the folder's one scan was refused
+        failure = found.failures[0]
+        error_class = getattr(errors, failure.error_type, ScanReadError)
+        raise error_class(failure.scan_id or failure.path, failure.message)
     if not found.scans:
         detail = f"; first failure: {found.failures[0].message}" if found.failures else ""
         raise ScanReadError(str(path), f"no readable scan in this folder{detail}")

@@ -77,6 +77,7 @@ class Failure:
     message: str
     scan_id: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    files: tuple[str, ...] = ()
 
     @classmethod
     def from_error(cls, path: str, stage: str, error: ScanError, **kw) -> Failure:
@@ -178,7 +179,9 @@ def _group_dicom(headers: list[tuple[str, Dataset]], root: Path, found: Discover
         except ScanError as e:
             source = ScanSource("dicom", files, scan_id, meta)
             found.failures.append(
-                Failure.from_error(source.path, "validate", e, scan_id=scan_id, meta=meta)
+                Failure.from_error(
+                    source.path, "validate", e, scan_id=scan_id, meta=meta, files=files
+                )
             )
             continue
         meta["shape"] = _series_shape(stack, members[0][1])

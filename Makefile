@@ -1,0 +1,37 @@
+# medres: `make demo` sets up and runs the main job; `make test` sets up and runs all tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_OUT := demo-out
+
+.PHONY: install demo test lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/medres ingest examples/chest_xray_small --labels examples/chest_xray_small/labels.csv \
+		-o $(DEMO_OUT)/cohort.parquet
+	$(BIN)/medres split $(DEMO_OUT)/cohort.parquet --seed 0 -o $(DEMO_OUT)/cohort_split.parquet
+	$(BIN)/medres audit $(DEMO_OUT)/cohort_split.parquet
+
+lint: $(STAMP)
+	$(BIN)/ruff check medres tests benchmarks
+	$(BIN)/ruff format --check medres tests benchmarks
+
+test: lint
+	$(BIN)/pytest -q
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix medres tests benchmarks
+	$(BIN)/ruff format medres tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
