@@ -183,3 +183,15 @@ def test_cli_strict_fails_on_bad_scans(tmp_path):
 def test_cli_help_has_an_example():
     result = CliRunner().invoke(app, ["ingest", "--help"])
     assert result.exit_code == 0 and "Example" in result.output
+
+
+@pytest.mark.skipif(not DCM_QA_NIH.exists(), reason="dcm_qa_nih data absent")
+def test_headers_only_ingest_of_600_files_is_well_under_ten_seconds():
+    import time
+
+    start = time.perf_counter()
+    cohort, _ = build_cohort(DCM_QA_NIH, verify_pixels=False)
+    seconds = time.perf_counter() - start
+    shapes = sorted(tuple(s) for s in cohort.table["shape"])
+    assert shapes == [(2, 72, 72, 5)] * 4 + [(10, 64, 64, 15)] * 4  # Siemens mosaics, GE EPI
+    assert seconds < 10, f"took {seconds:.1f} s"
