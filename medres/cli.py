@@ -163,3 +163,97 @@ def datasets_medmnist(
     )
     for w in s.warnings:
         console.print(f"[yellow]warning:[/] {w}")
+
+
+def _print_split_warnings(caught) -> None:
+    """Print each distinct SplitWarning caught during a split or audit, in bold red."""
+    from medres.split import SplitWarning
+
+    for message in dict.fromkeys(str(w.message) for w in caught if w.category is SplitWarning):
+        console.print(f"[bold red]warning:[/] {message}")
+
+
+@app.command("split")
+def split_command(
+    cohort: Annotated[Path, typer.Argument(help="Cohort manifest (.parquet) to split.")],
+    fractions: Annotated[
+        str, typer.Option(help="train,val,test shares summing to 1; val may be 0.")
+    ] = "0.7,0.15,0.15",
+    keep_column: Annotated[
+        str | None,
+        typer.Option(help="Keep the train/val/test split already in this column."),
+    ] = None,
+    holdout_site: Annotated[
+        str | None, typer.Option(help="Make every scan of this site the test set.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="The same seed gives the same split.")] = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option("-o", "--out", help="Manifest to write; default: replace COHORT."),
+    ] = None,
+) -> None:
+    """Split a cohort into train / val / test by patient, stratified by label, and audit it.
+
+    Each patient's scans go to one split; label shares stay close to the cohort's.
+    Scans without a patient id are split one by one, with a loud warning.
+    The result is audited, then written atomically.
+
+    Example:
+
+        medres split cohort.parquet --fractions 0.8,0.1,0.1 --seed 1
+    """
+    import warnings
+
+    from medres.cohort import Cohort
+    from medres.split import (
+        SplitWarning,
+        audit_cohort,
+        parse_fractions,
+        split_cohort,
+        summary_table,
+    )
+
+    with user_errors(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SplitWarning)
+        result = split_cohort(
+            Cohort.load(cohort),
+            fractions=parse_fractions(fractions),
+            seed=seed,
+            keep_column=keep_column,
+            holdout_site=holdout_site,
+        )
+        report = audit_cohort(result)
+        path = result.save(out or cohort)
+    Console().print(summary_table(report, title=f"Split of {path.name}"))
+    _print_split_warnings(caught)
+    console.print(f"wrote {path} (split by {result.meta['split_by']})")
+
+
+@app.command("audit")
+def audit_command(
+    cohort: Annotated[Path, typer.Argument(help="Split cohort manifest (.parquet).")],
+) -> None:
+    """Check that no patient is in two splits (exit 2 if one is) and count each split.
+
+    Identical pixels (same pixel_hash) in two splits are a warning, not an error.
+
+    Example:
+
+        medres audit cohort.parquet
+    """
+    import warnings
+
+    from medres.cohort import Cohort
+    from medres.split import SplitWarning, audit_cohort, summary_table
+
+    with user_errors(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SplitWarning)
+        report = audit_cohort(Cohort.load(cohort))
+    Console().print(summary_table(report, title=f"Audit of {cohort.name}"))
+    _print_split_warnings(caught)
+    if report.scans_without_patient_id:
+        console.print(
+            f"[bold red]warning:[/] {report.scans_without_patient_id} split scans have no "
+            "patient_id: the audit cannot tell whether their patients cross splits"
+        )
+    console.print("no patient appears in more than one split")

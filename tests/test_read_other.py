@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -45,7 +47,7 @@ def test_nifti_full_of_nan_is_a_content_error(tmp_path):
 
 
 def test_truncated_nifti_is_a_read_error(tmp_path):
-    raw = open(f"{NIBABEL_DATA}/anatomical.nii", "rb").read()
+    raw = Path(NIBABEL_DATA, "anatomical.nii").read_bytes()
     (tmp_path / "cut.nii").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ScanReadError):
         read_scan(tmp_path / "cut.nii")
@@ -72,8 +74,9 @@ def test_png_and_dicom_of_the_same_picture_agree(tmp_path):
 
     ds = pydicom.dcmread(get_testdata_file("SC_rgb.dcm"))
     Image.fromarray(ds.pixel_array).save(tmp_path / "same.png")
-    from_dicom, from_png = read_scan(get_testdata_file("SC_rgb.dcm")), read_scan(
-        tmp_path / "same.png"
+    from_dicom, from_png = (
+        read_scan(get_testdata_file("SC_rgb.dcm")),
+        read_scan(tmp_path / "same.png"),
     )
     np.testing.assert_array_equal(from_dicom.array, from_png.array)
     np.testing.assert_allclose(from_dicom.affine, from_png.affine)

@@ -121,11 +121,15 @@ def test_rgb_keeps_three_channels_and_ybr_becomes_rgb():
 
 
 def test_window_values_are_kept():
-    volume = read_scan(_pair("CT_small.dcm"))
-    ds = pydicom.dcmread(_pair("CT_small.dcm"))
-    if "WindowCenter" not in ds:
-        pytest.skip("CT_small has no window")
-    assert volume.meta["window_center"] == pytest.approx(float(np.ravel(ds.WindowCenter)[0]))
+    """The first corpus file with a single WindowCenter keeps it in meta."""
+    for path in IMAGE_FILES:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        center = ds.get("WindowCenter")
+        if ds.get("PhotometricInterpretation") == "MONOCHROME2" and center is not None:
+            break
+    volume = read_scan(path)
+    assert volume.meta["window_center"] == pytest.approx(float(np.ravel(center)[0]))
+    assert volume.meta["window_width"] == pytest.approx(float(np.ravel(ds.WindowWidth)[0]))
 
 
 def test_truncated_pixel_data_is_a_read_error():

@@ -1,0 +1,491 @@
+"""Patient-level splits of a cohort and the leakage audit (DESIGN §1, §7).
+
+:func:`split_cohort` fills the ``split`` column (train / val / test) of the readable
+scans, keeping every patient on one side and each side's label mix close to the whole
+cohort's. It uses scikit-learn's ``StratifiedGroupKFold`` once: the cohort is cut into
+*K* folds balanced by label with patients as groups, and whole folds are handed to
+train, val and test so that their shares match the asked fractions as closely as a
+small *K* allows (within 2 percentage points for the usual fractions).
+
+:func:`audit_cohort` checks a split cohort: a patient on two sides is an error
+(:class:`~medres.errors.LeakageError`); identical pixels on two sides is a warning.
+:func:`summary_table` renders its report for the command line.
+
+Example::
+
+    from medres.cohort import Cohort
+    from medres.split import audit_cohort, split_cohort
+
+    cohort = split_cohort(Cohort.load("cohort.parquet"), fractions=(0.8, 0.1, 0.1), seed=1)
+    print(audit_cohort(cohort).splits["test"].patients)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.table import Table
+
+from medres.cohort import SPLITS, Cohort
+from medres.errors import ConfigError, LeakageError, ManifestError
+
+DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
+SPLIT_ALIASES: dict[str, str] = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+_MAX_FOLDS = 20  # sklearn's greedy is O(patients x folds) Python steps: keep K small
+_FOLD_TOLERANCE = 0.02  # smallest K whose fold shares are this close to every fraction
+_NO_LABEL = "(no label)"
+_SHOW = 5  # ids quoted in a message before "..."
+
+
+class SplitWarning(UserWarning):
+    """A split that is legal but may leak: scans without patient ids, duplicated pixels."""
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    """What one split holds: scans, distinct known patients, and scans per label."""
+
+    scans: int
+    patients: int
+    labels: dict[str, int]
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """The result of :func:`audit_cohort` on a cohort without patient leakage.
+
+    Attributes:
+        splits: counts for each of train / val / test (zero counts included).
+        duplicate_pixels: groups of scan_ids with the same ``pixel_hash`` that sit in
+            different splits (a warning: the same image is seen in training and test).
+        scans_without_patient_id: split scans whose patient is unknown, so the audit
+            could not check them.
+        unsplit_scans: readable scans that have no split yet.
+    """
+
+    splits: dict[str, SplitCounts]
+    duplicate_pixels: list[list[str]] = field(default_factory=list)
+    scans_without_patient_id: int = 0
+    unsplit_scans: int = 0
+
+
+def parse_fractions(text: str) -> tuple[float, float, float]:
+    """Parse ``"0.7,0.15,0.15"`` into validated fractions; ConfigError if it is not that."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(_fractions_hint(text)) from None
+    return check_fractions(values)
+
+
+def check_fractions(
+    fractions: Sequence[float], need_test: bool = True
+) -> tuple[float, float, float]:
+    """Return ``fractions`` as three floats in [0, 1] summing to 1, train > 0.
+
+    ``need_test=False`` (site hold-out, where the site is the test set) lets the test
+    fraction be zero. A zero val fraction is always allowed.
+    """
+    try:
+        values = tuple(float(f) for f in fractions)
+    except (TypeError, ValueError):
+        raise ConfigError(_fractions_hint(fractions)) from None
+    if (
+        len(values) != 3
+        or not all(math.isfinite(f) and 0.0 <= f <= 1.0 for f in values)
+        or abs(sum(values) - 1.0) > 1e-6
+    ):
+        raise ConfigError(_fractions_hint(fractions))
+    if values[0] == 0.0:
+        raise ConfigError(f"the train fraction must be above 0; {_fractions_hint(fractions)}")
+    if need_test and values[2] == 0.0:
+        raise ConfigError(
+            f"the test fraction must be above 0 (or hold out a site); {_fractions_hint(fractions)}"
+        )
+    return values  # type: ignore[return-value]
+
+
+def _fractions_hint(got: object) -> str:
+    return (
+        "fractions must be three numbers train,val,test in [0, 1] that sum to 1, "
+        f"e.g. 0.7,0.15,0.15 (val may be 0: 0.8,0,0.2); got {got!r}"
+    )
+
+
+def split_cohort(
+    cohort: Cohort,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    keep_column: str | None = None,
+    holdout_site: str | None = None,
+) -> Cohort:
+    """Return a new cohort whose readable scans (status ``ok``) have a ``split``.
+
+    Args:
+        cohort: the manifest to split; it is not modified.
+        fractions: train, val, test shares of the scans (sum 1; val may be 0).
+        seed: the same seed gives the same split.
+        keep_column: use the train/val/test values already in this column
+            (``valid`` / ``validation`` mean val) instead of drawing a split.
+        holdout_site: every scan of this site becomes test; the other sites are
+            split into train and val in proportion to ``fractions[:2]``.
+
+    Every patient's scans land in one split, with label proportions close to the
+    cohort's. Scans without a patient id are split one by one, with a
+    :class:`SplitWarning` and ``meta["split_by"] == "scan"``. Error rows keep a null
+    split. The result is audited (:func:`audit_cohort`) before it is returned.
+
+    Raises:
+        ConfigError: bad fractions, unknown site or column, a cohort too small.
+        ManifestError: no readable scans, or missing / unknown values in keep_column.
+        LeakageError: a patient on two sides (kept split, or a held-out site).
+    """
+    if keep_column is not None and holdout_site is not None:
+        raise ConfigError("pass either keep_column or holdout_site, not both")
+    values = check_fractions(fractions, need_test=holdout_site is None)
+    table = cohort.table
+    ok = (table["status"] == "ok").to_numpy()
+    if not ok.any():
+        raise ManifestError(
+            "the cohort has no readable scans (status 'ok') to split; "
+            "check the error column of the manifest"
+        )
+    if keep_column is not None:
+        assigned = _kept_split(table[ok], keep_column)
+    elif holdout_site is not None:
+        assigned = _site_split(table[ok], holdout_site, values, seed)
+    else:
+        assigned = _stratified_split(table[ok], values, seed)
+
+    no_patient = int(_patient_ids(table[ok]).isna().sum())
+    if no_patient:
+        how = (
+            f"their split was kept from column {keep_column!r} unchecked"
+            if keep_column
+            else "they were split scan by scan"
+        )
+        warnings.warn(
+            f"{no_patient} of {int(ok.sum())} scans have no patient_id: {how}, so scans of "
+            "one patient may sit in both train and test (leakage the audit cannot see). "
+            "Add patient ids to the manifest and re-run `medres split`.",
+            SplitWarning,
+            stacklevel=2,
+        )
+    split = np.full(len(table), None, dtype=object)
+    split[ok] = assigned
+    out = table.copy()
+    out["split"] = pd.array(split, dtype="str")
+    meta = {
+        **cohort.meta,
+        "split_by": "scan" if no_patient else "patient",
+        "split_scans_without_patient_id": no_patient,
+        "split_fractions": None if keep_column else list(values),
+        "split_seed": None if keep_column else int(seed),
+        "split_keep_column": keep_column,
+        "split_holdout_site": holdout_site,
+    }
+    result = Cohort(out, meta)
+    audit_cohort(result)
+    return result
+
+
+def _patient_ids(rows: pd.DataFrame) -> pd.Series:
+    """The patient_id column as text, with blank ids (``""``) treated as unknown (NA)."""
+    ids = rows["patient_id"].astype(object).where(rows["patient_id"].notna(), None)
+    ids = ids.map(lambda v: None if v is None or str(v).strip() == "" else str(v))
+    return ids
+
+
+def _groups(rows: pd.DataFrame) -> np.ndarray:
+    """Integer group per row: its patient, or the scan itself when the patient is unknown.
+
+    Codes come from sorted keys, so the split does not depend on row order.
+    """
+    patients = _patient_ids(rows)
+    keys = np.where(
+        patients.isna(),
+        "s:" + rows["scan_id"].astype(str),
+        "p:" + patients.fillna("").astype(str),
+    )
+    return np.unique(keys, return_inverse=True)[1]
+
+
+def _label_codes(rows: pd.DataFrame) -> np.ndarray:
+    """Integer class per row for stratification; a null label is a class of its own."""
+    names = [_label_name(v) for v in rows["label"]]
+    return np.unique(np.array(names, dtype=object), return_inverse=True)[1]
+
+
+def _label_name(value: Any) -> str:
+    """A label as text: ``1.0`` (an int column with nulls) prints as ``1``."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return _NO_LABEL
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _stratified_split(rows: pd.DataFrame, fractions: Sequence[float], seed: int) -> np.ndarray:
+    """Split names for ``rows`` drawn by StratifiedGroupKFold (patients as groups)."""
+    return _fold_split(_label_codes(rows), _groups(rows), fractions, seed)
+
+
+def _fold_split(
+    labels: np.ndarray, groups: np.ndarray, fractions: Sequence[float], seed: int
+) -> np.ndarray:
+    """Cut into K label-balanced group folds and hand whole folds to each split."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    wanted = sum(f > 0 for f in fractions)
+    n_groups = len(np.unique(groups))
+    if n_groups < wanted:
+        raise ConfigError(
+            f"cannot fill {wanted} splits from {n_groups} patient(s); add scans, or ask "
+            "for fewer splits (e.g. --fractions 0.8,0,0.2)"
+        )
+    largest_class = int(np.bincount(labels).max())
+    if largest_class < wanted:  # every class too rare to stratify: split by group only
+        labels = np.zeros_like(labels)
+        largest_class = len(labels)
+    k, counts = _fold_allocation(fractions, min(_MAX_FOLDS, n_groups, largest_class))
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # "least populated class has fewer members than K"
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        folds = [test for _, test in splitter.split(np.zeros(len(labels)), labels, groups)]
+    names = np.empty(len(labels), dtype=object)
+    start = 0
+    for name, count in zip(SPLITS, counts, strict=True):
+        for test in folds[start : start + count]:
+            names[test] = name
+        start += count
+    empty = [name for name, f in zip(SPLITS, fractions, strict=True) if f > 0]
+    empty = [name for name in empty if not (names == name).any()]
+    if empty:
+        raise ConfigError(
+            f"the {'/'.join(empty)} split came out empty ({n_groups} patients); the cohort "
+            "is too small for these fractions: add scans or set that fraction to 0"
+        )
+    return names
+
+
+def _fold_allocation(fractions: Sequence[float], max_folds: int) -> tuple[int, tuple[int, ...]]:
+    """Pick K folds and how many go to each split so shares approximate ``fractions``.
+
+    The smallest K within ``_FOLD_TOLERANCE`` of every fraction wins (fewer folds are
+    faster and better balanced); otherwise the closest K up to ``max_folds``.
+    Each split with a positive fraction gets at least one fold; a zero fraction none.
+    """
+    best: tuple[float, int, tuple[int, ...]] | None = None
+    for k in range(2, max(max_folds, 2) + 1):
+        counts = _apportion(fractions, k)
+        if counts is None:
+            continue
+        error = max(abs(c / k - f) for c, f in zip(counts, fractions, strict=True))
+        if best is None or error < best[0] - 1e-12:
+            best = (error, k, counts)
+        if error <= _FOLD_TOLERANCE:
+            break
+    if best is None:  # max_folds too small for the splits asked: guarded by the caller
+        raise ConfigError(f"cannot split into {fractions} with only {max_folds} fold(s)")
+    return best[1], best[2]
+
+
+def _apportion(fractions: Sequence[float], k: int) -> tuple[int, ...] | None:
+    """Fold counts summing to ``k``: >= 1 where the fraction is > 0, 0 where it is 0.
+
+    Largest-remainder rounding of ``fraction * k``; None if ``k`` is too small.
+    """
+    positive = [f > 0 for f in fractions]
+    if sum(positive) > k:
+        return None
+    counts = [max(int(f * k), 1) if p else 0 for f, p in zip(fractions, positive, strict=True)]
+    while sum(counts) > k:  # the minimum of one fold overshot: take from the largest
+        counts[int(np.argmax(counts))] -= 1
+    while sum(counts) < k:
+        short = [
+            f * k - c if p else -math.inf
+            for f, c, p in zip(fractions, counts, positive, strict=True)
+        ]
+        counts[int(np.argmax(short))] += 1
+    return tuple(counts)
+
+
+def _site_split(rows: pd.DataFrame, site: str, fractions: Sequence[float], seed: int) -> np.ndarray:
+    """All scans of ``site`` are test; the rest is train/val by ``fractions[:2]``."""
+    sites = sorted(rows["site"].dropna().astype(str).unique())
+    if site not in sites:
+        present = sites or "none (ingest with --site NAME to record one)"
+        raise ConfigError(f"no site {site!r} in the cohort; sites present: {present}")
+    held = (rows["site"].notna() & (rows["site"].astype(str) == site)).to_numpy()
+    if held.all():
+        raise ConfigError(f"every readable scan is from site {site!r}; nothing is left to train on")
+    patients = _patient_ids(rows)
+    known = patients.notna().to_numpy()
+    both = sorted(set(patients[held & known]) & set(patients[~held & known]))
+    if both:
+        raise LeakageError(
+            f"{len(both)} patient(s) have scans at the held-out site {site!r} and at "
+            f"other sites: {_quote(both)}; a site hold-out needs every patient at one "
+            "site: remove their other-site scans, or split without --holdout-site",
+            both,
+        )
+    names = np.full(len(rows), "test", dtype=object)
+    train, val = fractions[0], fractions[1]
+    rest = rows[~held]
+    names[~held] = _fold_split(
+        _label_codes(rest),
+        _groups(rest),
+        (train / (train + val), val / (train + val), 0.0),
+        seed,
+    )
+    return names
+
+
+def _kept_split(rows: pd.DataFrame, column: str) -> np.ndarray:
+    """The predefined split in ``column``, normalised to train/val/test."""
+    if column not in rows.columns:
+        raise ConfigError(
+            f"no column {column!r} in the manifest to keep a split from; "
+            f"columns: {list(rows.columns)}"
+        )
+    raw = rows[column]
+    missing = raw.isna() | (raw.astype(str).str.strip() == "")
+    if missing.any():
+        ids = rows["scan_id"][missing].astype(str).tolist()
+        raise ManifestError(
+            f"{len(ids)} of {len(rows)} readable scans have no value in column "
+            f"{column!r}: {_quote(ids)}; fill them with train/val/test, or drop "
+            "--keep-column to draw a split"
+        )
+    normal = raw.astype(str).str.strip().str.lower().map(SPLIT_ALIASES)
+    if normal.isna().any():
+        bad = sorted(raw[normal.isna()].astype(str).unique())
+        raise ManifestError(
+            f"column {column!r} holds values that are not a split: {_quote(bad)}; "
+            f"use one of {sorted(SPLIT_ALIASES)}"
+        )
+    return normal.to_numpy(dtype=object)
+
+
+def audit_cohort(cohort: Cohort) -> AuditReport:
+    """Check a split cohort for leakage and count what each split holds.
+
+    Only readable scans (status ``ok``) with a split are considered.
+
+    Raises:
+        LeakageError: a patient_id appears in two splits (``patient_ids`` lists them).
+        ManifestError: a split value other than train / val / test.
+
+    Scans with identical ``pixel_hash`` in different splits are reported in
+    ``duplicate_pixels`` and raise a :class:`SplitWarning`, not an error.
+    """
+    table = cohort.table
+    ok = table[table["status"] == "ok"]
+    rows = ok[ok["split"].notna()]
+    unknown = sorted(set(rows["split"].astype(str)) - set(SPLITS))
+    if unknown:
+        raise ManifestError(
+            f"split values {unknown} are not train/val/test; re-split with "
+            "`medres split COHORT.parquet --keep-column split` to normalise them"
+        )
+    _check_patients(rows)
+    duplicates = _duplicate_pixels(rows)
+    if duplicates:
+        warnings.warn(
+            f"{len(duplicates)} group(s) of scans have identical pixels but sit in "
+            f"different splits: {_quote([', '.join(g) for g in duplicates])}; the same "
+            "image in training and test inflates the metrics: drop the copies or put "
+            "them in one split",
+            SplitWarning,
+            stacklevel=2,
+        )
+    return AuditReport(
+        splits={name: _counts(rows[rows["split"] == name]) for name in SPLITS},
+        duplicate_pixels=duplicates,
+        scans_without_patient_id=int(_patient_ids(rows).isna().sum()),
+        unsplit_scans=int(ok["split"].isna().sum()),
+    )
+
+
+def _check_patients(rows: pd.DataFrame) -> None:
+    """LeakageError listing every patient whose scans sit in more than one split."""
+    patients = _patient_ids(rows)
+    known = rows[patients.notna()]
+    patient = patients[patients.notna()]
+    sides = known.groupby(patient)["split"].nunique()
+    ids = sorted(sides.index[sides > 1])
+    if not ids:
+        return
+    shown = []
+    for pid in ids[:_SHOW]:
+        names = sorted(set(known["split"][patient == pid]), key=SPLITS.index)
+        shown.append(f"{pid} ({', '.join(names)})")
+    raise LeakageError(
+        f"{len(ids)} patient(s) appear in more than one split: {_quote(shown, len(ids))}; "
+        "a model tested on patients it trained on looks better than it is: re-split "
+        "with `medres split COHORT.parquet`",
+        ids,
+    )
+
+
+def _duplicate_pixels(rows: pd.DataFrame) -> list[list[str]]:
+    """Sorted groups of scan_ids sharing a non-null pixel_hash across different splits."""
+    hashed = rows[rows["pixel_hash"].notna()]
+    groups = []
+    for _, group in hashed.groupby("pixel_hash"):
+        if group["split"].nunique() > 1:
+            groups.append(sorted(group["scan_id"].astype(str)))
+    return sorted(groups)
+
+
+def _counts(rows: pd.DataFrame) -> SplitCounts:
+    labels = pd.Series([_label_name(v) for v in rows["label"]], dtype=object)
+    return SplitCounts(
+        scans=len(rows),
+        patients=int(_patient_ids(rows).nunique()),
+        labels={str(k): int(v) for k, v in sorted(labels.value_counts().items())},
+    )
+
+
+def _quote(items: Sequence[str], total: int | None = None) -> str:
+    """The first few items, and how many more (of ``total``, default ``len(items)``)."""
+    total = len(items) if total is None else total
+    shown = ", ".join(map(str, items[:_SHOW]))
+    more = total - min(len(items), _SHOW)
+    return shown + (f" ... and {more} more" if more > 0 else "")
+
+
+def summary_table(report: AuditReport, title: str = "Cohort split") -> Table:
+    """A rich table: per split, scans, patients, and scans per label (with shares)."""
+    table = Table(title=title)
+    table.add_column("split")
+    table.add_column("scans", justify="right")
+    table.add_column("patients", justify="right")
+    table.add_column("labels (scans, % of split)")
+    for name, counts in report.splits.items():
+        labels = "\n".join(
+            f"{label}: {n} ({100 * n / counts.scans:.0f}%)" for label, n in counts.labels.items()
+        )
+        table.add_row(name, str(counts.scans), str(counts.patients), labels or "-")
+    notes = []
+    if report.scans_without_patient_id:
+        notes.append(f"{report.scans_without_patient_id} scans without patient id (unchecked)")
+    if report.unsplit_scans:
+        notes.append(f"{report.unsplit_scans} readable scans without a split")
+    if notes:
+        table.caption = "; ".join(notes)
+    return table
