@@ -116,7 +116,7 @@ def check_fractions(
         raise ConfigError(
             f"the test fraction must be above 0 (or hold out a site); {_fractions_hint(fractions)}"
         )
-    return values  # type: ignore[return-value]
+    return values[0], values[1], values[2]
 
 
 def _fractions_hint(got: object) -> str:
@@ -231,8 +231,13 @@ def _label_codes(rows: pd.DataFrame) -> np.ndarray:
 
 
 def _label_name(value: Any) -> str:
-    """A label as text: ``1.0`` (an int column with nulls) prints as ``1``."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
+    """A label as text: ``1.0`` (an int column with nulls) prints as ``1``.
+
+    A multi-label vector (list or array) becomes one class per distinct vector.
+    """
+    if value is not None and not pd.api.types.is_scalar(value):
+        return ",".join(_label_name(v) for v in value)
+    if value is None or pd.isna(value):
         return _NO_LABEL
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -407,7 +412,7 @@ def audit_cohort(cohort: Cohort) -> AuditReport:
     if duplicates:
         warnings.warn(
             f"{len(duplicates)} group(s) of scans have identical pixels but sit in "
-            f"different splits: {_quote([', '.join(g) for g in duplicates])}; the same "
+            f"different splits: {_quote(['[' + ', '.join(g) + ']' for g in duplicates])}; the same "
             "image in training and test inflates the metrics: drop the copies or put "
             "them in one split",
             SplitWarning,

@@ -77,7 +77,7 @@ def cohorts(draw):
     return patients_cohort(labels, scans)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cohort=cohorts(), seed=st.integers(0, 2**31 - 1))
 def test_split_is_patient_level_stratified_and_reproducible(cohort, seed):
     out = split_cohort(cohort, seed=seed)
@@ -89,11 +89,12 @@ def test_split_is_patient_level_stratified_and_reproducible(cohort, seed):
     pd.testing.assert_series_equal(split_cohort(cohort, seed=seed).table["split"], table["split"])
 
     # Class shares per split, on scans (what StratifiedGroupKFold balances). Whole
-    # patients (up to 6 scans) move between splits, so on small cohorts a split of ~15
-    # patients cannot match the cohort closely; from 100 patients on, 400 random
-    # cohorts never deviated by more than 7.1 points (a rare class with ~3 patients is
-    # the worst case), while a patient-level split that ignores labels misses 8 points
-    # in most cohorts of that size. Hence: >= 100 patients, +-8 percentage points.
+    # patients (up to 6 scans) move between splits, so a split of ~15 patients cannot
+    # match the cohort closely; below 100 patients we do not check. From 100 patients
+    # on, 400 random cohorts never deviated by more than 7.1 points (the worst: a rare
+    # class of ~3 patients) and 300 examples of this test passed, while the same
+    # split with stratification switched off misses 8 points in ~40% of such cohorts.
+    # Hence: >= 100 patients, +-8 percentage points.
     if table["patient_id"].nunique() >= 100:
         whole = table["label"].value_counts(normalize=True)
         for name in SPLITS:
