@@ -329,14 +329,11 @@ def _volume_facts(volume) -> dict[str, Any]:
 
 def _typed_labels(labels: pd.Series) -> pd.Series:
     """Integers if every label is an integer, else floats if numeric, else strings."""
-    present = labels.dropna()
     for dtype in ("Int64", "Float64"):
         try:
-            converted = pd.to_numeric(labels, errors="raise").astype(dtype)
+            return pd.to_numeric(labels, errors="raise").astype(dtype)
         except (ValueError, TypeError):
             continue
-        if dtype == "Int64" or not present.empty:
-            return converted
     return labels.astype("string")
 
 
@@ -362,7 +359,7 @@ def _relative_to(path: str, root: Path) -> str:
 
 
 def _reason(message) -> str:
-    """The error message up to its first colon or digit run: groups similar errors."""
+    """The error message up to its first colon (60 characters at most): groups similar errors."""
     text = str(message)
     return text.split(":")[0][:60] if text else ""
 

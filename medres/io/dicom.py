@@ -21,7 +21,7 @@ from pydicom.pixels import apply_color_lut, get_decoder
 
 from medres.errors import ScanContentError, ScanReadError
 from medres.io.geometry import Frame, Stack, stack_frames
-from medres.io.volume import Volume
+from medres.io.volume import Volume, require_finite
 
 with warnings.catch_warnings():  # nibabel warns that its DICOM *series* readers are young;
     warnings.simplefilter("ignore")  # we use only its per-file Siemens CSA/mosaic parsing.
@@ -162,6 +162,7 @@ def frames_of(ds: Dataset, file_index: int = 0) -> list[Frame]:
 def scan_meta(ds: Dataset) -> dict[str, Any]:
     """Identifying and display facts kept with the scan (strings, numbers or None)."""
     window_center, window_width = _window(ds)
+    syntax = _transfer_syntax(ds)
     return {
         "format": "dicom",
         "modality": _text(ds.get("Modality")),
@@ -173,7 +174,7 @@ def scan_meta(ds: Dataset) -> dict[str, Any]:
         "series_description": _text(ds.get("SeriesDescription")),
         "body_part": _text(ds.get("BodyPartExamined")),
         "photometric": _text(ds.get("PhotometricInterpretation")),
-        "transfer_syntax": _transfer_syntax(ds).name if _transfer_syntax(ds) else None,
+        "transfer_syntax": syntax.name if syntax else None,
         "window_center": window_center,
         "window_width": window_width,
     }
@@ -235,9 +236,7 @@ def _finish(array: np.ndarray, affine: np.ndarray, meta: dict, scan_id: str) -> 
     array = array.astype(array.dtype.newbyteorder("="), copy=False)  # big-endian files
     if array.shape[0] == 3 and meta.get("photometric") not in (None, "RGB"):
         meta["photometric_stored"], meta["photometric"] = meta["photometric"], "RGB"
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise ScanContentError(scan_id, f"{bad} of {array.size} pixel values are NaN or infinite")
+    require_finite(array, scan_id)
     return Volume(array, affine, meta)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medres.errors import ScanContentError, ScanReadError
-from medres.io.volume import Volume
+from medres.errors import ScanReadError
+from medres.io.volume import Volume, require_finite
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -45,13 +45,7 @@ def read_nifti(path: str | Path) -> Volume:
         raise ScanReadError(
             str(path), f"{data.ndim}-D NIfTI (shape {data.shape}) is not supported; expected 2-4 D"
         )
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-        raise ScanContentError(
-            str(path),
-            f"{bad} of {array.size} voxels are NaN or infinite; medres does not impute: "
-            "fix the export or replace them (e.g. with 0) before ingest",
-        )
+    require_finite(array, str(path))
     header = image.header
     meta = {
         "format": "nifti",

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from medres.errors import ScanContentError
+
 
 @dataclass(frozen=True, eq=False)
 class Volume:
@@ -70,3 +72,14 @@ class Volume:
         """Voxel size along each spatial axis in millimetres (2 or 3 values)."""
         norms = np.linalg.norm(self.affine[:3, :3], axis=0)
         return tuple(float(n) for n in norms[: self.array.ndim - 1])
+
+
+def require_finite(array: np.ndarray, scan_id: str) -> None:
+    """Refuse pixels with NaN or infinite values (ScanContentError naming how many)."""
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise ScanContentError(
+            scan_id,
+            f"{bad} of {array.size} voxels are NaN or infinite; medres does not impute: "
+            "fix the export or replace them (e.g. with 0) before ingest",
+        )
