@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +42,8 @@ from rich.table import Table
 
 from medres import __version__
 from medres.errors import ManifestError, ScanError
-from medres.io import discover, read_scan
+from medres.files import atomic_write
+from medres.io import Volume, discover, read_scan
 
 COLUMNS: tuple[str, ...] = (
     "scan_id",
@@ -104,7 +103,7 @@ class Cohort:
         schema_meta = dict(table.schema.metadata or {})
         schema_meta[_META_KEY] = json.dumps(meta).encode()
         table = table.replace_schema_metadata(schema_meta)
-        _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
         return path
 
     @classmethod
@@ -125,17 +124,17 @@ class Cohort:
         return cls(table.to_pandas(), meta)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path`` so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def read_row(row) -> Volume:
+    """Read the scan a manifest row points at (its ``files``), with its ``scan_id`` in meta.
+
+    Raises:
+        ScanError: the file changed or vanished since ingest.
+    """
+    files = [str(f) for f in row["files"]]
+    volume = read_scan(files[0] if len(files) == 1 else files)
+    if row.get("scan_id") is not None:
+        volume.meta["scan_id"] = row["scan_id"]
+    return volume
 
 
 # --------------------------------------------------------------------------- ingest

@@ -38,3 +38,35 @@ def _quiet_pydicom_warnings():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module="pydicom")
         yield
+
+
+EXAMPLE = PROJECT / "examples" / "chest_xray_small"
+
+
+@pytest.fixture(scope="session")
+def example_cohort(tmp_path_factory):
+    """The shipped PneumoniaMNIST subset (official splits kept), ingested once."""
+    from medres.cohort import build_cohort
+    from medres.split import split_cohort
+
+    cohort, _ = build_cohort(EXAMPLE, labels=EXAMPLE / "labels.csv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return split_cohort(cohort, keep_column="split")
+
+
+def small_cohort(cohort, path: Path, sizes=(48, 24, 24), **columns) -> Path:
+    """Save the first ``sizes`` scans of each split (classes balanced) as a manifest.
+
+    ``columns`` overwrite columns of the result (e.g. ``patient_id=[...]``).
+    """
+    from medres.cohort import Cohort
+
+    parts = []
+    for split, n in zip(("train", "val", "test"), sizes, strict=True):
+        rows = cohort.table[cohort.table["split"] == split]
+        parts += [g.head(n // 2) for _, g in rows.groupby("label")]
+    table = __import__("pandas").concat(parts).reset_index(drop=True)
+    for name, values in columns.items():
+        table[name] = values
+    return Cohort(table, dict(cohort.meta)).save(path)

@@ -1,0 +1,5 @@
+"""``python -m medres`` = the ``medres`` command."""
+
+from medres.cli import main
+
+main()

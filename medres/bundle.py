@@ -1,0 +1,173 @@
+"""The model bundle on disk (DESIGN §3): save, load, verify.
+
+A bundle is a folder::
+
+    bundle.json         id, parent_id, task, classes, model name + arguments, preprocessing
+                        spec, operating point, training cohort fingerprint, versions, and
+                        the sha256 of every other file below
+    weights.safetensors the selected epoch's weights (no pickle)
+    config.json         the resolved training configuration
+    metrics.json        validation (and test, when the cohort has one) metrics with CIs
+    metrics.csv         per-epoch training history
+    model_card.md       intended use, data, metrics, limitations
+
+``bundle.json`` is written last, so a folder without it is not a bundle. :func:`load_bundle`
+refuses a bundle whose files fail their checksums, naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import monai
+import torch
+from safetensors.torch import load_file, save_file
+
+from medres import __version__
+from medres.errors import BundleError
+from medres.files import atomic_write, sha256_file, write_json
+from medres.models import create_model
+from medres.train import TaskInfo
+from medres.transforms import PreprocessSpec
+
+FORMAT = 1
+WEIGHTS = "weights.safetensors"
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: the manifest (``bundle.json``) and the ready model (eval mode)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    model: torch.nn.Module
+    spec: PreprocessSpec
+    info: TaskInfo
+
+    @property
+    def id(self) -> str:
+        return self.manifest["id"]
+
+    @property
+    def threshold(self) -> float | None:
+        return self.manifest.get("threshold")
+
+
+def save_bundle(
+    out: str | Path,
+    *,
+    model: torch.nn.Module,
+    model_name: str,
+    model_args: dict[str, Any],
+    spec: PreprocessSpec,
+    info: TaskInfo,
+    config: dict[str, Any],
+    training: dict[str, Any],
+    cohort: dict[str, Any],
+    metrics: dict[str, Any],
+    model_card: str,
+    threshold: float | None = None,
+    parent_id: str | None = None,
+) -> Path:
+    """Write a bundle into ``out`` (created if needed); returns the ``bundle.json`` path.
+
+    Args:
+        training: facts of the run (best epoch, selection metric, seconds, seed ...).
+        cohort: the training cohort's fingerprint, path and counts.
+        metrics: what goes to ``metrics.json`` (evaluations with CIs).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(out / WEIGHTS, lambda tmp: save_file(weights, tmp))
+    write_json(out / "config.json", config)
+    write_json(out / "metrics.json", metrics)
+    atomic_write(out / "model_card.md", lambda tmp: Path(tmp).write_text(model_card))
+    files = [WEIGHTS, "config.json", "metrics.json", "model_card.md"]
+    if (out / "metrics.csv").is_file():
+        files.append("metrics.csv")
+    manifest = {
+        "format": FORMAT,
+        "id": uuid.uuid4().hex,
+        "parent_id": parent_id,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "task": info.task,
+        "classes": info.classes,
+        "target": {"mean": info.target_mean, "std": info.target_std},
+        "threshold": threshold,
+        "model": {"name": model_name, "args": model_args},
+        "preprocess": spec.model_dump(mode="json"),
+        "training": training,
+        "cohort": cohort,
+        "versions": versions(),
+        "files": {name: sha256_file(out / name) for name in files},
+    }
+    return write_json(out / "bundle.json", manifest)
+
+
+def verify_bundle(path: str | Path) -> dict[str, Any]:
+    """Check ``bundle.json`` and every file's sha256; returns the manifest.
+
+    Raises:
+        BundleError: not a bundle, an unknown format, or a file missing / changed.
+    """
+    path = Path(path)
+    manifest_path = path / "bundle.json"
+    if not manifest_path.is_file():
+        raise BundleError(
+            f"{path} is not a medres bundle (no bundle.json); "
+            "create one with `medres train --cohort COHORT.parquet -o BUNDLE`"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise BundleError(f"{manifest_path} is not valid JSON ({e}); the bundle is damaged") from e
+    if manifest.get("format") != FORMAT:
+        raise BundleError(
+            f"{path} has bundle format {manifest.get('format')!r}; this medres reads format "
+            f"{FORMAT}: use the medres version that wrote it ({manifest.get('versions')})"
+        )
+    for name, expected in manifest.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"bundle file {file} is missing; copy the whole bundle folder")
+        if sha256_file(file) != expected:
+            raise BundleError(
+                f"bundle file {file} fails its checksum: it was changed or damaged after "
+                "the bundle was written; restore it from the original bundle"
+            )
+    return manifest
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Verify and load a bundle: the model in eval mode with the selected weights."""
+    path = Path(path)
+    manifest = verify_bundle(path)
+    target = manifest.get("target") or {}
+    info = TaskInfo(
+        manifest["task"], manifest["classes"], target.get("mean", 0.0), target.get("std", 1.0)
+    )
+    spec = PreprocessSpec.model_validate(manifest["preprocess"])
+    args = {k: v for k, v in manifest["model"]["args"].items() if k != "pretrained"}
+    model = create_model(manifest["model"]["name"], **args)
+    try:
+        model.load_state_dict(load_file(path / WEIGHTS))
+    except RuntimeError as e:
+        raise BundleError(f"{path / WEIGHTS} does not fit model {manifest['model']}: {e}") from e
+    return Bundle(path, manifest, model.eval(), spec, info)
+
+
+def versions() -> dict[str, str]:
+    """The versions that produced a bundle (reproducibility)."""
+    return {
+        "medres": __version__,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,154 @@
+"""Reports: ``report.json``, ``report.md`` and plots of an :class:`Evaluation`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from medres.errors import ConfigError
+from medres.evaluate.metrics import Evaluation, MetricCI
+from medres.files import atomic_write, jsonable, write_text
+
+
+def write_report(
+    evaluation: Evaluation, out_dir, *, title: str = "medres evaluation", extra: dict | None = None
+) -> Path:
+    """Write ``report.json``, ``report.md`` and the plots into ``out_dir``; return the JSON path.
+
+    ``report.json`` holds :meth:`Evaluation.to_dict` (NaN written as null) with ``extra``
+    merged at top level. Plots: binary ``roc.png``, ``pr.png``; multiclass/ordinal
+    ``roc.png``, ``confusion.png``; regression ``scatter.png``. Files are replaced atomically.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = evaluation.to_dict()
+    clash = sorted(set(extra or {}) & set(data))
+    if clash:
+        raise ConfigError(
+            f"extra keys {clash} would overwrite the report's own fields; rename them"
+        )
+    data.update(jsonable(extra or {}))
+    plots = _write_plots(evaluation, out)
+    write_text(out / "report.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
+    md = _markdown(evaluation, title, plots)
+    write_text(out / "report.md", md)
+    return out / "report.json"
+
+
+def metrics_table(evaluation: Evaluation) -> Table:
+    """A rich table of scan- and patient-level metrics with their 95 % intervals."""
+    ev = evaluation
+    table = Table(title=f"{ev.task}: {ev.n_scans} scans, {ev.n_patients} patients")
+    table.add_column("metric")
+    table.add_column("scans (95% CI)", justify="right")
+    table.add_column("patients (95% CI)", justify="right")
+    for name, m in ev.metrics.items():
+        table.add_row(name, _fmt(m), _fmt(ev.patient_metrics.get(name)))
+    return table
+
+
+def _fmt(m: MetricCI | None) -> str:
+    if m is None or math.isnan(m.value):
+        return "n/a"
+    ci = "" if math.isnan(m.ci_low) else f" ({m.ci_low:.3f}–{m.ci_high:.3f})"
+    return f"{m.value:.3f}{ci}"
+
+
+def _markdown(ev: Evaluation, title: str, plots: list[str]) -> str:
+    op = "" if ev.threshold is None else f" · operating point: p(positive) >= {ev.threshold:.3f}"
+    lines = [
+        f"# {title}",
+        "",
+        f"Task **{ev.task}** · {ev.n_scans} scans · {ev.n_patients} patients{op}",
+        "",
+        f"95 % CIs: percentile bootstrap, {ev.n_boot} replicates resampling patients "
+        f"(seed {ev.seed}); patient probabilities aggregated by {ev.patient_aggregate}.",
+        "",
+        "| metric | scans (95 % CI) | patients (95 % CI) |",
+        "|---|---|---|",
+        *(
+            f"| {k} | {_fmt(m)} | {_fmt(ev.patient_metrics.get(k))} |"
+            for k, m in ev.metrics.items()
+        ),
+    ]
+    if len(ev.per_site):
+        cols = list(ev.per_site.columns)
+        lines += ["", "## Per site", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+        for row in ev.per_site.itertuples(index=False):
+            cells = [
+                _fmt(MetricCI(v, math.nan, math.nan)) if isinstance(v, float) else str(v)
+                for v in row
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Plots", "", *(f"![{p[:-4]}]({p})" for p in plots)]
+    return "\n".join(lines) + "\n"
+
+
+def _write_plots(ev: Evaluation, out: Path) -> list[str]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg, no pyplot state
+    from matplotlib.figure import Figure
+
+    plots = _PLOTS.get(ev.task, _PLOTS["multiclass"])
+    for name, plot in plots.items():
+        fig = Figure(figsize=(5, 5), layout="constrained")
+        FigureCanvasAgg(fig)
+        plot(ev, fig.add_subplot())
+        atomic_write(out / name, lambda tmp, f=fig: f.savefig(tmp, format="png", dpi=110))
+    return list(plots)
+
+
+def _plot_roc(ev: Evaluation, ax) -> None:
+    ax.plot([0, 1], [0, 1], ls=":", color="grey")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC", xlim=(0, 1), ylim=(0, 1))
+    roc = ev.curves.get("roc") or {}
+    if ev.task == "binary" and roc:
+        ax.plot(roc["fpr"], roc["tpr"], label=f"AUROC {_fmt(ev.metrics['auroc'])}")
+        op = ev.curves["operating_point"]
+        ax.plot(op["fpr"], op["tpr"], "o", label=f"threshold {op['threshold']:.3f}")
+    elif ev.task != "binary":
+        for name, c in roc.items():
+            ax.plot(c["fpr"], c["tpr"], label=f"{name} vs rest")
+    if not roc:
+        ax.text(0.5, 0.5, "undefined: one class only", ha="center")
+    else:
+        ax.legend(loc="lower right", fontsize="small")
+
+
+def _plot_pr(ev: Evaluation, ax) -> None:
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall")
+    pr = ev.curves.get("pr")
+    if pr is None:
+        ax.text(0.5, 0.5, "undefined: no positives", ha="center")
+        return
+    ax.plot(pr["recall"], pr["precision"], label=f"AUPRC {_fmt(ev.metrics['auprc'])}")
+    ax.axhline(ev.curves["prevalence"], ls=":", color="grey", label="prevalence")
+    ax.legend(loc="lower left", fontsize="small")
+
+
+def _plot_confusion(ev: Evaluation, ax) -> None:
+    c = ev.curves["confusion"]
+    ax.imshow(c, cmap="Blues")
+    for (i, j), v in np.ndenumerate(c):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > c.max() / 2 else "k")
+    ax.set_xticks(range(len(c)), ev.classes, rotation=45)
+    ax.set_yticks(range(len(c)), ev.classes)
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion (rows: truth)")
+
+
+def _plot_scatter(ev: Evaluation, ax) -> None:
+    y, p = ev.curves["scatter"]["y_true"], ev.curves["scatter"]["y_pred"]
+    ax.scatter(y, p, s=8, alpha=0.5)
+    lo, hi = min(y.min(), p.min()), max(y.max(), p.max())
+    ax.plot([lo, hi], [lo, hi], ls=":", color="grey")
+    ax.set(xlabel="true", ylabel="predicted", title=f"MAE {_fmt(ev.metrics['mae'])}")
+
+
+_PLOTS = {
+    "binary": {"roc.png": _plot_roc, "pr.png": _plot_pr},
+    "multiclass": {"roc.png": _plot_roc, "confusion.png": _plot_confusion},
+    "regression": {"scatter.png": _plot_scatter},
+}

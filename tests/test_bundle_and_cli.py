@@ -1,0 +1,119 @@
+"""`medres train` → bundle → `medres evaluate`, through the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from medres.bundle import WEIGHTS, load_bundle, verify_bundle
+from medres.cli import app
+from medres.cohort import Cohort
+from medres.errors import BundleError
+from medres.workflow import score_rows
+from tests.conftest import small_cohort
+
+runner = CliRunner()
+QUICK = ["--epochs", "2", "--set", "batch_size=16", "--set", "num_workers=0"]
+
+
+@pytest.fixture(scope="module")
+def trained(example_cohort, tmp_path_factory):
+    """A bundle trained by the CLI on 48 / 24 / 24 scans; patients of 3 test scans each."""
+    tmp = tmp_path_factory.mktemp("trained")
+    patients = [None] * 72 + [f"P{i // 3}" for i in range(24)]
+    cohort = small_cohort(
+        example_cohort, tmp / "c.parquet", patient_id=patients, site=["north", "south"] * 48
+    )
+    result = runner.invoke(app, ["train", "--cohort", str(cohort), *QUICK, "-o", str(tmp / "b")])
+    assert result.exit_code == 0, result.output
+    return cohort, tmp / "b", result.output
+
+
+def test_train_writes_a_complete_bundle(trained):
+    _, bundle, output = trained
+    manifest = verify_bundle(bundle)
+    assert manifest["parent_id"] is None and len(manifest["id"]) == 32
+    assert manifest["task"] == "binary" and manifest["classes"] == [0, 1]
+    assert manifest["model"]["name"] == "resnet18"
+    assert manifest["model"]["args"]["stem_stride"] == 2
+    assert manifest["preprocess"]["preset"] == "xray_2d"
+    assert len(manifest["cohort"]["fingerprint"]) == 64
+    assert {"medres", "torch", "monai"} <= set(manifest["versions"])
+    assert 0 < manifest["threshold"] < 1
+    assert set(manifest["files"]) >= {WEIGHTS, "model_card.md", "metrics.json", "config.json"}
+    card = (bundle / "model_card.md").read_text()
+    for section in ("## Intended use", "## Data", "## Metrics — val", "## Limitations"):
+        assert section in card
+    assert "no patient ids" in card.lower() or "patients" in card
+    assert "bundle:" in output and "auroc" in output
+
+
+def test_loaded_bundle_predicts_like_the_trained_model(trained):
+    cohort_path, bundle_path, _ = trained
+    bundle = load_bundle(bundle_path)
+    rows = Cohort.load(cohort_path).ok.query("split == 'val'")
+    _, scores = score_rows(bundle.model, bundle.info, bundle.spec, rows)
+    metrics = json.loads((bundle_path / "metrics.json").read_text())["val"]
+    from sklearn.metrics import roc_auc_score
+
+    auc = roc_auc_score(bundle.info.encode(rows["label"]), scores[:, 1])
+    assert np.isclose(auc, metrics["metrics"]["auroc"]["value"], atol=1e-6)
+
+
+def test_tampered_or_incomplete_bundle_is_refused_naming_the_file(trained, tmp_path):
+    import shutil
+
+    _, bundle, _ = trained
+    copy = shutil.copytree(bundle, tmp_path / "copy")
+    weights = copy / WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=f"{WEIGHTS} fails its checksum"):
+        load_bundle(copy)
+    weights.unlink()
+    with pytest.raises(BundleError, match="is missing"):
+        load_bundle(copy)
+    with pytest.raises(BundleError, match="not a medres bundle"):
+        load_bundle(tmp_path)
+
+
+def test_evaluate_reports_metrics_with_cis_patients_and_sites(trained, tmp_path):
+    cohort, bundle, _ = trained
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["evaluate", str(bundle), str(cohort), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    for name in ("auroc", "accuracy", "auprc", "sensitivity", "specificity", "f1"):
+        metric = report["metrics"][name]
+        assert set(metric) == {"value", "ci_low", "ci_high"}
+    assert report["n_scans"] == 24 and report["n_patients"] == 8
+    assert report["patient_metrics"]["auroc"]["value"] is not None
+    assert {row["site"] for row in report["per_site"]} == {"north", "south"}
+    assert report["threshold"] == load_bundle(bundle).threshold
+    assert (out / "report.md").is_file() and (out / "roc.png").is_file()
+
+
+def test_cli_errors_are_one_line_with_the_fix(trained, tmp_path):
+    cohort, bundle, _ = trained
+    bad = runner.invoke(
+        app,
+        ["train", "--cohort", str(cohort), "--set", "epoch=1", "-o", str(tmp_path / "x")],
+    )
+    assert bad.exit_code == 2 and "did you mean 'epochs'" in bad.output
+    assert "[train] settings" in bad.output
+    again = runner.invoke(app, ["train", "--cohort", str(cohort), "-o", str(bundle)])
+    assert again.exit_code == 2 and "already holds a bundle" in again.output
+    split = runner.invoke(
+        app, ["evaluate", str(bundle), str(cohort), "--split", "nope", "-o", str(tmp_path / "r")]
+    )
+    assert split.exit_code == 2 and "choose --split among" in split.output
+
+
+@pytest.mark.parametrize("verb", ["train", "evaluate"])
+def test_help_has_an_example(verb):
+    result = runner.invoke(app, [verb, "--help"])
+    assert result.exit_code == 0 and "Example" in result.output

@@ -1,0 +1,155 @@
+"""fit(): tasks, determinism, checkpoints, resume after a kill, the CPU fast path."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medres.cohort import Cohort
+from medres.errors import ConfigError
+from medres.train import (
+    CHECKPOINT,
+    ScanDataset,
+    TrainConfig,
+    auto_stem_stride,
+    fit,
+    infer,
+    infer_task,
+    make_loader,
+)
+from tests.conftest import PROJECT, small_cohort
+
+FAST = {"epochs": 2, "batch_size": 16, "num_workers": 0}
+
+
+def test_task_is_inferred_from_labels():
+    assert infer_task(pd.Series([0, 1, 1])).task == "binary"
+    assert infer_task(pd.Series(["a", "b", "c"])).classes == ["a", "b", "c"]
+    assert infer_task(pd.Series([0.5, 1.25])).task == "regression"
+    assert infer_task(pd.Series([0, 4, 2]), "ordinal").classes == [0, 2, 4]
+    with pytest.raises(ConfigError, match="one class"):
+        infer_task(pd.Series([1, 1]))
+    with pytest.raises(ConfigError, match="integers"):
+        infer_task(pd.Series([0.5, 1.5]), "ordinal")
+
+
+def test_stem_stride_keeps_first_stage_at_14_or_more():
+    assert [auto_stem_stride(s) for s in ((28, 28), (64, 64, 64), (224, 224), (16, 16))] == [
+        2,
+        4,
+        4,
+        1,
+    ]
+
+
+def test_fit_writes_history_and_checkpoint_and_is_deterministic(example_cohort, tmp_path):
+    cohort = Cohort.load(small_cohort(example_cohort, tmp_path / "c.parquet"))
+    first = fit(cohort, TrainConfig(**FAST), tmp_path / "a", show_progress=False)
+    history = pd.read_csv(tmp_path / "a" / "metrics.csv")
+    assert list(history["epoch"]) == [1, 2]
+    assert {"train_loss", "val_loss", "val_auroc", "lr"} <= set(history.columns)
+    assert (tmp_path / "a" / CHECKPOINT).is_file()
+    assert first.metric == "auroc" and 1 <= first.best_epoch <= 2
+    again = fit(cohort, TrainConfig(**FAST), tmp_path / "b", show_progress=False)
+    pd.testing.assert_frame_equal(
+        first.history.drop(columns="seconds"), again.history.drop(columns="seconds")
+    )
+    other = fit(cohort, TrainConfig(**FAST, seed=1), tmp_path / "c", show_progress=False)
+    assert not np.allclose(other.history["train_loss"], first.history["train_loss"])
+
+
+def test_training_killed_mid_epoch_resumes_to_the_same_result(example_cohort, tmp_path):
+    """kill -9 during epoch 2 of 3, then --resume: the metrics of every epoch, hence the
+    selected epoch and its validation AUROC, equal an uninterrupted run's (tolerance
+    1e-6: the same arithmetic in the same order, so only float formatting may differ)."""
+    cohort = small_cohort(example_cohort, tmp_path / "c.parquet", sizes=(96, 24, 0))
+
+    def train(out, *extra):
+        args = ["--cohort", cohort, "--epochs", "3", "--set", "batch_size=8", "-o", out]
+        return [sys.executable, "-m", "medres", "train", *map(str, args), *extra]
+
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    subprocess.run(train(tmp_path / "whole"), check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        train(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    metrics = killed / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(pd.read_csv(metrics)) >= 1):
+        assert time.monotonic() < deadline and proc.poll() is None, "epoch 1 never finished"
+        time.sleep(0.05)
+    time.sleep(1.0)  # into epoch 2 (an epoch takes several seconds)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(pd.read_csv(metrics)) == 1, "the kill came too late to test a resume"
+    subprocess.run(train(killed, "--resume"), check=True, env=env, capture_output=True)
+
+    whole = pd.read_csv(tmp_path / "whole" / "metrics.csv").drop(columns="seconds")
+    resumed = pd.read_csv(metrics).drop(columns="seconds")
+    pd.testing.assert_frame_equal(whole, resumed, atol=1e-6, rtol=0)
+    assert (killed / "bundle.json").is_file() and not (killed / CHECKPOINT).exists()
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(example_cohort, tmp_path):
+    cohort = Cohort.load(small_cohort(example_cohort, tmp_path / "c.parquet", sizes=(16, 8, 0)))
+    fit(cohort, TrainConfig(**{**FAST, "epochs": 1}), tmp_path / "a", show_progress=False)
+    with pytest.raises(ConfigError, match="another configuration"):
+        fit(cohort, TrainConfig(**FAST, lr=0.1), tmp_path / "a", resume=True, show_progress=False)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        fit(cohort, TrainConfig(**FAST), tmp_path / "new", resume=True, show_progress=False)
+
+
+def test_regression_and_ordinal_tasks_select_on_their_metric(example_cohort, tmp_path):
+    base = example_cohort.table
+    # a continuous target a model can learn from the pixels: the image's mean brightness
+    brightness = [
+        float(np.mean(__import__("PIL.Image").Image.open(f[0]))) / 255 for f in base["files"]
+    ]
+    table = base.assign(label=brightness)
+    cohort = Cohort.load(small_cohort(Cohort(table, {}), tmp_path / "r.parquet", sizes=(32, 16, 0)))
+    result = fit(cohort, TrainConfig(**FAST), tmp_path / "reg", show_progress=False)
+    assert result.info.task == "regression" and result.metric == "mae"
+    assert 0 < result.best_score < 0.5
+    assert "val_mae" in result.history
+
+    ordinal = fit(
+        Cohort.load(small_cohort(example_cohort, tmp_path / "o.parquet", sizes=(16, 8, 0))),
+        TrainConfig(**FAST, task="ordinal"),
+        tmp_path / "ord",
+        show_progress=False,
+    )
+    assert ordinal.metric == "kappa_quadratic" and "val_kappa_quadratic" in ordinal.history
+
+
+def test_no_validation_split_is_a_clear_error(example_cohort, tmp_path):
+    table = example_cohort.table.assign(split="train")
+    with pytest.raises(ConfigError, match="no labelled 'val' scans"):
+        fit(Cohort(table, {}), TrainConfig(**FAST), tmp_path, show_progress=False)
+
+
+def test_channels_last_fast_path_changes_no_prediction(example_cohort, tmp_path):
+    """channels_last is used for every CPU run: same outputs as the default layout."""
+    cohort = Cohort.load(small_cohort(example_cohort, tmp_path / "c.parquet", sizes=(16, 8, 48)))
+    result = fit(cohort, TrainConfig(**{**FAST, "epochs": 1}), tmp_path / "a", show_progress=False)
+    rows = cohort.ok[cohort.ok["split"] == "test"]
+    data = ScanDataset(rows, result.info.encode(rows["label"]), result.spec, train=False)
+    plain = infer(result.model, make_loader(data, 16, 0, shuffle=False, seed=0))
+    fast = infer(
+        result.model.to(memory_format=torch.channels_last),
+        make_loader(data, 16, 0, shuffle=False, seed=0),
+        memory_format=torch.channels_last,
+    )
+    np.testing.assert_allclose(plain, fast, atol=1e-4)
+    bf16 = infer(result.model, make_loader(data, 16, 0, shuffle=False, seed=0), "bf16")
+    # bf16 is used only on CPUs with native bf16; where used, the class must not change
+    assert np.mean(bf16.argmax(1) == plain.argmax(1)) >= 0.95

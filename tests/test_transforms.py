@@ -1,0 +1,102 @@
+"""Preprocessing presets on real scans: shapes, ranges, orientation, refusals."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medres.errors import ConfigError, ScanContentError
+from medres.io import Volume, read_scan
+from medres.transforms import PreprocessSpec, build_transform, default_spec
+from tests.conftest import DICOM2NIFTI, EXAMPLE, PYDICOM_FILES, needs
+
+PNG = EXAMPLE / "test" / "test_00000.png"
+
+
+def test_default_presets_follow_modality_and_shape():
+    assert default_spec("IMAGE", [1, 28, 28]).preset == "xray_2d"
+    assert default_spec("IMAGE", [3, 28, 28]).preset == "fundus_2d"
+    assert default_spec("CT", [1, 64, 64, 40]).preset == "ct_3d"
+    assert default_spec("MR", [1, 64, 64, 40]).preset == "mr_3d"
+    assert default_spec("NIFTI", [1, 512, 512, 300]).spatial_size == (128, 128, 128)
+    # radiographs flip left-right only; 3D volumes on every axis
+    assert default_spec("IMAGE", [1, 28, 28]).augment.flip_axes == (0,)
+    assert default_spec("CT", [1, 8, 8, 8]).augment.flip_axes == (0, 1, 2)
+
+
+def test_radiograph_preset_gives_unit_range_grey_tensor_of_target_size():
+    spec = PreprocessSpec(preset="xray_2d", spatial_size=(64, 64))
+    image = build_transform(spec)(read_scan(PNG))
+    assert isinstance(image, torch.Tensor) and image.dtype == torch.float32
+    assert image.shape == (1, 64, 64)
+    assert image.min() == 0 and image.max() == 1
+
+
+def test_colour_scan_averages_to_grey_and_grey_scan_is_refused_by_fundus():
+    rgb = Volume(np.stack([np.full((8, 8), v, np.float32) for v in (0, 30, 60)]), np.eye(4))
+    rgb.array[:, :4] += 100
+    grey = build_transform(PreprocessSpec(preset="xray_2d", spatial_size=(8, 8)))(rgb)
+    assert grey.shape == (1, 8, 8)
+    with pytest.raises(ScanContentError, match="needs RGB"):
+        build_transform(PreprocessSpec(preset="fundus_2d", spatial_size=(8, 8)))(read_scan(PNG))
+
+
+def test_scan_of_wrong_dimensionality_is_refused_not_reshaped():
+    spec = PreprocessSpec(preset="ct_3d", spatial_size=(16, 16, 16))
+    with pytest.raises(ScanContentError, match=r"2D .* expects 3D"):
+        build_transform(spec)(read_scan(PNG))
+
+
+def test_spec_errors_are_config_errors():
+    with pytest.raises(ConfigError, match="2D but spatial_size has 3"):
+        PreprocessSpec(preset="xray_2d", spatial_size=(8, 8, 8))
+    with pytest.raises(ConfigError, match="flip_axes"):
+        PreprocessSpec(preset="xray_2d", spatial_size=(8, 8), augment={"flip_axes": [2]})
+
+
+def test_ct_window_maps_hounsfield_units():
+    ct = read_scan(PYDICOM_FILES / "CT_small.dcm")  # one slice; make a tiny 3D volume of it
+    volume = Volume(np.repeat(ct.array[..., None], 4, axis=-1), np.eye(4))  # RAS already
+    spec = PreprocessSpec(preset="ct_3d", spatial_size=(128, 128, 4), window=(40, 400))
+    out = build_transform(spec)(volume).numpy()
+    hu = volume.array
+    assert np.isclose(out[hu <= -160].max(), 0) and np.isclose(out[hu >= 240].min(), 1)
+    inside = (hu > -150) & (hu < 230)
+    assert np.allclose(out[inside], (hu[inside] + 160) / 400, atol=1e-5)
+
+
+@needs(DICOM2NIFTI)
+def test_dicom_series_and_its_nifti_give_the_same_tensor():
+    """Orientation to RAS makes the network input independent of the file format."""
+    series = DICOM2NIFTI / "philips" / "anatomical" / "001"
+    truth = nib.load(DICOM2NIFTI / "philips" / "anatomical" / "001_ground_truth.nii.gz")
+    flipped = nib.Nifti1Image(np.asarray(truth.dataobj)[::-1], truth.affine @ _flip_x(truth))
+    spec = PreprocessSpec(preset="mr_3d", spatial_size=(32, 32, 16))
+    transform = build_transform(spec)
+    from_dicom = transform(read_scan(series))
+    nifti = Volume(np.asarray(flipped.dataobj, np.float32)[None], flipped.affine)
+    from_nifti = transform(nifti)
+    assert torch.allclose(from_dicom, from_nifti, atol=1e-4)
+
+
+def _flip_x(image) -> np.ndarray:
+    """The affine that keeps world positions when axis 0 is reversed."""
+    flip = np.eye(4)
+    flip[0, 0], flip[0, 3] = -1, image.shape[0] - 1
+    return flip
+
+
+def test_training_augmentation_is_random_but_repeatable():
+    spec = PreprocessSpec(preset="xray_2d", spatial_size=(28, 28), augment={"prob": 1.0})
+    scan = read_scan(PNG)
+    first = build_transform(spec, train=True)
+    first.set_random_state(seed=3)
+    a, b = first(scan), first(scan)
+    assert a.shape == b.shape == (1, 28, 28)
+    assert not torch.equal(a, b)
+    again = build_transform(spec, train=True)
+    again.set_random_state(seed=3)
+    assert torch.equal(again(scan), a)
+    assert torch.equal(build_transform(spec)(scan), build_transform(spec)(scan))
