@@ -17,10 +17,16 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	rm -rf $(DEMO_OUT)
 	$(BIN)/medres ingest examples/chest_xray_small --labels examples/chest_xray_small/labels.csv \
 		-o $(DEMO_OUT)/cohort.parquet
-	$(BIN)/medres split $(DEMO_OUT)/cohort.parquet --seed 0 -o $(DEMO_OUT)/cohort_split.parquet
+	$(BIN)/medres split $(DEMO_OUT)/cohort.parquet --keep-column split \
+		-o $(DEMO_OUT)/cohort_split.parquet
 	$(BIN)/medres audit $(DEMO_OUT)/cohort_split.parquet
+	$(BIN)/medres train --cohort $(DEMO_OUT)/cohort_split.parquet --epochs 15 -o $(DEMO_OUT)/bundle
+	$(BIN)/medres evaluate $(DEMO_OUT)/bundle $(DEMO_OUT)/cohort_split.parquet --split test \
+		-o $(DEMO_OUT)/report
+	@echo "demo done: bundle in $(DEMO_OUT)/bundle (model_card.md), test report in $(DEMO_OUT)/report (report.md)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check medres tests benchmarks

@@ -40,7 +40,6 @@ from monai.transforms import (
     Resize,
     ResizeWithPadOrCrop,
     ScaleIntensityRange,
-    ScaleIntensityRangePercentiles,
     Spacing,
     Transform,
 )
@@ -201,7 +200,7 @@ def build_transform(spec: PreprocessSpec, *, train: bool = False) -> Preprocess:
         steps.append(ScaleIntensityRange(level - width / 2, level + width / 2, 0.0, 1.0, clip=True))
     else:
         low, high = spec.percentiles
-        steps.append(ScaleIntensityRangePercentiles(low, high, 0.0, 1.0, clip=True))
+        steps.append(ScalePercentiles(low, high))
     steps.append(PlainTensor())
     if train:
         steps += _augmentations(spec)
@@ -258,6 +257,33 @@ class ToTensor(Transform):
                 scan_id, f"has {array.shape[0]} channel(s); preset {self.spec.preset} needs RGB"
             )
         return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), affine=volume.affine)
+
+
+class ScalePercentiles(Transform):
+    """Map the ``low``/``high`` intensity percentiles to 0/1, clipped; when they coincide
+    (a mask covering < 0.5 % of the volume, a constant scan) use the minimum and
+    maximum instead (MONAI's ScaleIntensityRangePercentiles would return all zeros)."""
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = low, high
+
+    def __call__(self, image):
+        lo, hi = (
+            float(v)
+            for v in torch.quantile(_sample(image), torch.tensor([self.low / 100, self.high / 100]))
+        )
+        if hi <= lo:
+            lo, hi = float(image.min()), float(image.max())
+        if hi <= lo:
+            return torch.zeros_like(image)
+        return ((image - lo) / (hi - lo)).clamp(0.0, 1.0)
+
+
+def _sample(image, limit: int = 1 << 24) -> torch.Tensor:
+    """The voxels as one float tensor (torch.quantile accepts at most 2^24 values:
+    a larger scan is subsampled on a regular stride)."""
+    flat = torch.as_tensor(image).reshape(-1).float()
+    return flat[:: max(1, -(-flat.numel() // limit))]
 
 
 class PlainTensor(Transform):

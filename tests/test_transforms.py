@@ -100,3 +100,13 @@ def test_training_augmentation_is_random_but_repeatable():
     again.set_random_state(seed=3)
     assert torch.equal(again(scan), a)
     assert torch.equal(build_transform(spec)(scan), build_transform(spec)(scan))
+
+
+def test_sparse_mask_is_not_blanked_by_percentile_scaling():
+    """A binary mask covering < 0.5 % of the volume has equal 0.5/99.5 percentiles."""
+    mask = np.zeros((1, 20, 20, 20), np.float32)
+    mask[0, 5:7, 5:7, 5:7] = 255  # 8 of 8000 voxels = 0.1 %
+    out = build_transform(PreprocessSpec(preset="mr_3d", spatial_size=(20, 20, 20)))(
+        Volume(mask, np.eye(4))
+    )
+    assert out.max() == 1 and out.min() == 0 and int(out.sum()) == 8
