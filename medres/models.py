@@ -7,7 +7,9 @@ Inputs are (N, C, X, Y) in 2D and (N, C, X, Y, Z) in 3D, Z across slices. Models
 ``resnet18_mc`` (3D, mixed: 3D stem and layer1, in-plane layers 2-4 that keep Z).
 
 ``stem_stride`` for every model: 1 -> 3x3(x3) conv stride 1, no max-pool (28 px inputs);
-2 -> 7x7(x7) stride 2; 4 -> 7x7(x7) stride 2 + 3x3 max-pool stride 2 (ImageNet stem).
+2 -> 7x7(x7) stride 2; 4 -> 7x7(x7) stride 2 + 3x3 max-pool stride 2 (ImageNet stem);
+8 -> 7x7(x7) stride 4 + max-pool (for 3D volumes of 64^3 and more, whose first stage
+would otherwise cost ~8x more than at stride 4).
 :func:`load_pretrained` loads a local torchvision (ImageNet) or MedicalNet checkpoint into
 the backbone and reports what matched; nothing is downloaded. Example::
 
@@ -33,8 +35,13 @@ from medres.errors import ConfigError
 Builder = Callable[..., tuple[nn.Module, int]]  # (in_channels, spatial_dims, stem_stride)
 _MODELS: dict[str, Builder] = {}
 _SPATIAL_DIMS: dict[str, tuple[int, ...]] = {}
-STEM_STRIDES = (1, 2, 4)
-_STEMS = {1: (3, 1, False), 2: (7, 2, False), 4: (7, 2, True)}  # kernel, stride, max-pool
+STEM_STRIDES = (1, 2, 4, 8)
+_STEMS = {
+    1: (3, 1, False),
+    2: (7, 2, False),
+    4: (7, 2, True),
+    8: (7, 4, True),
+}  # kernel, stride, max-pool
 
 
 def register_model(fn: Builder | None = None, *, spatial_dims: tuple[int, ...] = (2, 3)):
@@ -120,7 +127,7 @@ def create_model(
     if stem_stride not in STEM_STRIDES or isinstance(stem_stride, bool):
         raise ConfigError(
             f"stem_stride must be one of {STEM_STRIDES} (1: 28 px inputs, 2: faster, "
-            f"4: the ImageNet stem), got {stem_stride!r}"
+            f"4: the ImageNet stem, 8: large 3D volumes), got {stem_stride!r}"
         )
     backbone, num_features = _MODELS[name](
         in_channels=in_channels, spatial_dims=spatial_dims, stem_stride=stem_stride

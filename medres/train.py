@@ -138,10 +138,13 @@ def infer_task(labels: pd.Series, requested: str = "auto") -> TaskInfo:
 
 
 def auto_stem_stride(spatial_size: tuple[int, ...]) -> int:
-    """The largest stem stride (1, 2 or 4) leaving the first stage ≥ 14 voxels per side
-    (28 px → 2, 64³ → 4, 224² → 4: the ImageNet stem)."""
-    side = min(spatial_size)
-    return next(s for s in (4, 2, 1) if side // s >= 14 or s == 1)
+    """The largest stem stride leaving the first stage ≥ 14 px per side in 2D (28 px → 2,
+    224² → 4: the ImageNet stem) and ≥ 7 voxels in 3D (28³ → 4, 64³ → 8), where every
+    halving of the first stage's grid makes a training step several times cheaper
+    (measured on 2 CPU cores: 28³ at stride 2 ≈ 8 scans/s, at stride 4 ≈ 30)."""
+    side, dims = min(spatial_size), len(spatial_size)
+    strides, floor = ((4, 2, 1), 14) if dims == 2 else ((8, 4, 2, 1), 7)
+    return next(s for s in strides if side // s >= floor or s == 1)
 
 
 class ReadScan(Transform):

@@ -41,13 +41,9 @@ def test_task_is_inferred_from_labels():
         infer_task(pd.Series([0.5, 1.5]), "ordinal")
 
 
-def test_stem_stride_keeps_first_stage_at_14_or_more():
-    assert [auto_stem_stride(s) for s in ((28, 28), (64, 64, 64), (224, 224), (16, 16))] == [
-        2,
-        4,
-        4,
-        1,
-    ]
+def test_stem_stride_keeps_first_stage_at_14_px_in_2d_and_7_voxels_in_3d():
+    sizes = ((28, 28), (224, 224), (16, 16), (28, 28, 28), (64, 64, 64), (8, 8, 8))
+    assert [auto_stem_stride(s) for s in sizes] == [2, 4, 1, 4, 8, 1]
 
 
 def test_fit_writes_history_and_checkpoint_and_is_deterministic(example_cohort, tmp_path):
