@@ -163,7 +163,7 @@ def datasets_medmnist(
         f"md5 of the input {s.md5}"
     )
     for w in s.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {escape(str(w))}")
 
 
 def _print_split_warnings(caught) -> None:
@@ -171,7 +171,7 @@ def _print_split_warnings(caught) -> None:
     from medres.split import SplitWarning
 
     for message in dict.fromkeys(str(w.message) for w in caught if w.category is SplitWarning):
-        console.print(f"[bold red]warning:[/] {message}")
+        console.print(f"[bold red]warning:[/] {escape(message)}")
 
 
 @app.command("split")

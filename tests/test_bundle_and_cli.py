@@ -117,3 +117,21 @@ def test_cli_errors_are_one_line_with_the_fix(trained, tmp_path):
 def test_help_has_an_example(verb):
     result = runner.invoke(app, [verb, "--help"])
     assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_train_from_a_config_file(trained, tmp_path):
+    cohort, _, _ = trained
+    config = tmp_path / "train.toml"
+    config.write_text(
+        f'cohort = "{cohort}"\n[train]\nepochs = 1\nbatch_size = 16\nnum_workers = 0\n'
+        '[train.preprocess]\npreset = "xray_2d"\nspatial_size = [32, 32]\n'
+    )
+    result = runner.invoke(app, ["train", str(config), "-o", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    manifest = verify_bundle(tmp_path / "b")
+    assert manifest["preprocess"]["spatial_size"] == [32, 32]
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["epochs"] == 1
+
+    config.write_text(f'cohort = "{cohort}"\n[train.preprocess]\nspatial_sise = [32, 32]\n')
+    typo = runner.invoke(app, ["train", str(config), "-o", str(tmp_path / "c")])
+    assert typo.exit_code == 2 and "did you mean 'spatial_size'" in typo.output

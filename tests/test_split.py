@@ -407,3 +407,12 @@ def test_cli_help_shows_an_example(verb, example):
     result = runner.invoke(app, [verb, "--help"])
     assert result.exit_code == 0
     assert "Example" in result.output and example in flat(result.output)
+
+
+def test_cli_audit_names_the_duplicate_scans(tmp_path):
+    table = patients_cohort(["a", "b", "a", "b"], [1, 1, 1, 1]).table.copy()
+    table["split"] = ["train", "test", "train", "val"]
+    table["pixel_hash"] = ["same", "same", "lonely", "other"]
+    path = Cohort(table).save(tmp_path / "c.parquet")
+    result = runner.invoke(app, ["audit", str(path)])
+    assert "[P0-s0, P1-s0]" in " ".join(result.output.split())
