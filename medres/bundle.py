@@ -27,17 +27,19 @@ from typing import Any
 
 import monai
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from medres import __version__
-from medres.errors import BundleError
+from medres.errors import BundleError, ConfigError
 from medres.files import atomic_write, sha256_file, write_json
 from medres.models import create_model
-from medres.train import TaskInfo
+from medres.tasks import TaskInfo
 from medres.transforms import PreprocessSpec
 
 FORMAT = 1
 WEIGHTS = "weights.safetensors"
+REQUIRED = (WEIGHTS, "config.json", "metrics.json", "model_card.md")
 
 
 @dataclass
@@ -89,7 +91,7 @@ def save_bundle(
     write_json(out / "config.json", config)
     write_json(out / "metrics.json", metrics)
     atomic_write(out / "model_card.md", lambda tmp: Path(tmp).write_text(model_card))
-    files = [WEIGHTS, "config.json", "metrics.json", "model_card.md"]
+    files = list(REQUIRED)
     if (out / "metrics.csv").is_file():
         files.append("metrics.csv")
     manifest = {
@@ -133,7 +135,13 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
             f"{path} has bundle format {manifest.get('format')!r}; this medres reads format "
             f"{FORMAT}: use the medres version that wrote it ({manifest.get('versions')})"
         )
-    for name, expected in manifest.get("files", {}).items():
+    files = manifest.get("files") or {}
+    missing = sorted(set(REQUIRED) - set(files))
+    if missing:
+        raise BundleError(
+            f"{manifest_path} lists no checksum for {missing}; the bundle is incomplete"
+        )
+    for name, expected in files.items():
         file = path / name
         if not file.is_file():
             raise BundleError(f"bundle file {file} is missing; copy the whole bundle folder")
@@ -149,16 +157,20 @@ def load_bundle(path: str | Path) -> Bundle:
     """Verify and load a bundle: the model in eval mode with the selected weights."""
     path = Path(path)
     manifest = verify_bundle(path)
-    target = manifest.get("target") or {}
-    info = TaskInfo(
-        manifest["task"], manifest["classes"], target.get("mean", 0.0), target.get("std", 1.0)
-    )
-    spec = PreprocessSpec.model_validate(manifest["preprocess"])
-    args = {k: v for k, v in manifest["model"]["args"].items() if k != "pretrained"}
-    model = create_model(manifest["model"]["name"], **args)
+    try:
+        target = manifest.get("target") or {}
+        info = TaskInfo(manifest["task"], manifest["classes"], target["mean"], target["std"])
+        spec = PreprocessSpec.model_validate(manifest["preprocess"])
+        args = {k: v for k, v in manifest["model"]["args"].items() if k != "pretrained"}
+        model = create_model(manifest["model"]["name"], **args)
+    except (KeyError, TypeError, ValidationError, ConfigError) as e:
+        raise BundleError(
+            f"{path / 'bundle.json'} is incomplete or from another medres ({e!r}); "
+            "retrain, or restore the bundle"
+        ) from e
     try:
         model.load_state_dict(load_file(path / WEIGHTS))
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:
         raise BundleError(f"{path / WEIGHTS} does not fit model {manifest['model']}: {e}") from e
     return Bundle(path, manifest, model.eval(), spec, info)
 

@@ -297,6 +297,7 @@ def train_command(
         medres train pipeline.toml --set task=ordinal --set epochs=50 -o bundles/dr
     """
     from medres.config import apply_overrides, read_toml, validate
+    from medres.errors import ConfigError
     from medres.evaluate import metrics_table
     from medres.train import TrainConfig
     from medres.workflow import train_bundle
@@ -305,12 +306,12 @@ def train_command(
         data = read_toml(config) if config else {}
         unknown = sorted(set(data) - {"cohort", "train"})
         if unknown:
-            raise MedresError(f"{config}: unknown top-level keys {unknown}; use cohort, [train]")
+            raise ConfigError(f"{config}: unknown top-level keys {unknown}; use cohort, [train]")
         cohort_path = cohort or (
             (config.parent / data["cohort"]) if config and "cohort" in data else None
         )
         if cohort_path is None:
-            raise MedresError("give a cohort: --cohort COHORT.parquet (or `cohort` in CONFIG)")
+            raise ConfigError("give a cohort: --cohort COHORT.parquet (or `cohort` in CONFIG)")
         train = dict(data.get("train", {}))
         for key, value in (("model", model), ("epochs", epochs), ("seed", seed)):
             if value is not None:
@@ -331,13 +332,18 @@ def evaluate_command(
     cohort: Annotated[Path, typer.Argument(help="Cohort manifest with labels and splits.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Report folder to write.")],
     split: Annotated[str, typer.Option(help="Which split to evaluate.")] = "test",
+    strict: Annotated[
+        bool, typer.Option(help="Exit 1 when any scan could not be read (see failures.csv).")
+    ] = False,
 ) -> None:
     """Evaluate a bundle on a cohort split: metrics with patient-level 95 % bootstrap CIs,
     patient-level results, a per-site table, ROC / PR plots.
 
     Writes OUT/report.json (a `metrics` object mapping auroc, accuracy, ... to value,
-    ci_low, ci_high), OUT/report.md and the plots. The binary operating point is the one
-    chosen on validation when the bundle was trained.
+    ci_low, ci_high), OUT/report.md, the plots and OUT/failures.csv (scans that could
+    not be read; they are left out of the metrics, and --strict makes that exit 1).
+    The binary operating point is the one chosen on validation when the bundle was
+    trained.
 
     Example:
 
@@ -347,6 +353,13 @@ def evaluate_command(
     from medres.workflow import evaluate_bundle
 
     with user_errors():
-        report, evaluation = evaluate_bundle(bundle, cohort, out, split=split)
+        report, evaluation, failures = evaluate_bundle(bundle, cohort, out, split=split)
     Console().print(metrics_table(evaluation))
     console.print(f"report: {report}  and {report.parent / 'report.md'}")
+    if len(failures):
+        console.print(
+            f"[yellow]warning:[/] {len(failures)} scan(s) could not be read and are not in "
+            f"the metrics; see {report.parent / 'failures.csv'}"
+        )
+        if strict:
+            raise typer.Exit(1)

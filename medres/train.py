@@ -30,10 +30,11 @@ from sklearn.metrics import cohen_kappa_score, mean_absolute_error, roc_auc_scor
 
 from medres.cohort import Cohort, read_row
 from medres.errors import ConfigError
+from medres.files import atomic_write, write_text
 from medres.models import create_model
-from medres.transforms import Preprocess, PreprocessSpec, build_transform, default_spec
+from medres.tasks import TaskInfo, infer_task
+from medres.transforms import Preprocess, PreprocessSpec, build_transform, fits_spec, resolve_spec
 
-TASKS = ("binary", "multiclass", "ordinal", "regression")
 CHECKPOINT = Path("checkpoints") / "last.pt"
 
 
@@ -65,76 +66,8 @@ class TrainConfig(BaseModel):
     seed: int = 0
     num_workers: int | None = Field(None, ge=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    referable_from: int | None = None
-
-
-@dataclass
-class TaskInfo:
-    """What the labels mean: the task, the class names, and the target scaling."""
-
-    task: str
-    classes: list[Any] | None
-    target_mean: float = 0.0
-    target_std: float = 1.0
-
-    @property
-    def num_outputs(self) -> int:
-        return 1 if self.task == "regression" else len(self.classes)
-
-    def encode(self, labels: pd.Series) -> np.ndarray:
-        """Labels → class indices (int64) or standardised targets (float32)."""
-        if self.task == "regression":
-            return ((labels.astype(float) - self.target_mean) / self.target_std).to_numpy("float32")
-        index = {str(c): i for i, c in enumerate(self.classes)}
-        unknown = sorted({str(v) for v in labels if str(v) not in index})
-        if unknown:
-            raise ConfigError(f"labels {unknown} are not among the model's classes {self.classes}")
-        return np.array([index[str(v)] for v in labels], dtype=np.int64)
-
-    def outputs_to_scores(self, outputs: np.ndarray) -> np.ndarray:
-        """Network outputs → class probabilities (N, K), or predictions (N,) in label units."""
-        if self.task == "regression":
-            return outputs[:, 0] * self.target_std + self.target_mean
-        return torch.softmax(torch.as_tensor(outputs, dtype=torch.float64), dim=1).numpy()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "task": self.task,
-            "classes": self.classes,
-            "target_mean": self.target_mean,
-            "target_std": self.target_std,
-        }
-
-
-def infer_task(labels: pd.Series, requested: str = "auto") -> TaskInfo:
-    """Decide the task from labels: non-integer numbers → regression; 2 classes →
-    binary; more → multiclass (``ordinal`` must be asked for: order is a claim)."""
-    values = labels.dropna()
-    if values.empty:
-        raise ConfigError("no labelled scans; ingest with `--labels labels.csv`")
-    numeric = pd.to_numeric(values, errors="coerce")
-    is_number = numeric.notna().all()
-    integral = is_number and bool(np.all(np.mod(numeric, 1) == 0))
-    task = requested
-    if task == "auto":
-        if is_number and not integral:
-            task = "regression"
-        else:
-            task = "binary" if values.astype(str).nunique() == 2 else "multiclass"
-    if task == "regression":
-        if not is_number:
-            raise ConfigError("regression needs numeric labels")
-        std = float(numeric.std()) or 1.0
-        return TaskInfo("regression", None, float(numeric.mean()), std)
-    if task == "ordinal" and not integral:
-        raise ConfigError("ordinal grades must be integers (0, 1, 2 ...)")
-    classes = sorted(values.unique().tolist(), key=lambda v: float(v) if integral else str(v))
-    classes = [int(c) for c in classes] if integral else [str(c) for c in classes]
-    if len(classes) < 2:
-        raise ConfigError(f"only one class ({classes}) in the labels; a classifier needs two")
-    if task == "binary" and len(classes) != 2:
-        raise ConfigError(f"task binary but {len(classes)} classes: {classes}")
-    return TaskInfo(task, classes)
+    positive_class: int | str | None = None
+    referable_from: int | str | None = None
 
 
 def auto_stem_stride(spatial_size: tuple[int, ...]) -> int:
@@ -212,27 +145,39 @@ def fit(
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
+    checkpoint = out_dir / CHECKPOINT
+    if checkpoint.exists() and not resume:
+        raise ConfigError(
+            f"{out_dir} holds an interrupted run ({checkpoint}); add --resume to continue "
+            "it, or choose a new output folder"
+        )
     train_rows, val_rows = (_rows(cohort, split) for split in ("train", "val"))
     labelled = pd.concat([train_rows, val_rows, _rows(cohort, "test", required=False)])
-    info = infer_task(labelled["label"], config.task)
+    info = infer_task(labelled["label"], config.task, config.positive_class)
     if info.task == "regression":
-        train_labels = pd.to_numeric(train_rows["label"])
-        info.target_mean, info.target_std = (
-            float(train_labels.mean()),
-            float(train_labels.std() or 1),
-        )
-    spec = config.preprocess or default_spec(
-        str(train_rows["modality"].iloc[0]), list(train_rows["shape"].iloc[0])
+        fitted = infer_task(train_rows["label"], "regression")
+        info.target_mean, info.target_std = fitted.target_mean, fitted.target_std
+    info.referable_index(config.referable_from)  # refuse a bad value before training
+    spec = _resolve_spec(config.preprocess, train_rows, val_rows)
+    precision = _precision(config.precision)
+    workers = config.num_workers if config.num_workers is not None else _auto_workers()
+    resolved = config.model_copy(
+        update={
+            "task": info.task,
+            "preprocess": spec,
+            "precision": precision,
+            "num_workers": workers,
+        }
     )
     model_args = _model_args(config, spec, info)
     torch.manual_seed(config.seed)
     model = create_model(config.model, **model_args)
-    precision = _precision(config.precision)
     memory_format = torch.channels_last if spec.spatial_dims == 2 else torch.channels_last_3d
     model = model.to(memory_format=memory_format)
 
     train_set = ScanDataset(train_rows, info.encode(train_rows["label"]), spec, train=True)
     val_set = ScanDataset(val_rows, info.encode(val_rows["label"]), spec, train=False)
+    _require_every_class(info, val_set.targets, "val")
     loss_fn = _loss(info, config, train_set.targets)
     optimizer = _optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
@@ -244,12 +189,10 @@ def fit(
         "best_model": None,
         "history": [],
     }
-    fingerprint = _config_fingerprint(config, cohort)
-    checkpoint = out_dir / CHECKPOINT
+    fingerprint = _config_fingerprint(resolved, cohort)
     if resume:
         state = _load_checkpoint(checkpoint, fingerprint, model, optimizer, scheduler)
 
-    workers = config.num_workers if config.num_workers is not None else _auto_workers()
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),
@@ -279,6 +222,7 @@ def fit(
                 memory_format,
                 on_batch=lambda: progress.advance(batches_bar),
             )
+            lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             val_loader = make_loader(
                 val_set, config.batch_size, workers, shuffle=False, seed=epoch_seed
@@ -298,7 +242,7 @@ def fit(
                 "train_loss": train_loss,
                 "val_loss": val_loss,
                 f"val_{metric}": _shown(metric, score),
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": lr,
                 "seconds": round(time.perf_counter() - tick, 2),
                 "best": improved,
             }
@@ -323,7 +267,7 @@ def fit(
         model,
         info,
         spec,
-        config,
+        resolved,
         model_args,
         pd.DataFrame(state["history"]),
         state["best_epoch"],
@@ -369,7 +313,10 @@ def infer(
 
 def selection_score(info: TaskInfo, targets: np.ndarray, outputs: np.ndarray) -> float:
     """Validation score to maximise: AUROC (binary / macro one-vs-rest), quadratic
-    kappa (ordinal), −MAE (regression); falls back to accuracy when AUROC is undefined."""
+    kappa (ordinal), −MAE (regression); −inf for non-finite outputs. Every class must be
+    in ``targets`` (:func:`fit` checks the validation split before training)."""
+    if not np.isfinite(outputs).all():
+        return -math.inf  # a diverged epoch is never selected
     scores = info.outputs_to_scores(outputs)
     if info.task == "regression":
         truth = targets * info.target_std + info.target_mean
@@ -377,14 +324,42 @@ def selection_score(info: TaskInfo, targets: np.ndarray, outputs: np.ndarray) ->
     if info.task == "ordinal":
         grade = (np.cumsum(scores, axis=1) >= 0.5).argmax(axis=1)
         return float(cohen_kappa_score(targets, grade, weights="quadratic"))
-    try:
-        if info.task == "binary":
-            return float(roc_auc_score(targets, scores[:, 1]))
-        return float(
-            roc_auc_score(targets, scores, multi_class="ovr", labels=range(scores.shape[1]))
+    if info.task == "binary":
+        return float(roc_auc_score(targets, scores[:, 1]))
+    return float(roc_auc_score(targets, scores, multi_class="ovr", labels=range(scores.shape[1])))
+
+
+def _resolve_spec(given, train_rows: pd.DataFrame, val_rows: pd.DataFrame) -> PreprocessSpec:
+    """The spec for the cohort's most common kind of scan (dimensionality and colour);
+    scans that cannot go through it are refused before training, by name."""
+    rows = pd.concat([train_rows, val_rows])
+    kinds = rows["shape"].map(lambda s: (len(s), int(s[0]) >= 3 and len(s) == 3))
+    typical = rows[kinds == kinds.mode().iloc[0]]
+    shapes = typical["shape"].map(tuple)
+    shape = list(shapes.mode().iloc[0])
+    modality = str(typical["modality"].mode().iloc[0])
+    spec = resolve_spec(given, modality, shape)
+    misfits = rows[~rows["shape"].map(lambda s: fits_spec(spec, list(s)))]
+    if len(misfits):
+        names = ", ".join(f"{r.scan_id} {list(r.shape)}" for r in misfits.head(5).itertuples())
+        raise ConfigError(
+            f"{len(misfits)} training/validation scans do not fit preset {spec.preset} "
+            f"({spec.spatial_dims}D, {spec.in_channels} channel(s)), e.g. {names}; remove "
+            "them from the cohort (or clear their split) and train again"
         )
-    except ValueError:
-        return float(np.mean(scores.argmax(axis=1) == targets))
+    return spec
+
+
+def _require_every_class(info: TaskInfo, targets: torch.Tensor, split: str) -> None:
+    if info.task == "regression":
+        return
+    missing = sorted(set(range(info.num_outputs)) - set(targets.tolist()))
+    if missing:
+        names = [info.classes[i] for i in missing]
+        raise ConfigError(
+            f"the {split} split has no scans of class(es) {names}, so validation AUROC / "
+            "kappa is undefined; re-split with `medres split` (stratified by label)"
+        )
 
 
 def _selection_metric(info: TaskInfo) -> str:
@@ -483,7 +458,6 @@ def _config_fingerprint(config: TrainConfig, cohort: Cohort) -> str:
 
 
 def _save_checkpoint(path: Path, fingerprint, model, optimizer, scheduler, state) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "fingerprint": fingerprint,
         "model": model.state_dict(),
@@ -491,9 +465,7 @@ def _save_checkpoint(path: Path, fingerprint, model, optimizer, scheduler, state
         "scheduler": scheduler.state_dict(),
         "state": {**state, "history": json.dumps(state["history"])},
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _load_checkpoint(path: Path, fingerprint, model, optimizer, scheduler) -> dict:
@@ -514,6 +486,4 @@ def _load_checkpoint(path: Path, fingerprint, model, optimizer, scheduler) -> di
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    pd.DataFrame(history).to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_text(path, pd.DataFrame(history).to_csv(index=False))

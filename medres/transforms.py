@@ -43,7 +43,7 @@ from monai.transforms import (
     Spacing,
     Transform,
 )
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medres.errors import ConfigError, ScanContentError, ScanError
 from medres.io import Volume
@@ -76,6 +76,9 @@ class AugmentSpec(BaseModel):
 class PreprocessSpec(BaseModel):
     """What turns a scan into the network input (stored in the bundle).
 
+    In a training config every field may be left out: :func:`resolve_spec` fills the
+    missing ones from the cohort (``preset``, ``spatial_size``, the preset's flips).
+
     Attributes:
         preset: one of ``xray_2d``, ``fundus_2d``, ``ct_3d``, ``mr_3d``.
         spatial_size: output grid, voxels per spatial axis.
@@ -87,19 +90,33 @@ class PreprocessSpec(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    preset: Preset
-    spatial_size: tuple[int, ...]
+    preset: Preset | None = None
+    spatial_size: tuple[int, ...] | None = None
     spacing_mm: tuple[float, ...] | None = None
     window: tuple[float, float] = (40.0, 400.0)
     percentiles: tuple[float, float] = (0.5, 99.5)
     augment: AugmentSpec = AugmentSpec()
 
-    @field_validator("spatial_size")
+    @field_validator("spatial_size", "spacing_mm")
     @classmethod
-    def _positive(cls, size: tuple[int, ...]) -> tuple[int, ...]:
-        if any(s < 1 for s in size):
-            raise ValueError(f"spatial_size must be positive, got {size}")
-        return size
+    def _positive(cls, values):
+        if values is not None and any(v <= 0 for v in values):
+            raise ValueError(f"must be positive, got {values}")
+        return values
+
+    @field_validator("window")
+    @classmethod
+    def _width(cls, window):
+        if window[1] <= 0:
+            raise ValueError(f"window is (level, width) with width > 0, got {window}")
+        return window
+
+    @field_validator("percentiles")
+    @classmethod
+    def _ordered(cls, percentiles):
+        if not 0 <= percentiles[0] < percentiles[1] <= 100:
+            raise ValueError(f"need 0 <= low < high <= 100, got {percentiles}")
+        return percentiles
 
     @property
     def spatial_dims(self) -> int:
@@ -110,6 +127,8 @@ class PreprocessSpec(BaseModel):
         return PRESET_CHANNELS[self.preset]
 
     def model_post_init(self, _context) -> None:
+        if self.preset is None or self.spatial_size is None:
+            return  # a partial spec from a config; resolve_spec completes it
         dims = self.spatial_dims
         if len(self.spatial_size) != dims:
             raise ConfigError(
@@ -122,36 +141,57 @@ class PreprocessSpec(BaseModel):
             raise ConfigError(f"augment.flip_axes {self.augment.flip_axes} exceeds {dims}D")
 
 
-def default_spec(modality: str, shape: list[int], *, max_size: int | None = None) -> PreprocessSpec:
-    """The preset a cohort's scans call for, from their modality and array shape.
+def default_spec(
+    modality: str, shape: list[int], *, preset: str | None = None, max_size: int | None = None
+) -> PreprocessSpec:
+    """The preset a scan calls for, from its modality and array shape.
 
     Args:
         modality: DICOM modality (``CT``, ``MR``, ``CR`` ...) or ``NIFTI`` / ``IMAGE``.
         shape: a typical scan's array shape, channels first: (C, X, Y[, Z]).
+        preset: force this preset (its default flips come with it).
         max_size: cap per spatial axis (default 224 in 2D, 128 in 3D).
 
     2D grey images get ``xray_2d``, 2D colour ``fundus_2d``; 3D CT gets ``ct_3d`` and
     any other 3D scan ``mr_3d`` (percentile normalisation suits scans of unknown
-    scale). Flips are on every axis in 3D and 2D colour, left-right only in
-    radiographs (the heart's side is anatomy, not noise).
+    scale). Flips: every axis in 3D and in fundus photographs; none in radiographs,
+    where left and right are anatomy (the heart's side), not noise.
     """
     channels, spatial = int(shape[0]), [int(s) for s in shape[1:]]
     dims = len(spatial)
+    if dims not in (2, 3):
+        raise ConfigError(f"scans of shape {shape} are neither 2D nor 3D (channels first)")
+    if preset is None:
+        if dims == 2:
+            preset = "fundus_2d" if channels >= 3 else "xray_2d"
+        else:
+            preset = "ct_3d" if str(modality).upper() == "CT" else "mr_3d"
     cap = max_size or (224 if dims == 2 else 128)
-    size = tuple(min(s, cap) for s in spatial)
-    if dims == 2:
-        colour = channels >= 3
-        return PreprocessSpec(
-            preset="fundus_2d" if colour else "xray_2d",
-            spatial_size=size,
-            augment=AugmentSpec(flip_axes=(0, 1) if colour else (0,)),
-        )
-    if dims == 3:
-        preset = "ct_3d" if str(modality).upper() == "CT" else "mr_3d"
-        return PreprocessSpec(
-            preset=preset, spatial_size=size, augment=AugmentSpec(flip_axes=(0, 1, 2))
-        )
-    raise ConfigError(f"scans of shape {shape} are neither 2D nor 3D (channels first)")
+    flips = {"xray_2d": (), "fundus_2d": (0, 1)}.get(preset, (0, 1, 2))
+    return PreprocessSpec(
+        preset=preset,
+        spatial_size=tuple(min(s, cap) for s in spatial),
+        augment=AugmentSpec(flip_axes=flips),
+    )
+
+
+def resolve_spec(given: PreprocessSpec | None, modality: str, shape: list[int]) -> PreprocessSpec:
+    """Complete a (possibly partial) spec: fields the user set win over the defaults
+    :func:`default_spec` derives from a typical scan (``modality``, ``shape``)."""
+    chosen = given.model_dump(exclude_unset=True) if given is not None else {}
+    base = default_spec(modality, shape, preset=chosen.get("preset")).model_dump()
+    augment = {**base.pop("augment"), **chosen.pop("augment", {})}
+    try:
+        return PreprocessSpec.model_validate({**base, **chosen, "augment": augment})
+    except ValidationError as e:
+        raise ConfigError(f"invalid preprocess settings: {e}") from None
+
+
+def fits_spec(spec: PreprocessSpec, shape: list[int]) -> bool:
+    """Whether a scan of array shape ``shape`` (C, X, Y[, Z]) can go through ``spec``."""
+    if len(shape) - 1 != spec.spatial_dims:
+        return False
+    return spec.in_channels == 1 or int(shape[0]) >= 3
 
 
 class Preprocess(Compose):
@@ -188,10 +228,7 @@ def build_transform(spec: PreprocessSpec, *, train: bool = False) -> Preprocess:
     if spec.spatial_dims == 3:
         steps.append(Orientation(axcodes="RAS", labels=None))
     if spec.spacing_mm is not None:
-        steps += [
-            Spacing(pixdim=spec.spacing_mm, mode="bilinear"),
-            ResizeWithPadOrCrop(spec.spatial_size),
-        ]
+        steps.append(Spacing(pixdim=spec.spacing_mm, mode="bilinear"))
     else:
         mode = "bilinear" if spec.spatial_dims == 2 else "trilinear"
         steps.append(Resize(spec.spatial_size, mode=mode, anti_aliasing=True))
@@ -201,6 +238,8 @@ def build_transform(spec: PreprocessSpec, *, train: bool = False) -> Preprocess:
     else:
         low, high = spec.percentiles
         steps.append(ScalePercentiles(low, high))
+    if spec.spacing_mm is not None:  # after scaling, so padding is 0 = the range's bottom
+        steps.append(ResizeWithPadOrCrop(spec.spatial_size))
     steps.append(PlainTensor())
     if train:
         steps += _augmentations(spec)
@@ -248,8 +287,8 @@ class ToTensor(Transform):
                 f"is {array.ndim - 1}D {tuple(array.shape)} but preset {self.spec.preset} "
                 f"expects {self.spec.spatial_dims}D scans",
             )
-        if array.shape[0] in (2, 4):
-            array = array[:-1]
+        if self.spec.spatial_dims == 2 and array.shape[0] in (2, 4):
+            array = array[:-1]  # grey+alpha / RGBA images
         if self.spec.in_channels == 1 and array.shape[0] != 1:
             array = array.mean(axis=0, keepdims=True)
         elif self.spec.in_channels == 3 and array.shape[0] != 3:

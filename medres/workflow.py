@@ -8,19 +8,25 @@ model card. :func:`evaluate_bundle`: bundle + cohort split → report folder.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from torch.utils.data import DataLoader
 
 from medres.bundle import load_bundle, save_bundle
-from medres.cohort import Cohort
-from medres.errors import ConfigError
+from medres.cohort import Cohort, read_row
+from medres.errors import ConfigError, ScanError
 from medres.evaluate import Evaluation, choose_threshold, evaluate, write_report
-from medres.train import CHECKPOINT, ScanDataset, TaskInfo, TrainConfig, fit, infer, make_loader
-from medres.transforms import PreprocessSpec
+from medres.files import write_text
+from medres.tasks import TaskInfo, label_key
+from medres.train import CHECKPOINT, TrainConfig, fit
+from medres.transforms import PreprocessSpec, build_transform
 
 
 def train_bundle(
@@ -43,22 +49,22 @@ def train_bundle(
         raise ConfigError(f"{out} already holds a bundle; choose a new -o folder")
     result = fit(cohort, config, out, resume=resume, show_progress=show_progress)
     rows = {split: _split_rows(cohort, split) for split in ("val", "test")}
-    scores = {
-        s: score_rows(result.model, result.info, result.spec, r)
-        for s, r in rows.items()
+    scored = {
+        split: score_rows(result.model, result.info, result.spec, r)
+        for split, r in rows.items()
         if not r.empty
     }
     threshold = None
     if result.info.task == "binary":
-        y_val, p_val = scores["val"]
-        threshold = choose_threshold(y_val, p_val[:, 1])
+        threshold = choose_threshold(scored["val"].targets, scored["val"].scores[:, 1])
+    referable = result.info.referable_index(config.referable_from)
     evaluations = {
-        split: _evaluate(result.info, rows[split], y, s, threshold, config.referable_from)
-        for split, (y, s) in scores.items()
+        split: _evaluate(result.info, s, threshold, referable) for split, s in scored.items()
     }
-    counts = _counts(cohort)
+    counts = _counts(cohort, result.info.task)
     card_facts = {
         "model": config.model,
+        "task": result.info.task,
         "spec": result.spec,
         "info": result.info,
         "best_epoch": result.best_epoch,
@@ -74,7 +80,7 @@ def train_bundle(
         model_args=result.model_args,
         spec=result.spec,
         info=result.info,
-        config=config.model_dump(mode="json"),
+        config=result.config.model_dump(mode="json"),
         training={
             "best_epoch": result.best_epoch,
             "metric": result.metric,
@@ -100,8 +106,11 @@ def train_bundle(
 
 def evaluate_bundle(
     bundle_path: str | Path, cohort_path: str | Path, out: str | Path, *, split: str = "test"
-) -> tuple[Path, Evaluation]:
-    """Evaluate a bundle on one split of a cohort; writes ``out/report.json`` etc."""
+) -> tuple[Path, Evaluation, pd.DataFrame]:
+    """Evaluate a bundle on one split of a cohort; writes ``out/report.json``, the plots
+    and ``out/failures.csv`` (scans that could not be read: one row each, header always).
+
+    Returns the report path, the evaluation and the failures table."""
     bundle = load_bundle(bundle_path)
     cohort = Cohort.load(cohort_path)
     rows = _split_rows(cohort, split)
@@ -110,24 +119,85 @@ def evaluate_bundle(
             f"{cohort_path} has no labelled '{split}' scans; choose --split among "
             f"{sorted(cohort.ok['split'].dropna().unique())}"
         )
-    y, scores = score_rows(bundle.model, bundle.info, bundle.spec, rows)
-    referable = bundle.manifest.get("training", {}).get("referable_from")
-    evaluation = _evaluate(bundle.info, rows, y, scores, bundle.threshold, referable)
-    extra = {"bundle_id": bundle.id, "split": split, "cohort": str(Path(cohort_path).resolve())}
+    scored = score_rows(bundle.model, bundle.info, bundle.spec, rows)
+    if scored.rows.empty:
+        raise ConfigError(f"none of the {len(rows)} '{split}' scans could be read; see the errors")
+    referable = bundle.info.referable_index(bundle.manifest["training"].get("referable_from"))
+    evaluation = _evaluate(bundle.info, scored, bundle.threshold, referable)
+    extra = {
+        "bundle_id": bundle.id,
+        "split": split,
+        "cohort": str(Path(cohort_path).resolve()),
+        "failed_scans": len(scored.failures),
+    }
     report = write_report(evaluation, out, title=f"medres evaluation — {split}", extra=extra)
-    return report, evaluation
+    write_text(Path(out) / "failures.csv", scored.failures.to_csv(index=False))
+    return report, evaluation, scored.failures
+
+
+@dataclass
+class Scored:
+    """A model's outputs on manifest rows: ``rows`` that could be read, their
+    ``targets`` (N,) and ``scores`` (probabilities (N, K) or predictions (N,)), and one
+    ``failures`` row per scan that could not (scan_id, path, stage, error_type, message)."""
+
+    rows: pd.DataFrame
+    targets: np.ndarray
+    scores: np.ndarray
+    failures: pd.DataFrame
 
 
 def score_rows(
     model, info: TaskInfo, spec: PreprocessSpec, rows: pd.DataFrame, batch_size: int = 64
-) -> tuple[np.ndarray, np.ndarray]:
-    """(targets (N,), scores) for manifest rows: probabilities (N, K) or predictions (N,)."""
-    dataset = ScanDataset(rows, info.encode(rows["label"]), spec, train=False)
-    outputs = infer(model, make_loader(dataset, batch_size, 0, shuffle=False, seed=0))
-    targets = dataset.targets.numpy()
+) -> Scored:
+    """Run ``model`` over manifest rows; a scan that cannot be read is recorded, not fatal."""
+    loader = DataLoader(
+        _TolerantScans(rows, spec),
+        batch_size=batch_size,
+        collate_fn=list,
+        num_workers=1 if (os.cpu_count() or 1) > 1 else 0,
+    )
+    kept, outputs, failures = [], [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            good = [(i, image) for i, image, _ in batch if image is not None]
+            failures += [error for _, _, error in batch if error is not None]
+            if good:
+                kept += [i for i, _ in good]
+                outputs.append(model(torch.stack([image for _, image in good])).float())
+    used = rows.iloc[kept]
+    out = torch.cat(outputs).numpy() if outputs else np.zeros((0, info.num_outputs), "float32")
+    targets = info.encode(used["label"]).astype(float if info.task == "regression" else int)
     if info.task == "regression":
         targets = targets * info.target_std + info.target_mean
-    return targets, info.outputs_to_scores(outputs)
+    return Scored(
+        used,
+        targets,
+        info.outputs_to_scores(out),
+        pd.DataFrame(failures, columns=list(FAILURE_COLUMNS)),
+    )
+
+
+FAILURE_COLUMNS = ("scan_id", "path", "stage", "error_type", "message")
+
+
+class _TolerantScans(torch.utils.data.Dataset):
+    """Item i → (i, tensor, None), or (i, None, failure row) when the scan is unreadable."""
+
+    def __init__(self, rows: pd.DataFrame, spec: PreprocessSpec) -> None:
+        self.items = rows[["scan_id", "path", "files"]].to_dict("records")
+        self.transform = build_transform(spec)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        item = self.items[i]
+        try:
+            return i, self.transform(read_row(item)), None
+        except ScanError as e:
+            return i, None, (item["scan_id"], item["path"], "read", type(e).__name__, e.message)
 
 
 def fingerprint(cohort: Cohort) -> str:
@@ -197,7 +267,8 @@ def _limitations(facts, evaluations) -> list[str]:
     small = [s for s, ev in evaluations.items() if ev.n_patients < 100]
     if small:
         notes.append(f"Few patients in {', '.join(small)}: wide confidence intervals.")
-    notes.append("Probabilities are not yet calibrated; treat them as scores, not risks.")
+    if facts["task"] != "regression":
+        notes.append("Probabilities are not yet calibrated; treat them as scores, not risks.")
     return notes
 
 
@@ -208,9 +279,16 @@ def _ci(m) -> str:
     return f"{m.value:.3f}{ci}"
 
 
-def _counts(cohort: Cohort) -> dict[str, Any]:
+def _counts(cohort: Cohort, task: str) -> dict[str, Any]:
+    """Scans per split and class (per split: n, mean, sd of the target for regression)."""
     ok = cohort.ok[cohort.ok["label"].notna()]
-    table = pd.crosstab(ok["label"].astype(str), ok["split"].fillna("none"))
+    splits = ok["split"].fillna("none")
+    if task == "regression":
+        values = pd.to_numeric(ok["label"], errors="coerce")
+        table = values.groupby(splits).agg(["count", "mean", "std"]).round(4).T
+        table.index = ["n", "mean", "sd"]
+    else:
+        table = pd.crosstab(ok["label"].map(label_key), splits)
     header = "| label | " + " | ".join(table.columns) + " |"
     rows = [
         f"| {label} | " + " | ".join(str(v) for v in row) + " |" for label, row in table.iterrows()
@@ -232,14 +310,14 @@ def _split_rows(cohort: Cohort, split: str) -> pd.DataFrame:
     return ok[(ok["split"] == split) & ok["label"].notna()]
 
 
-def _evaluate(info: TaskInfo, rows, y, scores, threshold, referable_from) -> Evaluation:
+def _evaluate(info: TaskInfo, scored: Scored, threshold, referable_index) -> Evaluation:
     return evaluate(
-        y,
-        scores,
+        scored.targets,
+        scored.scores,
         task=info.task,
         classes=[str(c) for c in info.classes or []] or None,
-        patient_ids=rows["patient_id"].to_numpy(),
-        sites=rows["site"].to_numpy(),
+        patient_ids=scored.rows["patient_id"].to_numpy(),
+        sites=scored.rows["site"].to_numpy(),
         threshold=threshold,
-        referable_from=referable_from,
+        referable_from=referable_index,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ def test_loaded_bundle_predicts_like_the_trained_model(trained):
     cohort_path, bundle_path, _ = trained
     bundle = load_bundle(bundle_path)
     rows = Cohort.load(cohort_path).ok.query("split == 'val'")
-    _, scores = score_rows(bundle.model, bundle.info, bundle.spec, rows)
+    scores = score_rows(bundle.model, bundle.info, bundle.spec, rows).scores
     metrics = json.loads((bundle_path / "metrics.json").read_text())["val"]
     from sklearn.metrics import roc_auc_score
 
@@ -135,3 +136,24 @@ def test_train_from_a_config_file(trained, tmp_path):
     config.write_text(f'cohort = "{cohort}"\n[train.preprocess]\nspatial_sise = [32, 32]\n')
     typo = runner.invoke(app, ["train", str(config), "-o", str(tmp_path / "c")])
     assert typo.exit_code == 2 and "did you mean 'spatial_size'" in typo.output
+
+
+def test_evaluate_records_an_unreadable_scan_and_goes_on(trained, tmp_path):
+    cohort_path, bundle, _ = trained
+    cohort = Cohort.load(cohort_path)
+    table = cohort.table.copy()
+    victim = table.index[table["split"] == "test"][0]
+    broken = tmp_path / "truncated.png"
+    broken.write_bytes(Path(table.at[victim, "files"][0]).read_bytes()[:40])
+    table.at[victim, "files"] = [str(broken)]
+    path = Cohort(table, cohort.meta).save(tmp_path / "c.parquet")
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["evaluate", str(bundle), str(path), "-o", str(out)])
+    assert result.exit_code == 0 and "could not be read" in result.output
+    failures = __import__("pandas").read_csv(out / "failures.csv")
+    assert list(failures["scan_id"]) == [table.at[victim, "scan_id"]]
+    assert failures["error_type"].iloc[0] == "ScanReadError"
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_scans"] == 23 and report["failed_scans"] == 1
+    strict = runner.invoke(app, ["evaluate", str(bundle), str(path), "-o", str(out), "--strict"])
+    assert strict.exit_code == 1

@@ -15,6 +15,7 @@ import torch
 
 from medres.cohort import Cohort
 from medres.errors import ConfigError
+from medres.tasks import infer_task, label_key
 from medres.train import (
     CHECKPOINT,
     ScanDataset,
@@ -22,7 +23,6 @@ from medres.train import (
     auto_stem_stride,
     fit,
     infer,
-    infer_task,
     make_loader,
 )
 from tests.conftest import PROJECT, small_cohort
@@ -39,6 +39,33 @@ def test_task_is_inferred_from_labels():
         infer_task(pd.Series([1, 1]))
     with pytest.raises(ConfigError, match="integers"):
         infer_task(pd.Series([0.5, 1.5]), "ordinal")
+    with pytest.raises(ConfigError, match="task=regression"):
+        infer_task(pd.Series(range(40)))  # e.g. age in years: not 40 classes by accident
+
+
+def test_labels_match_whatever_type_the_manifest_stored():
+    info = infer_task(pd.Series([0, 1]))
+    for labels in ([0.0, 1.0], ["0", "1"], ["0.0", "1.0"], [False, True]):
+        assert list(info.encode(pd.Series(labels))) == [0, 1]
+    assert label_key(2.0) == "2" and label_key(" a ") == "a"
+
+
+def test_binary_text_labels_need_the_positive_class_named():
+    with pytest.raises(ConfigError, match="positive_class="):
+        infer_task(pd.Series(["abnormal", "normal"]))
+    info = infer_task(pd.Series(["normal", "abnormal"]), positive_class="abnormal")
+    assert info.classes == ["normal", "abnormal"]  # the positive class is output 1
+    with pytest.raises(ConfigError, match="not one of the labels"):
+        infer_task(pd.Series(["a", "b"]), positive_class="c")
+
+
+def test_referable_grade_is_checked_and_mapped_to_its_index():
+    info = infer_task(pd.Series([1, 2, 3, 4, 5]), "ordinal")
+    assert info.referable_index(3) == 2  # grades 1-5: grade 3 is output 2
+    with pytest.raises(ConfigError, match="grades above the lowest"):
+        info.referable_index(1)
+    with pytest.raises(ConfigError, match="task=ordinal"):
+        infer_task(pd.Series([0, 1, 2])).referable_index(2)
 
 
 def test_stem_stride_keeps_first_stage_at_14_px_in_2d_and_7_voxels_in_3d():
@@ -131,6 +158,20 @@ def test_no_validation_split_is_a_clear_error(example_cohort, tmp_path):
     table = example_cohort.table.assign(split="train")
     with pytest.raises(ConfigError, match="no labelled 'val' scans"):
         fit(Cohort(table, {}), TrainConfig(**FAST), tmp_path, show_progress=False)
+
+
+def test_validation_split_missing_a_class_is_refused_before_training(example_cohort, tmp_path):
+    table = example_cohort.table
+    table = table[(table["split"] != "val") | (table["label"] == 0)]
+    with pytest.raises(ConfigError, match=r"no scans of class\(es\) \[1\]"):
+        fit(Cohort(table, {}), TrainConfig(**FAST), tmp_path, show_progress=False)
+
+
+def test_an_interrupted_run_is_not_overwritten_without_resume(example_cohort, tmp_path):
+    (tmp_path / CHECKPOINT).parent.mkdir(parents=True)
+    (tmp_path / CHECKPOINT).write_bytes(b"")
+    with pytest.raises(ConfigError, match="add --resume"):
+        fit(example_cohort, TrainConfig(**FAST), tmp_path, show_progress=False)
 
 
 def test_channels_last_fast_path_changes_no_prediction(example_cohort, tmp_path):

@@ -9,7 +9,7 @@ import torch
 
 from medres.errors import ConfigError, ScanContentError
 from medres.io import Volume, read_scan
-from medres.transforms import PreprocessSpec, build_transform, default_spec
+from medres.transforms import PreprocessSpec, build_transform, default_spec, resolve_spec
 from tests.conftest import DICOM2NIFTI, EXAMPLE, PYDICOM_FILES, needs
 
 PNG = EXAMPLE / "test" / "test_00000.png"
@@ -21,8 +21,8 @@ def test_default_presets_follow_modality_and_shape():
     assert default_spec("CT", [1, 64, 64, 40]).preset == "ct_3d"
     assert default_spec("MR", [1, 64, 64, 40]).preset == "mr_3d"
     assert default_spec("NIFTI", [1, 512, 512, 300]).spatial_size == (128, 128, 128)
-    # radiographs flip left-right only; 3D volumes on every axis
-    assert default_spec("IMAGE", [1, 28, 28]).augment.flip_axes == (0,)
+    # no flips for radiographs (left and right are anatomy); every axis in 3D
+    assert default_spec("IMAGE", [1, 28, 28]).augment.flip_axes == ()
     assert default_spec("CT", [1, 8, 8, 8]).augment.flip_axes == (0, 1, 2)
 
 
@@ -110,3 +110,32 @@ def test_sparse_mask_is_not_blanked_by_percentile_scaling():
         Volume(mask, np.eye(4))
     )
     assert out.max() == 1 and out.min() == 0 and int(out.sum()) == 8
+
+
+def test_partial_spec_from_a_config_is_completed_from_the_cohort():
+    given = PreprocessSpec.model_validate({"spatial_size": [64, 64], "augment": {"prob": 1.0}})
+    spec = resolve_spec(given, "IMAGE", [3, 28, 28])
+    assert spec.preset == "fundus_2d" and spec.spatial_size == (64, 64)
+    assert spec.augment.prob == 1.0 and spec.augment.flip_axes == (0, 1)
+    with pytest.raises(ConfigError, match="percentiles"):
+        resolve_spec(PreprocessSpec.model_construct(percentiles=(90, 10)), "MR", [1, 8, 8, 8])
+
+
+def test_ct_padding_is_below_the_window_not_water():
+    """Resampling to a spacing then padding must pad with the window's bottom (0), not
+    with 0 HU (water, 0.4 in a 40/400 window)."""
+    volume = Volume(np.full((1, 8, 8, 8), -1000.0, np.float32), np.eye(4))
+    volume.array[0, 2:6, 2:6, 2:6] = 40.0
+    spec = PreprocessSpec(preset="ct_3d", spatial_size=(12, 12, 12), spacing_mm=(1, 1, 1))
+    out = build_transform(spec)(volume)
+    assert out.shape == (1, 12, 12, 12)
+    assert out[0, 0, 0, 0] == 0 and np.isclose(out.max(), 0.5)
+
+
+def test_two_channel_3d_scan_keeps_both_channels_until_the_grey_average():
+    """Only 2D images have an alpha channel to drop; a 2-echo volume is averaged."""
+    ramp = np.arange(64, dtype=np.float32).reshape(4, 4, 4)
+    volume = Volume(np.stack([np.zeros_like(ramp), ramp]), np.eye(4))
+    spec = PreprocessSpec(preset="mr_3d", spatial_size=(4, 4, 4), percentiles=(0, 100))
+    out = build_transform(spec)(volume)  # dropping channel 1 would leave all zeros
+    assert out.shape == (1, 4, 4, 4) and out.max() == 1 and out.min() == 0

@@ -1,0 +1,137 @@
+"""What the labels mean: the task, the classes in output order, the target scaling.
+
+Labels are matched by a canonical key, so ``1``, ``1.0``, ``"1"``, ``"1.0"`` and ``True``
+are one class whatever type the manifest stored them in. Whole-number labels stay
+integers in the bundle (JSON round trip).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medres.errors import ConfigError
+
+MAX_AUTO_CLASSES = 20
+
+
+def label_key(value: Any) -> str:
+    """The canonical text of a label: whole numbers without ``.0``, text stripped."""
+    if isinstance(value, bool | np.bool_):
+        return str(int(value))
+    number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+    if pd.notna(number) and float(number).is_integer():
+        return str(int(number))
+    return str(value).strip()
+
+
+@dataclass
+class TaskInfo:
+    """The task and its classes in the network's output order (the positive class of a
+    binary task last), or for regression the target's mean and sd used to standardise."""
+
+    task: str
+    classes: list[Any] | None
+    target_mean: float = 0.0
+    target_std: float = 1.0
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.task == "regression" else len(self.classes)
+
+    def encode(self, labels: pd.Series) -> np.ndarray:
+        """Labels → class indices (int64) or standardised targets (float32)."""
+        if self.task == "regression":
+            values = pd.to_numeric(labels, errors="coerce").astype(float)
+            return ((values - self.target_mean) / self.target_std).to_numpy("float32")
+        index = {label_key(c): i for i, c in enumerate(self.classes)}
+        keys = [label_key(v) for v in labels]
+        unknown = sorted({k for k in keys if k not in index})
+        if unknown:
+            raise ConfigError(f"labels {unknown} are not among the model's classes {self.classes}")
+        return np.array([index[k] for k in keys], dtype=np.int64)
+
+    def outputs_to_scores(self, outputs: np.ndarray) -> np.ndarray:
+        """Network outputs → class probabilities (N, K), or predictions (N,) in label units."""
+        if self.task == "regression":
+            return outputs[:, 0] * self.target_std + self.target_mean
+        return torch.softmax(torch.as_tensor(outputs, dtype=torch.float64), dim=1).numpy()
+
+    def referable_index(self, referable_from: Any) -> int | None:
+        """The class index of grade ``referable_from`` (ordinal tasks), None if not given."""
+        if referable_from is None:
+            return None
+        keys = [label_key(c) for c in self.classes or []]
+        if self.task != "ordinal" or label_key(referable_from) not in keys[1:]:
+            raise ConfigError(
+                f"referable_from={referable_from!r} needs task=ordinal and one of the grades "
+                f"above the lowest: {self.classes[1:] if self.classes else []}"
+            )
+        return keys.index(label_key(referable_from))
+
+
+def infer_task(labels: pd.Series, requested: str = "auto", positive_class: Any = None) -> TaskInfo:
+    """Decide the task from labels.
+
+    ``auto``: non-integer numbers → regression; 2 classes → binary; 3 to
+    :data:`MAX_AUTO_CLASSES` → multiclass; more whole numbers is refused (ask for
+    ``regression`` or ``multiclass``). ``ordinal`` must be asked for: order is a claim.
+    Binary: ``positive_class`` is output 1; without it the larger of two numbers, and
+    two texts must name it (no guessing which of "normal"/"abnormal" is positive).
+    """
+    values = labels.dropna()
+    if values.empty:
+        raise ConfigError("no labelled scans; ingest with `--labels labels.csv`")
+    numeric = pd.to_numeric(values, errors="coerce")
+    is_number = bool(numeric.notna().all())
+    integral = is_number and bool(np.all(np.mod(numeric, 1) == 0))
+    task = requested
+    if task == "auto":
+        if is_number and not integral:
+            task = "regression"
+        else:
+            distinct = values.map(label_key).nunique()
+            if distinct > MAX_AUTO_CLASSES:
+                raise ConfigError(
+                    f"{distinct} distinct whole-number labels: is this a measurement? use "
+                    "--set task=regression (or task=multiclass if they are classes)"
+                )
+            task = "binary" if distinct == 2 else "multiclass"
+    if task == "regression":
+        if not is_number:
+            raise ConfigError("regression needs numeric labels")
+        std = float(numeric.std()) if len(numeric) > 1 else 0.0
+        std = std if np.isfinite(std) and std > 0 else 1.0
+        return TaskInfo("regression", None, float(numeric.mean()), std)
+    if task == "ordinal" and not integral:
+        raise ConfigError("ordinal grades must be integers (0, 1, 2 ...)")
+    if integral:
+        classes: list[Any] = sorted({int(v) for v in numeric})
+    else:
+        classes = sorted({label_key(v) for v in values})
+    if len(classes) < 2:
+        raise ConfigError(f"only one class ({classes}) in the labels; a classifier needs two")
+    if task == "binary":
+        classes = _positive_last(classes, positive_class, integral)
+    elif positive_class is not None:
+        raise ConfigError("positive_class applies to binary tasks only")
+    return TaskInfo(task, classes)
+
+
+def _positive_last(classes: list[Any], positive: Any, integral: bool) -> list[Any]:
+    if len(classes) != 2:
+        raise ConfigError(f"task binary but {len(classes)} classes: {classes}")
+    if positive is None:
+        if integral:
+            return classes
+        raise ConfigError(
+            f"which of {classes} is the positive class? add --set positive_class={classes[1]!r}"
+        )
+    keys = [label_key(c) for c in classes]
+    if label_key(positive) not in keys:
+        raise ConfigError(f"positive_class {positive!r} is not one of the labels {classes}")
+    return sorted(classes, key=lambda c: label_key(c) == label_key(positive))
