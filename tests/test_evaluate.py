@@ -16,15 +16,8 @@ from scipy import stats
 from sklearn import metrics as skm
 
 from medres.errors import ConfigError
-from medres.evaluate import (
-    Evaluation,
-    _kernel,
-    _point_metrics,
-    choose_threshold,
-    evaluate,
-    metrics_table,
-    write_report,
-)
+from medres.evaluate import Evaluation, choose_threshold, evaluate, metrics_table, write_report
+from medres.evaluate.metrics import _kernel, _point_metrics
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
