@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from medres import __version__
 from medres.errors import BundleError, ConfigError
-from medres.files import atomic_write, sha256_file, write_json
+from medres.files import atomic_write, sha256_file, write_json, write_text
 from medres.models import create_model
 from medres.tasks import TaskInfo
 from medres.transforms import PreprocessSpec
@@ -90,7 +90,7 @@ def save_bundle(
     atomic_write(out / WEIGHTS, lambda tmp: save_file(weights, tmp))
     write_json(out / "config.json", config)
     write_json(out / "metrics.json", metrics)
-    atomic_write(out / "model_card.md", lambda tmp: Path(tmp).write_text(model_card))
+    write_text(out / "model_card.md", model_card)
     files = list(REQUIRED)
     if (out / "metrics.csv").is_file():
         files.append("metrics.csv")

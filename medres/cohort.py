@@ -95,6 +95,18 @@ class Cohort:
         """The rows whose scan was read successfully."""
         return self.table[self.table["status"] == "ok"]
 
+    def labelled(self, split: str) -> pd.DataFrame:
+        """The readable, labelled rows of one split (``train`` / ``val`` / ``test``)."""
+        ok = self.ok
+        return ok[(ok["split"] == split) & ok["label"].notna()]
+
+    def fingerprint(self) -> str:
+        """sha256 of the readable rows (scan id, pixel hash, label, split): the same
+        scans with the same labels and splits give the same fingerprint."""
+        cols = ["scan_id", "pixel_hash", "label", "split"]
+        table = self.ok[cols].astype(str).sort_values("scan_id")
+        return hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()
+
     def save(self, path: str | Path) -> Path:
         """Write the manifest to ``path`` (Parquet) atomically; returns the path."""
         path = Path(path)

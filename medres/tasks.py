@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from medres.errors import ConfigError
 
@@ -20,13 +19,20 @@ MAX_AUTO_CLASSES = 20
 
 
 def label_key(value: Any) -> str:
-    """The canonical text of a label: whole numbers without ``.0``, text stripped."""
-    if isinstance(value, bool | np.bool_):
-        return str(int(value))
-    number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
-    if pd.notna(number) and float(number).is_integer():
-        return str(int(number))
-    return str(value).strip()
+    """The canonical text of a label: whole numbers (and booleans) without ``.0``,
+    text stripped."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value).strip()
+    return str(int(number)) if number.is_integer() else str(value).strip()
+
+
+def median_grade(probs: np.ndarray) -> np.ndarray:
+    """(N,) the median of each row's predictive distribution over ordered grades (N, K):
+    the grade minimising the expected absolute error."""
+    cum = np.cumsum(probs, axis=1) / probs.sum(axis=1, keepdims=True)
+    return np.argmax(cum >= 0.5 - 1e-9, axis=1)
 
 
 @dataclass
@@ -59,7 +65,9 @@ class TaskInfo:
         """Network outputs → class probabilities (N, K), or predictions (N,) in label units."""
         if self.task == "regression":
             return outputs[:, 0] * self.target_std + self.target_mean
-        return torch.softmax(torch.as_tensor(outputs, dtype=torch.float64), dim=1).numpy()
+        logits = np.asarray(outputs, dtype=np.float64)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
 
     def referable_index(self, referable_from: Any) -> int | None:
         """The class index of grade ``referable_from`` (ordinal tasks), None if not given."""

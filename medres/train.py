@@ -32,7 +32,7 @@ from medres.cohort import Cohort, read_row
 from medres.errors import ConfigError
 from medres.files import atomic_write, write_text
 from medres.models import create_model
-from medres.tasks import TaskInfo, infer_task
+from medres.tasks import TaskInfo, infer_task, median_grade
 from medres.transforms import Preprocess, PreprocessSpec, build_transform, fits_spec, resolve_spec
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -160,7 +160,7 @@ def fit(
     info.referable_index(config.referable_from)  # refuse a bad value before training
     spec = _resolve_spec(config.preprocess, train_rows, val_rows)
     precision = _precision(config.precision)
-    workers = config.num_workers if config.num_workers is not None else _auto_workers()
+    workers = config.num_workers if config.num_workers is not None else auto_workers()
     resolved = config.model_copy(
         update={
             "task": info.task,
@@ -322,8 +322,7 @@ def selection_score(info: TaskInfo, targets: np.ndarray, outputs: np.ndarray) ->
         truth = targets * info.target_std + info.target_mean
         return -float(mean_absolute_error(truth, scores))
     if info.task == "ordinal":
-        grade = (np.cumsum(scores, axis=1) >= 0.5).argmax(axis=1)
-        return float(cohen_kappa_score(targets, grade, weights="quadratic"))
+        return float(cohen_kappa_score(targets, median_grade(scores), weights="quadratic"))
     if info.task == "binary":
         return float(roc_auc_score(targets, scores[:, 1]))
     return float(roc_auc_score(targets, scores, multi_class="ovr", labels=range(scores.shape[1])))
@@ -371,8 +370,7 @@ def _shown(metric: str, score: float) -> float:
 
 
 def _rows(cohort: Cohort, split: str, required: bool = True) -> pd.DataFrame:
-    table = cohort.ok
-    rows = table[(table["split"] == split) & table["label"].notna()]
+    rows = cohort.labelled(split)
     if required and rows.empty:
         raise ConfigError(
             f"the cohort has no labelled '{split}' scans; split it first: "
@@ -400,7 +398,8 @@ def _precision(requested: str) -> str:
     return requested
 
 
-def _auto_workers() -> int:
+def auto_workers() -> int:
+    """One DataLoader worker beside the training process when there is a second core."""
     return 1 if (os.cpu_count() or 1) > 1 else 0
 
 
@@ -452,8 +451,7 @@ def _lr_factor(config: TrainConfig):
 
 def _config_fingerprint(config: TrainConfig, cohort: Cohort) -> str:
     """Identifies the run a checkpoint belongs to (config + cohort scans and labels)."""
-    table = cohort.table[["scan_id", "label", "split"]].astype(str).sort_values("scan_id")
-    text = config.model_dump_json() + table.to_csv(index=False)
+    text = config.model_dump_json() + cohort.fingerprint()
     return hashlib.sha256(text.encode()).hexdigest()
 
 

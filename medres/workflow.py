@@ -7,8 +7,6 @@ model card. :func:`evaluate_bundle`: bundle + cohort split → report folder.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,7 @@ from medres.errors import ConfigError, ScanError
 from medres.evaluate import Evaluation, choose_threshold, evaluate, write_report
 from medres.files import write_text
 from medres.tasks import TaskInfo, label_key
-from medres.train import CHECKPOINT, TrainConfig, fit
+from medres.train import CHECKPOINT, TrainConfig, auto_workers, fit
 from medres.transforms import PreprocessSpec, build_transform
 
 
@@ -48,7 +46,7 @@ def train_bundle(
     if (out / "bundle.json").exists() and not resume:
         raise ConfigError(f"{out} already holds a bundle; choose a new -o folder")
     result = fit(cohort, config, out, resume=resume, show_progress=show_progress)
-    rows = {split: _split_rows(cohort, split) for split in ("val", "test")}
+    rows = {split: cohort.labelled(split) for split in ("val", "test")}
     scored = {
         split: score_rows(result.model, result.info, result.spec, r)
         for split, r in rows.items()
@@ -92,7 +90,7 @@ def train_bundle(
         },
         cohort={
             "path": str(Path(cohort_path).resolve()),
-            "fingerprint": fingerprint(cohort),
+            "fingerprint": cohort.fingerprint(),
             "counts": {k: counts[k] for k in ("by_split", "sites")},
             "split_by": cohort.meta.get("split_by"),
         },
@@ -113,7 +111,7 @@ def evaluate_bundle(
     Returns the report path, the evaluation and the failures table."""
     bundle = load_bundle(bundle_path)
     cohort = Cohort.load(cohort_path)
-    rows = _split_rows(cohort, split)
+    rows = cohort.labelled(split)
     if rows.empty:
         raise ConfigError(
             f"{cohort_path} has no labelled '{split}' scans; choose --split among "
@@ -155,7 +153,7 @@ def score_rows(
         _TolerantScans(rows, spec),
         batch_size=batch_size,
         collate_fn=list,
-        num_workers=1 if (os.cpu_count() or 1) > 1 else 0,
+        num_workers=auto_workers(),
     )
     kept, outputs, failures = [], [], []
     model.eval()
@@ -198,14 +196,6 @@ class _TolerantScans(torch.utils.data.Dataset):
             return i, self.transform(read_row(item)), None
         except ScanError as e:
             return i, None, (item["scan_id"], item["path"], "read", type(e).__name__, e.message)
-
-
-def fingerprint(cohort: Cohort) -> str:
-    """sha256 of the cohort's usable rows (scan id, pixel hash, label, split): the same
-    scans with the same labels and splits give the same fingerprint."""
-    cols = ["scan_id", "pixel_hash", "label", "split"]
-    table = cohort.ok[cols].astype(str).sort_values("scan_id")
-    return hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()
 
 
 def model_card(facts: dict[str, Any], evaluations: dict[str, Evaluation]) -> str:
@@ -303,11 +293,6 @@ def _counts(cohort: Cohort, task: str) -> dict[str, Any]:
         "sites": sites,
         "markdown": markdown,
     }
-
-
-def _split_rows(cohort: Cohort, split: str) -> pd.DataFrame:
-    ok = cohort.ok
-    return ok[(ok["split"] == split) & ok["label"].notna()]
 
 
 def _evaluate(info: TaskInfo, scored: Scored, threshold, referable_index) -> Evaluation:

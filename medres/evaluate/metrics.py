@@ -40,6 +40,7 @@ from sklearn import metrics as skm
 
 from medres.errors import ConfigError
 from medres.files import jsonable
+from medres.tasks import median_grade
 
 TASKS = ("binary", "multiclass", "ordinal", "regression")
 HEADLINE: dict[str, tuple[str, ...]] = {  # the per-site columns
@@ -357,10 +358,7 @@ def _aggregate(task, y, s, codes, how) -> tuple[np.ndarray, np.ndarray]:
 
 def _predicted_class(task: str, probs: np.ndarray) -> np.ndarray:
     """(N,) argmax class, or for ordinal the median grade of each row."""
-    if task != "ordinal":
-        return probs.argmax(axis=1)
-    cum = np.cumsum(probs, axis=1) / probs.sum(axis=1, keepdims=True)
-    return np.argmax(cum >= 0.5 - 1e-9, axis=1)
+    return median_grade(probs) if task == "ordinal" else probs.argmax(axis=1)
 
 
 # ---------------------------------------------------------------- point metrics (sklearn)

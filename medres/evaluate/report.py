@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from rich.table import Table
 
 from medres.errors import ConfigError
 from medres.evaluate.metrics import Evaluation, MetricCI
-from medres.files import atomic_write, jsonable, write_text
+from medres.files import atomic_write, jsonable, write_json, write_text
 
 
 def write_report(
@@ -33,7 +32,7 @@ def write_report(
         )
     data.update(jsonable(extra or {}))
     plots = _write_plots(evaluation, out)
-    write_text(out / "report.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
+    write_json(out / "report.json", data)
     md = _markdown(evaluation, title, plots)
     write_text(out / "report.md", md)
     return out / "report.json"
