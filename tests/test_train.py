@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from medres.train import (
     fit,
     infer,
     make_loader,
+    selects,
 )
 from tests.conftest import PROJECT, small_cohort
 
@@ -152,6 +154,32 @@ def test_regression_and_ordinal_tasks_select_on_their_metric(example_cohort, tmp
         show_progress=False,
     )
     assert ordinal.metric == "kappa_quadratic" and "val_kappa_quadratic" in ordinal.history
+
+
+def _selected_epochs(scores, losses, tolerance=1e-3):
+    state = {"best_score": -math.inf, "best_loss": math.inf, "top_score": -math.inf}
+    chosen = []
+    for epoch, (score, loss) in enumerate(zip(scores, losses, strict=True), 1):
+        state["top_score"] = max(state["top_score"], score)
+        if selects(score, loss, state, tolerance):
+            state.update(best_score=score, best_loss=loss)
+            chosen.append(epoch)
+    return chosen
+
+
+def test_near_ties_in_validation_score_go_to_the_lower_loss():
+    # PneumoniaMNIST seed 0, epochs 1-15: AUROC saturated near 0.995. Strict "higher is
+    # better" picked epoch 5 (AUROC 0.9970 but loss 0.287); the tie rule keeps epoch 14
+    # (0.9965, loss 0.069), which was within 0.001 of the best and fitted far better.
+    auroc = [.99412, .99337, .99532, .99640, .99699, .99412, .99598, .99585, .99667,
+             .99572, .99461, .99473, .99410, .99646, .99562]
+    loss = [.136, .759, .187, .100, .287, .096, .077, .086, .089, .077, .110, .083,
+            .113, .069, .163]
+    assert _selected_epochs(auroc, loss) == [1, 3, 4, 9, 14]
+    assert _selected_epochs(auroc, loss, tolerance=0) == [1, 3, 4, 5]
+    # a clearly better score wins whatever its loss; a diverged epoch never does
+    assert _selected_epochs([0.80, 0.90], [0.1, 5.0]) == [1, 2]
+    assert _selected_epochs([0.80, -math.inf], [0.1, 0.01]) == [1]
 
 
 def test_no_validation_split_is_a_clear_error(example_cohort, tmp_path):
