@@ -10,6 +10,9 @@ A bundle is a folder::
     metrics.json        validation (and test, when the cohort has one) metrics with CIs
     metrics.csv         per-epoch training history
     model_card.md       intended use, data, metrics, limitations
+    calibration.json    classifiers: calibration, conformal quantiles, referral threshold,
+                        OOD threshold (:class:`medres.uncertainty.trust.Trust`)
+    ood.safetensors     classifiers: the OOD model's class means and precision matrix
 
 ``bundle.json`` is written last, so a folder without it is not a bundle. :func:`load_bundle`
 refuses a bundle whose files fail their checksums, naming the file.
@@ -36,6 +39,7 @@ from medres.files import atomic_write, sha256_file, write_json, write_text
 from medres.models import create_model
 from medres.tasks import TaskInfo
 from medres.transforms import PreprocessSpec
+from medres.uncertainty.trust import CALIBRATION, Trust
 
 FORMAT = 1
 WEIGHTS = "weights.safetensors"
@@ -56,6 +60,8 @@ class Bundle:
     def id(self) -> str:
         return self.manifest["id"]
 
+    trust: Trust | None = None
+
     @property
     def threshold(self) -> float | None:
         return self.manifest.get("threshold")
@@ -75,6 +81,7 @@ def save_bundle(
     metrics: dict[str, Any],
     model_card: str,
     threshold: float | None = None,
+    trust: Trust | None = None,
     parent_id: str | None = None,
 ) -> Path:
     """Write a bundle into ``out`` (created if needed); returns the ``bundle.json`` path.
@@ -91,7 +98,7 @@ def save_bundle(
     write_json(out / "config.json", config)
     write_json(out / "metrics.json", metrics)
     write_text(out / "model_card.md", model_card)
-    files = list(REQUIRED)
+    files = list(REQUIRED) + (trust.save(out) if trust is not None else [])
     if (out / "metrics.csv").is_file():
         files.append("metrics.csv")
     manifest = {
@@ -103,6 +110,7 @@ def save_bundle(
         "classes": info.classes,
         "target": {"mean": info.target_mean, "std": info.target_std},
         "threshold": threshold,
+        "calibrated": trust is not None,
         "model": {"name": model_name, "args": model_args},
         "preprocess": spec.model_dump(mode="json"),
         "training": training,
@@ -111,6 +119,23 @@ def save_bundle(
         "files": {name: sha256_file(out / name) for name in files},
     }
     return write_json(out / "bundle.json", manifest)
+
+
+def update_bundle(
+    path: str | Path, *, files: list[str], metrics: dict[str, Any], fields: dict[str, Any]
+) -> Path:
+    """Record new or rewritten ``files`` (already written into the bundle), a new
+    ``metrics.json`` and manifest ``fields`` in a verified bundle; ``bundle.json`` is
+    rewritten last and atomically, so a crash leaves the old manifest, which then
+    refuses the changed files by checksum."""
+    path = Path(path)
+    manifest = json.loads((path / "bundle.json").read_text())  # verified by the caller
+    write_json(path / "metrics.json", metrics)
+    manifest.update(fields)
+    for name in [*files, "metrics.json"]:
+        manifest["files"][name] = sha256_file(path / name)
+    manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return write_json(path / "bundle.json", manifest)
 
 
 def verify_bundle(path: str | Path) -> dict[str, Any]:
@@ -172,7 +197,8 @@ def load_bundle(path: str | Path) -> Bundle:
         model.load_state_dict(load_file(path / WEIGHTS))
     except (RuntimeError, OSError) as e:
         raise BundleError(f"{path / WEIGHTS} does not fit model {manifest['model']}: {e}") from e
-    return Bundle(path, manifest, model.eval(), spec, info)
+    trust = Trust.load(path) if CALIBRATION in manifest["files"] else None
+    return Bundle(path, manifest, model.eval(), spec, info, trust)
 
 
 def versions() -> dict[str, str]:

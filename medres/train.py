@@ -35,6 +35,7 @@ from medres.files import atomic_write, write_text
 from medres.models import create_model
 from medres.tasks import TaskInfo, infer_task, median_grade
 from medres.transforms import Preprocess, PreprocessSpec, build_transform, fits_spec, resolve_spec
+from medres.uncertainty.trust import TrustConfig
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 
@@ -45,7 +46,8 @@ class TrainConfig(BaseModel):
     The defaults are the documented ``medres train --cohort`` defaults, the same for
     every dataset: ResNet-18, AdamW (lr 1e-3, weight decay 1e-4), batch 64, 30 epochs
     with one warm-up epoch and a cosine schedule, dropout 0.2, early stopping after 10
-    epochs without a better validation score. Scores within ``selection_tolerance`` of
+    epochs without a better validation score; ``trust`` (calibration, conformal sets,
+    referral, OOD) is fitted on validation after training. Scores within ``selection_tolerance`` of
     the best seen count as ties, decided by the lower validation loss.
     """
 
@@ -71,6 +73,7 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     positive_class: int | str | None = None
     referable_from: int | str | None = None
+    trust: TrustConfig = Field(default_factory=TrustConfig)
 
 
 def auto_stem_stride(spatial_size: tuple[int, ...]) -> int:
@@ -473,7 +476,7 @@ def _lr_factor(config: TrainConfig):
 
 def _config_fingerprint(config: TrainConfig, cohort: Cohort) -> str:
     """Identifies the run a checkpoint belongs to (config + cohort scans and labels)."""
-    text = config.model_dump_json() + cohort.fingerprint()
+    text = config.model_dump_json(exclude={"trust"}) + cohort.fingerprint()  # fitted after
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -17,14 +17,17 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from medres.bundle import load_bundle, save_bundle
+from medres.bundle import load_bundle, save_bundle, update_bundle
 from medres.cohort import Cohort, read_row
 from medres.errors import ConfigError, ScanError
 from medres.evaluate import Evaluation, choose_threshold, evaluate, write_report
+from medres.evaluate.trust import trust_report
 from medres.files import write_text
 from medres.tasks import TaskInfo, label_key
 from medres.train import CHECKPOINT, TrainConfig, auto_workers, fit
 from medres.transforms import PreprocessSpec, build_transform
+from medres.uncertainty.sampling import forward_samples, tta_views
+from medres.uncertainty.trust import Trust, TrustConfig, fit_trust
 
 
 def train_bundle(
@@ -46,19 +49,10 @@ def train_bundle(
     if (out / "bundle.json").exists() and not resume:
         raise ConfigError(f"{out} already holds a bundle; choose a new -o folder")
     result = fit(cohort, config, out, resume=resume, show_progress=show_progress)
-    rows = {split: cohort.labelled(split) for split in ("val", "test")}
-    scored = {
-        split: score_rows(result.model, result.info, result.spec, r)
-        for split, r in rows.items()
-        if not r.empty
-    }
-    threshold = None
-    if result.info.task == "binary":
-        threshold = choose_threshold(scored["val"].targets, scored["val"].scores[:, 1])
-    referable = result.info.referable_index(config.referable_from)
-    evaluations = {
-        split: _evaluate(result.info, s, threshold, referable) for split, s in scored.items()
-    }
+    info = result.info
+    trust, evaluations, threshold = _fit_trust_and_evaluate(
+        result.model, info, result.spec, cohort, config.trust, config.referable_from
+    )
     counts = _counts(cohort, result.info.task)
     card_facts = {
         "model": config.model,
@@ -70,6 +64,7 @@ def train_bundle(
         "counts": counts,
         "patients_known": bool(cohort.ok["patient_id"].notna().any()),
         "split_by": cohort.meta.get("split_by"),
+        "trust": trust,
     }
     bundle_json = save_bundle(
         out,
@@ -97,9 +92,73 @@ def train_bundle(
         metrics={split: ev.to_dict() for split, ev in evaluations.items()},
         model_card=model_card(card_facts, evaluations),
         threshold=threshold,
+        trust=trust,
     )
     shutil.rmtree(out / CHECKPOINT.parent, ignore_errors=True)
     return bundle_json, evaluations
+
+
+def calibrate_bundle(
+    bundle_path: str | Path, cohort_path: str | Path, config: TrustConfig | None = None
+) -> dict[str, Evaluation]:
+    """Fit (or refit) a bundle's trust layer on a cohort's validation split — e.g. a
+    bundle from an older medres, or a new site's validation scans — and rewrite its
+    ``calibration.json``, ``ood.safetensors``, operating point and ``metrics.json``.
+    The weights are untouched. Returns the new evaluations (val, and test if present)."""
+    bundle = load_bundle(bundle_path)
+    if bundle.info.task == "regression":
+        raise ConfigError("regression bundles have no calibration, conformal sets or referral")
+    cohort = Cohort.load(cohort_path)
+    referable = bundle.manifest["training"].get("referable_from")
+    trust, evaluations, threshold = _fit_trust_and_evaluate(
+        bundle.model, bundle.info, bundle.spec, cohort, config or TrustConfig(), referable
+    )
+    update_bundle(
+        bundle_path,
+        files=trust.save(bundle_path),
+        metrics={split: ev.to_dict() for split, ev in evaluations.items()},
+        fields={
+            "threshold": threshold,
+            "calibrated": True,
+            "calibration_cohort": {
+                "path": str(Path(cohort_path).resolve()),
+                "fingerprint": cohort.fingerprint(),
+            },
+        },
+    )
+    return evaluations
+
+
+def _fit_trust_and_evaluate(model, info, spec, cohort, trust_config, referable_from):
+    """Trust layer (classifiers) fitted on validation, the binary operating point chosen
+    on the calibrated validation probabilities, and val/test evaluations."""
+    rows = {split: cohort.labelled(split) for split in ("val", "test")}
+    scored = {split: score_rows(model, info, spec, r) for split, r in rows.items() if not r.empty}
+    if "val" not in scored:
+        raise ConfigError("the cohort has no labelled validation scans to calibrate on")
+    trust = None
+    if info.task != "regression":
+        train = score_rows(model, info, spec, cohort.labelled("train"))
+        val = scored["val"]
+        trust = fit_trust(
+            info.task,
+            trust_config,
+            val_logits=val.outputs[0],
+            val_targets=val.targets,
+            val_features=val.features,
+            train_features=train.features if len(train.targets) else None,
+            train_targets=train.targets,
+        )
+    assessed = {split: _assess(info, s, trust) for split, s in scored.items()}
+    threshold = None
+    if info.task == "binary":
+        threshold = choose_threshold(scored["val"].targets, assessed["val"][0][:, 1])
+    referable = info.referable_index(referable_from)
+    evaluations = {
+        split: _evaluate(info, s, assessed[split], threshold, referable)
+        for split, s in scored.items()
+    }
+    return trust, evaluations, threshold
 
 
 def evaluate_bundle(
@@ -121,14 +180,17 @@ def evaluate_bundle(
     if scored.rows.empty:
         raise ConfigError(f"none of the {len(rows)} '{split}' scans could be read; see the errors")
     referable = bundle.info.referable_index(bundle.manifest["training"].get("referable_from"))
-    evaluation = _evaluate(bundle.info, scored, bundle.threshold, referable)
+    assessed = _assess(bundle.info, scored, bundle.trust)
+    evaluation = _evaluate(bundle.info, scored, assessed, bundle.threshold, referable)
     extra = {
         "bundle_id": bundle.id,
         "split": split,
         "cohort": str(Path(cohort_path).resolve()),
         "failed_scans": len(scored.failures),
     }
-    report = write_report(evaluation, out, title=f"medres evaluation — {split}", extra=extra)
+    report = write_report(
+        evaluation, out, title=f"medres evaluation — {split}", extra=extra, trust=assessed[1]
+    )
     write_text(Path(out) / "failures.csv", scored.failures.to_csv(index=False))
     return report, evaluation, scored.failures
 
@@ -136,45 +198,61 @@ def evaluate_bundle(
 @dataclass
 class Scored:
     """A model's outputs on manifest rows: ``rows`` that could be read, their
-    ``targets`` (N,) and ``scores`` (probabilities (N, K) or predictions (N,)), and one
-    ``failures`` row per scan that could not (scan_id, path, stage, error_type, message)."""
+    ``targets`` (N,), the network ``outputs`` (S, N, K) (S samples: 1 for a plain pass),
+    the penultimate ``features`` (N, F), and one ``failures`` row per scan that could not
+    be read (scan_id, path, stage, error_type, message)."""
 
     rows: pd.DataFrame
     targets: np.ndarray
-    scores: np.ndarray
+    outputs: np.ndarray
+    features: np.ndarray
     failures: pd.DataFrame
+
+    def scores(self, info: TaskInfo) -> np.ndarray:
+        """Uncalibrated class probabilities (N, K), or predictions (N,) for regression."""
+        return info.outputs_to_scores(self.outputs.mean(0))
 
 
 def score_rows(
-    model, info: TaskInfo, spec: PreprocessSpec, rows: pd.DataFrame, batch_size: int = 64
+    model,
+    info: TaskInfo,
+    spec: PreprocessSpec,
+    rows: pd.DataFrame,
+    *,
+    batch_size: int = 64,
+    mc_samples: int = 0,
+    tta: bool = False,
+    seed: int = 0,
 ) -> Scored:
-    """Run ``model`` over manifest rows; a scan that cannot be read is recorded, not fatal."""
+    """Run ``model`` over manifest rows (with MC dropout samples and test-time views when
+    asked); a scan that cannot be read is recorded, not fatal."""
     loader = DataLoader(
         _TolerantScans(rows, spec),
         batch_size=batch_size,
         collate_fn=list,
         num_workers=auto_workers(),
     )
-    kept, outputs, failures = [], [], []
-    model.eval()
-    with torch.no_grad():
-        for batch in loader:
-            good = [(i, image) for i, image, _ in batch if image is not None]
-            failures += [error for _, _, error in batch if error is not None]
-            if good:
-                kept += [i for i, _ in good]
-                outputs.append(model(torch.stack([image for _, image in good])).float())
+    views = tta_views(spec) if tta else None
+    kept, outputs, features, failures = [], [], [], []
+    for batch in loader:
+        good = [(i, image) for i, image, _ in batch if image is not None]
+        failures += [error for _, _, error in batch if error is not None]
+        if good:
+            kept += [i for i, _ in good]
+            images = torch.stack([image for _, image in good])
+            logits, feats = forward_samples(
+                model, images, mc_samples=mc_samples, views=views, seed=seed + len(kept)
+            )
+            outputs.append(logits)
+            features.append(feats)
     used = rows.iloc[kept]
-    out = torch.cat(outputs).numpy() if outputs else np.zeros((0, info.num_outputs), "float32")
+    k = info.num_outputs
+    out = torch.cat(outputs, 1).numpy() if outputs else np.zeros((1, 0, k), "float32")
+    feats = torch.cat(features).numpy() if features else np.zeros((0, model.num_features))
     targets = info.encode(used["label"]).astype(float if info.task == "regression" else int)
     if info.task == "regression":
         targets = targets * info.target_std + info.target_mean
-    return Scored(
-        used,
-        targets,
-        info.outputs_to_scores(out),
-        pd.DataFrame(failures, columns=list(FAILURE_COLUMNS)),
-    )
+    return Scored(used, targets, out, feats, pd.DataFrame(failures, columns=list(FAILURE_COLUMNS)))
 
 
 FAILURE_COLUMNS = ("scan_id", "path", "stage", "error_type", "message")
@@ -257,8 +335,19 @@ def _limitations(facts, evaluations) -> list[str]:
     small = [s for s, ev in evaluations.items() if ev.n_patients < 100]
     if small:
         notes.append(f"Few patients in {', '.join(small)}: wide confidence intervals.")
-    if facts["task"] != "regression":
-        notes.append("Probabilities are not yet calibrated; treat them as scores, not risks.")
+    trust = facts.get("trust")
+    if trust is not None:
+        ref = trust.referral
+        notes.append(
+            f"Probabilities are calibrated ({trust.config.calibration}) and conformal sets "
+            f"target {trust.config.coverage:.0%} coverage on the validation split; on "
+            "another site or scanner check both with `medres evaluate` before relying on them."
+        )
+        if not ref["reachable"]:
+            notes.append(
+                f"No share of validation scans reached {ref['target_accuracy']:.0%} accuracy, "
+                "so every scan is referred for review."
+            )
     return notes
 
 
@@ -295,10 +384,28 @@ def _counts(cohort: Cohort, task: str) -> dict[str, Any]:
     }
 
 
-def _evaluate(info: TaskInfo, scored: Scored, threshold, referable_index) -> Evaluation:
-    return evaluate(
+def _assess(info: TaskInfo, scored: Scored, trust: Trust | None):
+    """``(scores, trust report or None)``: calibrated probabilities (N, K) when the bundle
+    has a trust layer (else the raw ones; predictions (N,) for regression)."""
+    if trust is None:
+        return scored.scores(info), None
+    assessment = trust.assess(scored.outputs, scored.features)
+    report = trust_report(
+        assessment,
         scored.targets,
-        scored.scores,
+        referral_score=trust.referral["score"],
+        coverage_target=trust.config.coverage,
+        classes=[str(c) for c in info.classes],
+        patient_ids=scored.rows["patient_id"].to_numpy(),
+    )
+    return assessment.probs, report
+
+
+def _evaluate(info: TaskInfo, scored: Scored, assessed, threshold, referable_index) -> Evaluation:
+    scores, trust = assessed
+    evaluation = evaluate(
+        scored.targets,
+        scores,
         task=info.task,
         classes=[str(c) for c in info.classes or []] or None,
         patient_ids=scored.rows["patient_id"].to_numpy(),
@@ -306,3 +413,6 @@ def _evaluate(info: TaskInfo, scored: Scored, threshold, referable_index) -> Eva
         threshold=threshold,
         referable_from=referable_index,
     )
+    if trust is not None:
+        evaluation.metrics.update(trust.metrics)
+    return evaluation

@@ -56,12 +56,26 @@ def test_loaded_bundle_predicts_like_the_trained_model(trained):
     cohort_path, bundle_path, _ = trained
     bundle = load_bundle(bundle_path)
     rows = Cohort.load(cohort_path).ok.query("split == 'val'")
-    scores = score_rows(bundle.model, bundle.info, bundle.spec, rows).scores
+    raw = score_rows(bundle.model, bundle.info, bundle.spec, rows).scores(bundle.info)
     metrics = json.loads((bundle_path / "metrics.json").read_text())["val"]
     from sklearn.metrics import roc_auc_score
 
-    auc = roc_auc_score(bundle.info.encode(rows["label"]), scores[:, 1])
+    # the bundle reports calibrated probabilities; scaling never changes the ranking
+    auc = roc_auc_score(bundle.info.encode(rows["label"]), raw[:, 1])
     assert np.isclose(auc, metrics["metrics"]["auroc"]["value"], atol=1e-6)
+
+
+def test_bundle_carries_a_fitted_trust_layer(trained):
+    _, bundle_path, _ = trained
+    manifest = verify_bundle(bundle_path)
+    assert manifest["calibrated"] and {"calibration.json", "ood.safetensors"} <= set(
+        manifest["files"]
+    )
+    trust = load_bundle(bundle_path).trust
+    assert trust.calibrator.temperature_ > 0
+    assert trust.conformal.to_dict()["coverage"] == 0.9
+    assert np.isfinite(trust.ood.threshold_)
+    assert trust.referral["score"] == "max_prob" and trust.referral["target_accuracy"] == 0.95
 
 
 def test_tampered_or_incomplete_bundle_is_refused_naming_the_file(trained, tmp_path):
@@ -96,6 +110,25 @@ def test_evaluate_reports_metrics_with_cis_patients_and_sites(trained, tmp_path)
     assert {row["site"] for row in report["per_site"]} == {"north", "south"}
     assert report["threshold"] == load_bundle(bundle).threshold
     assert (out / "report.md").is_file() and (out / "roc.png").is_file()
+    # trust figures, each with a patient-bootstrap interval
+    for name in (
+        "ece",
+        "ece_uncalibrated",
+        "nll",
+        "brier",
+        "conformal_coverage",
+        "conformal_mean_set_size",
+        "aurc",
+        "referral_rate",
+    ):
+        metric = report["metrics"][name]
+        assert metric["value"] >= 0 and metric["ci_low"] <= metric["value"] <= metric["ci_high"]
+    assert 0 <= report["metrics"]["ece"]["value"] <= 1
+    assert [row["class"] for row in report["conformal_per_class"]] == ["0", "1"]
+    markdown = (out / "report.md").read_text()
+    assert "Referring " in markdown
+    for plot in ("reliability.png", "risk_coverage.png", "coverage.png"):
+        assert (out / plot).stat().st_size > 1000
 
 
 def test_cli_errors_are_one_line_with_the_fix(trained, tmp_path):

@@ -171,10 +171,40 @@ def test_near_ties_in_validation_score_go_to_the_lower_loss():
     # PneumoniaMNIST seed 0, epochs 1-15: AUROC saturated near 0.995. Strict "higher is
     # better" picked epoch 5 (AUROC 0.9970 but loss 0.287); the tie rule keeps epoch 14
     # (0.9965, loss 0.069), which was within 0.001 of the best and fitted far better.
-    auroc = [.99412, .99337, .99532, .99640, .99699, .99412, .99598, .99585, .99667,
-             .99572, .99461, .99473, .99410, .99646, .99562]
-    loss = [.136, .759, .187, .100, .287, .096, .077, .086, .089, .077, .110, .083,
-            .113, .069, .163]
+    auroc = [
+        0.99412,
+        0.99337,
+        0.99532,
+        0.99640,
+        0.99699,
+        0.99412,
+        0.99598,
+        0.99585,
+        0.99667,
+        0.99572,
+        0.99461,
+        0.99473,
+        0.99410,
+        0.99646,
+        0.99562,
+    ]
+    loss = [
+        0.136,
+        0.759,
+        0.187,
+        0.100,
+        0.287,
+        0.096,
+        0.077,
+        0.086,
+        0.089,
+        0.077,
+        0.110,
+        0.083,
+        0.113,
+        0.069,
+        0.163,
+    ]
     assert _selected_epochs(auroc, loss) == [1, 3, 4, 9, 14]
     assert _selected_epochs(auroc, loss, tolerance=0) == [1, 3, 4, 5]
     # a clearly better score wins whatever its loss; a diverged epoch never does

@@ -8,19 +8,29 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
+from medres.calibrate import reliability_diagram
 from medres.errors import ConfigError
 from medres.evaluate.metrics import Evaluation, MetricCI
+from medres.evaluate.trust import TrustReport
 from medres.files import atomic_write, jsonable, write_json, write_text
 
 
 def write_report(
-    evaluation: Evaluation, out_dir, *, title: str = "medres evaluation", extra: dict | None = None
+    evaluation: Evaluation,
+    out_dir,
+    *,
+    title: str = "medres evaluation",
+    extra: dict | None = None,
+    trust: TrustReport | None = None,
 ) -> Path:
     """Write ``report.json``, ``report.md`` and the plots into ``out_dir``; return the JSON path.
 
     ``report.json`` holds :meth:`Evaluation.to_dict` (NaN written as null) with ``extra``
     merged at top level. Plots: binary ``roc.png``, ``pr.png``; multiclass/ordinal
-    ``roc.png``, ``confusion.png``; regression ``scatter.png``. Files are replaced atomically.
+    ``roc.png``, ``confusion.png``; regression ``scatter.png``; with a ``trust`` report
+    also ``reliability.png`` (before / after calibration), ``risk_coverage.png`` and
+    ``coverage.png`` (conformal coverage per class), and its sections in ``report.md``.
+    Files are replaced atomically.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -32,8 +42,12 @@ def write_report(
         )
     data.update(jsonable(extra or {}))
     plots = _write_plots(evaluation, out)
+    if trust is not None:
+        data["conformal_per_class"] = jsonable(trust.per_class.to_dict("records"))
+        data["referral_sentence"] = trust.sentence
+        plots += _write_trust_plots(trust, out)
     write_json(out / "report.json", data)
-    md = _markdown(evaluation, title, plots)
+    md = _markdown(evaluation, title, plots, trust)
     write_text(out / "report.md", md)
     return out / "report.json"
 
@@ -57,7 +71,7 @@ def _fmt(m: MetricCI | None) -> str:
     return f"{m.value:.3f}{ci}"
 
 
-def _markdown(ev: Evaluation, title: str, plots: list[str]) -> str:
+def _markdown(ev: Evaluation, title: str, plots: list[str], trust: TrustReport | None) -> str:
     op = "" if ev.threshold is None else f" · operating point: p(positive) >= {ev.threshold:.3f}"
     lines = [
         f"# {title}",
@@ -83,6 +97,22 @@ def _markdown(ev: Evaluation, title: str, plots: list[str]) -> str:
                 for v in row
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    if trust is not None:
+        lines += [
+            "",
+            "## Calibration, conformal sets and referral",
+            "",
+            f"**{trust.sentence}**",
+            "",
+            f"Conformal sets target {trust.coverage_target:.0%} coverage:",
+            "",
+            "| class | scans | coverage | mean set size |",
+            "|---|---|---|---|",
+            *(
+                f"| {r['class']} | {r['n']} | {r['coverage']:.3f} | {r['mean_set_size']:.2f} |"
+                for r in trust.per_class.to_dict("records")
+            ),
+        ]
     lines += ["", "## Plots", "", *(f"![{p[:-4]}]({p})" for p in plots)]
     return "\n".join(lines) + "\n"
 
@@ -98,6 +128,44 @@ def _write_plots(ev: Evaluation, out: Path) -> list[str]:
         plot(ev, fig.add_subplot())
         atomic_write(out / name, lambda tmp, f=fig: f.savefig(tmp, format="png", dpi=110))
     return list(plots)
+
+
+def _write_trust_plots(trust: TrustReport, out: Path) -> list[str]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    curves = trust.curves
+    reliability_diagram(curves["reliability"], curves["targets"], out / "reliability.png")
+    for name, plot in (("risk_coverage.png", _plot_risk), ("coverage.png", _plot_coverage)):
+        fig = Figure(figsize=(5, 4), layout="constrained")
+        FigureCanvasAgg(fig)
+        plot(trust, fig.add_subplot())
+        atomic_write(out / name, lambda tmp, f=fig: f.savefig(tmp, format="png", dpi=110))
+    return ["reliability.png", "risk_coverage.png", "coverage.png"]
+
+
+def _plot_risk(trust: TrustReport, ax) -> None:
+    for name, (coverage, risk) in trust.curves["risk_coverage"].items():
+        ax.plot(coverage, risk, label=name)
+    rate = trust.metrics["referral_rate"].value
+    ax.axvline(1 - rate, ls=":", color="grey", label=f"bundle's referral ({rate:.0%})")
+    ax.set(
+        xlabel="share of scans decided by the model",
+        ylabel="error rate among them",
+        title=f"Risk–coverage (AURC {_fmt(trust.metrics['aurc'])})",
+        xlim=(0, 1),
+    )
+    ax.legend(fontsize="small")
+
+
+def _plot_coverage(trust: TrustReport, ax) -> None:
+    table = trust.per_class
+    ax.bar(table["class"].astype(str), table["coverage"], color="tab:blue")
+    ax.axhline(trust.coverage_target, ls="--", color="k", label="target")
+    for i, size in enumerate(table["mean_set_size"]):
+        ax.text(i, 0.05, f"size {size:.2f}", ha="center", color="white", fontsize="small")
+    ax.set(ylim=(0, 1), ylabel="coverage", title="Conformal coverage per class")
+    ax.legend(loc="lower right", fontsize="small")
 
 
 def _plot_roc(ev: Evaluation, ax) -> None:
