@@ -131,6 +131,38 @@ def test_evaluate_reports_metrics_with_cis_patients_and_sites(trained, tmp_path)
         assert (out / plot).stat().st_size > 1000
 
 
+def test_calibrate_refits_the_trust_layer_of_a_copy(trained, tmp_path):
+    import shutil
+
+    cohort, bundle, _ = trained
+    copy = shutil.copytree(bundle, tmp_path / "copy")
+    before = load_bundle(copy)
+    result = runner.invoke(
+        app,
+        [
+            "calibrate",
+            str(copy),
+            str(cohort),
+            "--set",
+            "coverage=0.8",
+            "--set",
+            "conformal_score=aps",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    after = load_bundle(copy)  # checksums were updated with the new files
+    assert after.trust.conformal.to_dict()["coverage"] == 0.8
+    assert after.trust.config.conformal_score == "aps"
+    assert after.id == before.id and after.manifest["updated"]
+    weights = zip(
+        before.model.state_dict().values(), after.model.state_dict().values(), strict=True
+    )
+    for a, b in weights:
+        assert (a == b).all()  # weights untouched
+    typo = runner.invoke(app, ["calibrate", str(copy), str(cohort), "--set", "coverag=0.8"])
+    assert typo.exit_code == 2 and "did you mean 'coverage'" in typo.output
+
+
 def test_cli_errors_are_one_line_with_the_fix(trained, tmp_path):
     cohort, bundle, _ = trained
     bad = runner.invoke(
@@ -147,7 +179,7 @@ def test_cli_errors_are_one_line_with_the_fix(trained, tmp_path):
     assert split.exit_code == 2 and "choose --split among" in split.output
 
 
-@pytest.mark.parametrize("verb", ["train", "evaluate"])
+@pytest.mark.parametrize("verb", ["train", "evaluate", "calibrate"])
 def test_help_has_an_example(verb):
     result = runner.invoke(app, [verb, "--help"])
     assert result.exit_code == 0 and "Example" in result.output

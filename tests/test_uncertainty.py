@@ -118,3 +118,32 @@ def test_tta_views_follow_the_preset_and_keep_the_shape():
     v[0, 0, 1, 4, 4] = 1
     turned = apply_view(v, ("rotate", 90.0))
     assert turned[0, 0, 4, :, 4].argmax() in (1, 7) and turned[0, 0, 1, 4, 4] < 0.5
+
+
+def test_trust_layer_round_trips_and_refers_for_the_stated_reasons(tmp_path):
+    from medres.uncertainty.trust import Trust, TrustConfig, fit_trust
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 600)
+    logits = 3 * np.eye(3)[y] + rng.normal(0, 1.5, (600, 3))  # right ~85 % of the time
+    feats = np.eye(3)[y] @ rng.normal(0, 1, (3, 8)) + rng.normal(0, 0.3, (600, 8))
+    trust = fit_trust(
+        "multiclass",
+        TrustConfig(target_accuracy=0.9),
+        val_logits=logits[:300],
+        val_targets=y[:300],
+        val_features=feats[:300],
+        train_features=feats[300:],
+        train_targets=y[300:],
+    )
+    assert trust.referral["reachable"] and trust.referral["val_accuracy_kept"] >= 0.9
+    test_feats = np.r_[feats[:5], np.full((1, 8), 50.0)]  # the last scan is far away
+    a = trust.assess(logits[None, :6], test_feats)
+    np.testing.assert_allclose(a.probs.sum(1), 1)
+    assert a.ood[-1] and "out of distribution" in a.reasons[-1] and a.refer[-1]
+    assert all(bool(r) == f for r, f in zip(a.reasons, a.refer, strict=True))
+    names = trust.save(tmp_path)
+    assert names == ["calibration.json", "ood.safetensors"]
+    again = Trust.load(tmp_path).assess(logits[None, :6], test_feats)
+    np.testing.assert_allclose(again.probs, a.probs)
+    assert again.reasons == a.reasons and (again.sets == a.sets).all()
