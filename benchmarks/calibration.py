@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/...`
 from benchmarks.medmnist import SHARED, machine
 from medres.bundle import load_bundle
 from medres.calibrate import calibration_metrics, make_calibrator
