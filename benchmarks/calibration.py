@@ -46,7 +46,7 @@ from medres.io.volume import Volume
 from medres.transforms import build_transform
 from medres.uncertainty.conformal import ConformalClassifier, set_report
 from medres.uncertainty.referral import accuracy_after_referral, risk_coverage
-from medres.uncertainty.sampling import forward_samples
+from medres.uncertainty.sampling import ensemble_samples, forward_samples
 from medres.uncertainty.scores import as_uncertainty, uncertainty_scores
 from medres.workflow import calibrate_bundle, score_rows
 
@@ -278,7 +278,7 @@ def _referral_section(runs: list[dict]) -> list[str]:
             "entropy",
         )
     if len(runs) > 1:
-        members = np.concatenate([r["bundle"].trust.calibrate(r["test"].outputs) for r in runs])
+        members = ensemble_samples([r["bundle"].trust.calibrate(r["test"].outputs) for r in runs])
         y = runs[0]["test"].targets
         add(f"ensemble of {len(runs)} seeds, entropy", members, y, "entropy")
         add(f"ensemble of {len(runs)} seeds, mutual information", members, y, "mutual_information")

@@ -147,3 +147,12 @@ def test_trust_layer_round_trips_and_refers_for_the_stated_reasons(tmp_path):
     again = Trust.load(tmp_path).assess(logits[None, :6], test_feats)
     np.testing.assert_allclose(again.probs, a.probs)
     assert again.reasons == a.reasons and (again.sets == a.sets).all()
+
+
+def test_ensemble_members_must_cover_the_same_scans_and_classes():
+    from medres.uncertainty.sampling import ensemble_samples
+
+    a, b = np.full((2, 5, 3), 1 / 3), np.full((1, 5, 3), 1 / 3)
+    assert ensemble_samples([a, b]).shape == (3, 5, 3)
+    with pytest.raises(ConfigError, match="disagree"):
+        ensemble_samples([a, np.full((1, 4, 3), 1 / 3)])
