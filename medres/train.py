@@ -164,6 +164,11 @@ def fit(
         fitted = infer_task(train_rows["label"], "regression")
         info.target_mean, info.target_std = fitted.target_mean, fitted.target_std
     info.referable_index(config.referable_from)  # refuse a bad value before training
+    if config.trust.calibration in ("platt", "isotonic") and info.task != "binary":
+        raise ConfigError(
+            f"trust.calibration={config.trust.calibration} fits binary tasks only and this "
+            f"task is {info.task}; use --set trust.calibration=temperature"
+        )
     spec = _resolve_spec(config.preprocess, train_rows, val_rows)
     precision = _precision(config.precision)
     workers = config.num_workers if config.num_workers is not None else auto_workers()

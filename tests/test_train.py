@@ -212,6 +212,13 @@ def test_near_ties_in_validation_score_go_to_the_lower_loss():
     assert _selected_epochs([0.80, -math.inf], [0.1, 0.01]) == [1]
 
 
+def test_a_binary_only_calibration_is_refused_before_training(example_cohort, tmp_path):
+    config = TrainConfig(**FAST, task="ordinal", trust={"calibration": "platt"})
+    with pytest.raises(ConfigError, match="binary tasks only"):
+        fit(example_cohort, config, tmp_path / "x", show_progress=False)
+    assert not (tmp_path / "x" / "metrics.csv").exists()  # no epoch ran
+
+
 def test_no_validation_split_is_a_clear_error(example_cohort, tmp_path):
     table = example_cohort.table.assign(split="train")
     with pytest.raises(ConfigError, match="no labelled 'val' scans"):

@@ -156,3 +156,19 @@ def test_ensemble_members_must_cover_the_same_scans_and_classes():
     assert ensemble_samples([a, b]).shape == (3, 5, 3)
     with pytest.raises(ConfigError, match="disagree"):
         ensemble_samples([a, np.full((1, 4, 3), 1 / 3)])
+
+
+def test_the_grade_shown_is_always_in_its_conformal_set():
+    from medres.calibrate import make_calibrator
+    from medres.uncertainty.conformal import ConformalClassifier
+    from medres.uncertainty.trust import Trust, TrustConfig
+
+    probs = np.array([[0.30, 0.25, 0.45]])  # median grade 1, most probable grade 2
+    conformal = ConformalClassifier(0.9).fit(np.array([[0.6, 0.2, 0.2]] * 20), np.zeros(20, int))
+    identity = make_calibrator("none").fit(np.log(probs), np.array([2]))
+    trust = Trust(
+        "ordinal", identity, conformal, None, {"score": "max_prob", "threshold": 1.0}, TrustConfig()
+    )
+    a = trust.assess(np.log(probs)[None], None)
+    assert a.predicted[0] == 1 and a.sets[0, 1] and a.sets[0, 2]
+    assert "conformal set holds 2 classes" in a.reasons[0]

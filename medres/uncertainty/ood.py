@@ -50,8 +50,12 @@ class MahalanobisOOD:
             raise ConfigError(
                 f"OOD score needs (M, {self.means_.shape[1]}) features; got {x.shape}"
             )
-        d = x[:, None, :] - self.means_[None]  # (M, K, F)
-        return ((d @ self.precision_) * d).sum(-1).min(1)
+        # chunks keep the (rows, K, F) differences small on large splits
+        out = np.empty(len(x))
+        for start in range(0, len(x), 512):
+            d = x[start : start + 512, None, :] - self.means_[None]
+            out[start : start + 512] = ((d @ self.precision_) * d).sum(-1).min(1)
+        return out
 
     def set_threshold(self, features: np.ndarray) -> MahalanobisOOD:
         """Threshold = the ``quantile`` of in-distribution (validation) scores."""

@@ -104,6 +104,8 @@ class Trust:
         scores = uncertainty_scores(samples)
         sets = self.conformal.predict_sets(probs)
         n = len(probs)
+        predicted = predicted_class(self.task, probs)
+        sets[np.arange(n), predicted] = True  # the class shown (ordinal: median grade) is in it
         if self.ood is not None and features is not None:
             ood_score = self.ood.score(features)
             ood = ood_score > self.ood.threshold_
@@ -119,7 +121,7 @@ class Trust:
         return Assessment(
             raw,
             probs,
-            predicted_class(self.task, probs),
+            predicted,
             sets,
             scores,
             ood_score,
