@@ -113,9 +113,11 @@ def calibrate_bundle(
     trust, evaluations, threshold = _fit_trust_and_evaluate(
         bundle.model, bundle.info, bundle.spec, cohort, config or TrustConfig(), referable
     )
+    card = Path(bundle_path) / "model_card.md"
+    write_text(card, _recalibrated_card(card.read_text(), cohort_path, trust, evaluations))
     update_bundle(
         bundle_path,
-        files=trust.save(bundle_path),
+        files=[*trust.save(bundle_path), "model_card.md"],
         metrics={split: ev.to_dict() for split, ev in evaluations.items()},
         fields={
             "threshold": threshold,
@@ -127,6 +129,33 @@ def calibrate_bundle(
         },
     )
     return evaluations
+
+
+def _recalibrated_card(card: str, cohort_path, trust: Trust, evaluations) -> str:
+    """The model card with its "not yet calibrated" note dropped and a section on the
+    refit appended (the training metrics above it stay as they were)."""
+    card = card.replace(
+        "- Probabilities are not yet calibrated; treat them as scores, not risks.\n", ""
+    )
+    when = pd.Timestamp.now("UTC").strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"## Recalibrated {when}",
+        "",
+        f"Trust layer refit on the validation split of `{cohort_path}` "
+        f"({trust.config.calibration}, {trust.config.coverage:.0%} conformal sets, referral "
+        f"for {trust.config.target_accuracy:.0%} accuracy). Figures after the refit:",
+        "",
+        "| split | ece (uncalibrated) | conformal coverage | referral rate | accuracy kept |",
+        "|---|---|---|---|---|",
+    ]
+    for split, ev in evaluations.items():
+        m = ev.metrics
+        lines.append(
+            f"| {split} | {_ci(m['ece'])} ({_ci(m['ece_uncalibrated'])}) | "
+            f"{_ci(m['conformal_coverage'])} | {_ci(m['referral_rate'])} | "
+            f"{_ci(m['accuracy_not_referred'])} |"
+        )
+    return card.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
 
 
 def _fit_trust_and_evaluate(model, info, spec, cohort, trust_config, referable_from):
