@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_softmax, logit
+from scipy.special import softmax as scipy_softmax
 
 from medres.errors import ConfigError
 from medres.files import atomic_write
@@ -41,9 +42,7 @@ def softmax(logits, temperature: float = 1.0) -> np.ndarray:
     logits (the row maximum is subtracted before ``exp``)."""
     if not temperature > 0:
         raise ConfigError(f"temperature must be > 0; got {temperature!r}")
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    return scipy_softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=-1)
 
 
 class Calibrator:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import softmax
 
 from medres.errors import ConfigError
 
@@ -33,6 +34,12 @@ def median_grade(probs: np.ndarray) -> np.ndarray:
     the grade minimising the expected absolute error."""
     cum = np.cumsum(probs, axis=1) / probs.sum(axis=1, keepdims=True)
     return np.argmax(cum >= 0.5 - 1e-9, axis=1)
+
+
+def predicted_class(task: str, probs: np.ndarray) -> np.ndarray:
+    """The class a clinician is shown, (N,) int: the median grade for ordinal tasks (it
+    minimises the expected grade error), else the most probable class."""
+    return median_grade(probs) if task == "ordinal" else probs.argmax(axis=1)
 
 
 @dataclass
@@ -65,9 +72,7 @@ class TaskInfo:
         """Network outputs → class probabilities (N, K), or predictions (N,) in label units."""
         if self.task == "regression":
             return outputs[:, 0] * self.target_std + self.target_mean
-        logits = np.asarray(outputs, dtype=np.float64)
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return exp / exp.sum(axis=1, keepdims=True)
+        return softmax(np.asarray(outputs, dtype=np.float64), axis=1)
 
     def referable_index(self, referable_from: Any) -> int | None:
         """The class index of grade ``referable_from`` (ordinal tasks), None if not given."""

@@ -40,7 +40,7 @@ from sklearn import metrics as skm
 
 from medres.errors import ConfigError
 from medres.files import jsonable
-from medres.tasks import median_grade
+from medres.tasks import predicted_class
 
 TASKS = ("binary", "multiclass", "ordinal", "regression")
 HEADLINE: dict[str, tuple[str, ...]] = {  # the per-site columns
@@ -356,11 +356,6 @@ def _aggregate(task, y, s, codes, how) -> tuple[np.ndarray, np.ndarray]:
     return y_pat, s_pat
 
 
-def _predicted_class(task: str, probs: np.ndarray) -> np.ndarray:
-    """(N,) argmax class, or for ordinal the median grade of each row."""
-    return median_grade(probs) if task == "ordinal" else probs.argmax(axis=1)
-
-
 # ---------------------------------------------------------------- point metrics (sklearn)
 
 
@@ -395,7 +390,7 @@ def _binary_point(y, p, threshold) -> dict[str, float]:
 
 def _class_point(task, y, probs, referable_from) -> dict[str, float]:
     k = probs.shape[1]
-    pred = _predicted_class(task, probs)
+    pred = predicted_class(task, probs)
     hot = np.eye(k, dtype=int)[y]  # one-vs-rest, over the classes that make it defined
     auc = [skm.roc_auc_score(hot[:, c], probs[:, c]) for c in range(k) if np.ptp(hot[:, c])]
     ap = [skm.average_precision_score(hot[:, c], probs[:, c]) for c in range(k) if hot[:, c].any()]
@@ -512,7 +507,7 @@ def _kernel(task, y, s, *, threshold, referable_from) -> Callable[[np.ndarray], 
     if task == "regression":
         return lambda w: _regression_kernel(y, s, w)
     k = s.shape[1]
-    pred = _predicted_class(task, s)
+    pred = predicted_class(task, s)
     ranked = [_Ranked.of(y == c, s[:, c]) for c in range(k)]
     ref = None
     if task == "ordinal" and referable_from is not None:
@@ -622,5 +617,5 @@ def _curves(task, y, s, names, point, threshold) -> dict:
         if 0 < (y == c).sum() < len(y):
             fpr, tpr, _ = skm.roc_curve(y == c, s[:, c])
             roc[names[c]] = {"fpr": fpr, "tpr": tpr}
-    pred = _predicted_class(task, s)
+    pred = predicted_class(task, s)
     return {"roc": roc, "confusion": skm.confusion_matrix(y, pred, labels=range(k))}

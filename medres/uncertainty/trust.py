@@ -10,7 +10,7 @@ in a bundle as ``calibration.json`` + ``ood.safetensors``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from medres.calibrate import calibrator_from_dict, make_calibrator, softmax
 from medres.files import atomic_write, write_json
-from medres.tasks import median_grade
+from medres.tasks import predicted_class
 from medres.uncertainty.conformal import ConformalClassifier
 from medres.uncertainty.ood import MahalanobisOOD
 from medres.uncertainty.referral import choose_uncertainty_threshold, referral_reasons
@@ -87,7 +87,6 @@ class Trust:
     ood: MahalanobisOOD | None
     referral: dict[str, Any]
     config: TrustConfig
-    validation: dict[str, Any] = field(default_factory=dict)
 
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
         """(…, K) logits → calibrated probabilities of the same shape."""
@@ -145,7 +144,6 @@ class Trust:
                 "ood": None
                 if self.ood is None
                 else {"file": OOD, "quantile": self.ood.quantile, "threshold": self.ood.threshold_},
-                "validation": self.validation,
             },
         )
         if self.ood is not None:
@@ -169,7 +167,6 @@ class Trust:
             ood,
             referral,
             TrustConfig.model_validate(data["config"]),
-            data.get("validation", {}),
         )
 
 
@@ -210,9 +207,3 @@ def fit_trust(
         ood = MahalanobisOOD(config.ood_quantile).fit(train_features, train_targets)
         ood.set_threshold(val_features)
     return Trust(task, calibrator, conformal, ood, referral, config)
-
-
-def predicted_class(task: str, probs: np.ndarray) -> np.ndarray:
-    """The class a clinician is shown: the median grade for ordinal tasks (it minimises
-    the expected grade error), else the most probable class; (N,) int."""
-    return median_grade(probs) if task == "ordinal" else probs.argmax(1)
