@@ -12,6 +12,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import ProgressColumn
+from rich.text import Text
 
 from medres.errors import MedresError
 
@@ -36,6 +38,13 @@ def user_errors():
     except MedresError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}")
         raise typer.Exit(2) from None
+
+
+class _ScansPerSecond(ProgressColumn):
+    """A rich progress column: the task's current rate in scans per second."""
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.1f} scans/s" if task.speed else "")
 
 
 def main() -> None:
@@ -407,3 +416,93 @@ def calibrate_command(
         table.title = f"{split}: {table.title}"
         Console().print(table)
     console.print(f"calibrated: {bundle / 'calibration.json'}")
+
+
+@app.command("predict")
+def predict_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `medres train`.")],
+    folder: Annotated[Path, typer.Argument(help="Folder of scans (DICOM, NIfTI, PNG/JPEG).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (new, or to resume).")],
+    ensemble: Annotated[
+        list[Path] | None,
+        typer.Option(help="Another bundle of the same task to average with (repeatable)."),
+    ] = None,
+    mc_samples: Annotated[
+        int, typer.Option(help="MC-dropout samples per scan (0: one deterministic pass).")
+    ] = 0,
+    tta: Annotated[bool, typer.Option(help="Add test-time flips and small rotations.")] = False,
+    explain: Annotated[
+        bool, typer.Option(help="Write a Grad-CAM heatmap per scan under OUT/explain.")
+    ] = False,
+    strict: Annotated[
+        bool, typer.Option(help="Exit 1 when any scan could not be predicted.")
+    ] = False,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes decoding scans (default: 1 on 2+ cores).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Scans per forward pass.")] = 32,
+    chunk_size: Annotated[
+        int, typer.Option(help="Rows per crash-safe chunk (an interruption loses at most one).")
+    ] = 256,
+) -> None:
+    """Predict every scan under FOLDER with the bundle's own preprocessing, calibration,
+    conformal sets, OOD model and referral rule.
+
+    Writes OUT/predictions.parquet and .csv (one row per scan: probabilities raw and
+    calibrated, predicted class, conformal set, uncertainty, OOD score, refer and why),
+    OUT/failures.csv (one row per scan that could not be predicted, and why) and
+    OUT/run.json (counts, timings, scans/s). Rows are saved in crash-safe chunks: run
+    the same command again after an interruption and it completes the rest, skipping
+    scans already predicted. Files that are not scans (text, JSON, DICOMDIR) are skipped
+    and counted.
+
+    Example:
+
+        medres predict bundles/pneumonia /data/tonight -o predictions/tonight --explain
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+
+    from medres.predict import PredictOptions, predict_folder
+
+    options = PredictOptions(
+        ensemble=list(ensemble or []),
+        mc_samples=mc_samples,
+        tta=tta,
+        explain=explain,
+        workers=workers,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+    )
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _ScansPerSecond(),
+        TimeRemainingColumn(),
+    )
+    with user_errors(), Progress(*columns, console=console, transient=True) as progress:
+        run = predict_folder(bundle, folder, out, options, progress=progress)
+    counts, summary = run.summary["counts"], Table(title=f"medres predict → {out}")
+    summary.add_column("")
+    summary.add_column("scans", justify="right")
+    for name in ("predicted_now", "already_predicted", "failed", "referred", "files_skipped"):
+        if counts.get(name) is not None:
+            summary.add_row(name.replace("_", " "), str(counts[name]))
+    Console().print(summary)
+    rate = run.summary["scans_per_second"]
+    speed = f"{rate:.1f} scans/s" if rate else "nothing new to predict"
+    console.print(f"{speed}; predictions: {out / 'predictions.parquet'} (and .csv)")
+    if run.failures:
+        console.print(
+            f"[yellow]warning:[/] {len(run.failures)} scan(s) could not be predicted; "
+            f"see {out / 'failures.csv'}"
+        )
+        if strict:
+            raise typer.Exit(1)

@@ -194,10 +194,10 @@ def build_cohort(
     root = Path(root).resolve()
     if not root.exists():
         raise ManifestError(f"{root} does not exist; pass the folder holding your scans")
-    advance = _progress_task(progress, "Discovering scans", total=None)
+    advance = progress_task(progress, "Discovering scans", total=None)
     found = discover(root, progress=advance)
     rows = [_failure_row(f) for f in found.failures]
-    advance = _progress_task(progress, "Reading scans", total=len(found.scans))
+    advance = progress_task(progress, "Reading scans", total=len(found.scans))
     for count, source in enumerate(found.scans, start=1):
         row = _source_row(source)
         if verify_pixels:
@@ -386,7 +386,8 @@ def _patients_text(ok: pd.DataFrame) -> str:
     return text + (f" ({missing} scans without a patient id)" if missing else "")
 
 
-def _progress_task(progress, description: str, total: int | None):
+def progress_task(progress, description: str, total: int | None):
+    """A ``completed=n`` callback for a new task of a rich Progress (None: no progress)."""
     if progress is None:
         return None
     task = progress.add_task(description, total=total)

@@ -88,6 +88,7 @@ def train_bundle(
             "fingerprint": cohort.fingerprint(),
             "counts": {k: counts[k] for k in ("by_split", "sites")},
             "split_by": cohort.meta.get("split_by"),
+            "modalities": sorted(set(cohort.labelled("train")["modality"].dropna().astype(str))),
         },
         metrics={split: ev.to_dict() for split, ev in evaluations.items()},
         model_card=model_card(card_facts, evaluations),

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ def forward_samples(
     *,
     mc_samples: int = 0,
     views: list[View] | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logit samples and features of one batch.
 
@@ -60,7 +61,9 @@ def forward_samples(
         images: (N, C, *spatial) preprocessed batch.
         mc_samples: dropout samples per view (0 = dropout off, one deterministic pass).
         views: test-time views (default: the identity only).
-        seed: seeds the dropout masks, so a rerun gives the same samples.
+        seed: seeds the dropout masks, so a rerun gives the same samples: one seed for
+            the batch, or one per scan (N,) so a scan's samples do not depend on the
+            batch it lands in (resumed batch prediction).
 
     Returns:
         ``(logits (S, N, K), features (N, F))`` with S = len(views) * max(mc_samples, 1);
@@ -72,18 +75,33 @@ def forward_samples(
     p = float(model.dropout.p)
     if mc_samples and p == 0:
         raise ConfigError("MC dropout needs a model trained with dropout > 0; this one has 0")
-    generator = torch.Generator().manual_seed(seed)
+    views = views or [("identity", ())]
+    masks = _dropout_masks(seed, len(views) * mc_samples, len(images), model.num_features, p)
     samples, first = [], None
-    for view in views or [("identity", ())]:
+    for v, view in enumerate(views):
         feats = model.features(apply_view(images, view)).float()
         first = feats if first is None else first
         if not mc_samples:
             samples.append(model.head(feats))
             continue
-        for _ in range(mc_samples):
-            keep = torch.bernoulli(torch.full(feats.shape, 1 - p), generator=generator)
+        for keep in masks[v * mc_samples : (v + 1) * mc_samples]:
             samples.append(model.head(feats * keep / (1 - p)))
     return torch.stack(samples).float(), first
+
+
+def _dropout_masks(seed: int | Sequence[int], s: int, n: int, f: int, p: float) -> torch.Tensor:
+    """(s, n, f) keep-masks (1 with probability 1 - p): from one generator for the batch,
+    or one generator per scan when ``seed`` is a sequence of n seeds."""
+    if isinstance(seed, int):
+        generator = torch.Generator().manual_seed(seed)
+        return torch.bernoulli(torch.full((s, n, f), 1 - p), generator=generator)
+    if len(seed) != n:
+        raise ConfigError(f"got {len(seed)} seeds for {n} scans")
+    per_scan = [
+        torch.bernoulli(torch.full((s, f), 1 - p), generator=torch.Generator().manual_seed(int(x)))
+        for x in seed
+    ]
+    return torch.stack(per_scan, 1) if per_scan else torch.zeros(s, 0, f)
 
 
 def ensemble_samples(member_samples: list[np.ndarray]) -> np.ndarray:

@@ -97,8 +97,17 @@ class Trust:
         """Apply the layer to (S, N, K) logit samples (S = 1 for one plain pass) and the
         (N, F) features of the unaugmented scans (None: no OOD score)."""
         logit_samples = np.asarray(logit_samples, dtype=np.float64)
-        raw = softmax(logit_samples).mean(0)
-        samples = self.calibrate(logit_samples)
+        return self.assess_samples(
+            self.calibrate(logit_samples), softmax(logit_samples).mean(0), features
+        )
+
+    def assess_samples(
+        self, samples: np.ndarray, raw_probs: np.ndarray, features: np.ndarray | None
+    ) -> Assessment:
+        """:meth:`assess` on (S, N, K) calibrated probability samples (e.g. several
+        bundles' calibrated samples side by side: an ensemble), with the (N, K)
+        uncalibrated mean ``raw_probs`` kept beside them."""
+        raw = raw_probs
         probs = samples.mean(0)
         scores = uncertainty_scores(samples)
         sets = self.conformal.predict_sets(probs)
