@@ -26,7 +26,11 @@ demo: $(STAMP)
 	$(BIN)/medres train --cohort $(DEMO_OUT)/cohort_split.parquet --epochs 15 -o $(DEMO_OUT)/bundle
 	$(BIN)/medres evaluate $(DEMO_OUT)/bundle $(DEMO_OUT)/cohort_split.parquet --split test \
 		-o $(DEMO_OUT)/report
-	@echo "demo done: bundle in $(DEMO_OUT)/bundle (model_card.md), test report in $(DEMO_OUT)/report (report.md)"
+	mkdir -p $(DEMO_OUT)/incoming
+	cp examples/chest_xray_small/test/*.png examples/broken_scans/* $(DEMO_OUT)/incoming/
+	$(BIN)/medres predict $(DEMO_OUT)/bundle $(DEMO_OUT)/incoming -o $(DEMO_OUT)/predictions --explain
+	@echo "demo done: bundle in $(DEMO_OUT)/bundle (model_card.md), test report in $(DEMO_OUT)/report (report.md),"
+	@echo "predictions in $(DEMO_OUT)/predictions (predictions.csv, failures.csv, explain/ heatmaps)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check medres tests benchmarks

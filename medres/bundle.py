@@ -197,7 +197,13 @@ def load_bundle(path: str | Path) -> Bundle:
         model.load_state_dict(load_file(path / WEIGHTS))
     except (RuntimeError, OSError) as e:
         raise BundleError(f"{path / WEIGHTS} does not fit model {manifest['model']}: {e}") from e
-    trust = Trust.load(path) if CALIBRATION in manifest["files"] else None
+    try:
+        trust = Trust.load(path) if CALIBRATION in manifest["files"] else None
+    except (KeyError, TypeError, ValueError, OSError) as e:  # JSONDecodeError is a ValueError
+        raise BundleError(
+            f"{path / CALIBRATION} cannot be read ({e!r}); refit it with "
+            f"`medres calibrate {path} COHORT.parquet`"
+        ) from e
     return Bundle(path, manifest, model.eval(), spec, info, trust)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from nibabel.testing import data_path as NIBABEL_DATA
+from PIL import Image
 from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
@@ -116,14 +117,19 @@ def _predict_process(bundle, folder, out, *flags) -> subprocess.Popen:
 
 
 def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(bundle, tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for png in TEST_PNGS[:80]:
+        shutil.copy(png, folder / png.name)
     flags = ["--batch-size", "4", "--chunk-size", "4", "--workers", "0", "--mc-samples", "10"]
-    whole = _predict_process(bundle, EXAMPLE / "test", tmp_path / "whole", *flags)
+    flags += ["--tta"]
+    whole = _predict_process(bundle, folder, tmp_path / "whole", *flags)
     assert whole.wait(timeout=300) == 0, whole.stderr.read().decode()
 
     out = tmp_path / "killed"
-    job = _predict_process(bundle, EXAMPLE / "test", out, *flags)
+    job = _predict_process(bundle, folder, out, *flags)
     deadline = time.time() + 120
-    while len(list((out / ".parts").glob("part-*.parquet"))) < 5 and time.time() < deadline:
+    while len(list((out / ".parts").glob("part-*.parquet"))) < 3 and time.time() < deadline:
         time.sleep(0.02)
     os.kill(job.pid, signal.SIGKILL)
     job.wait()
@@ -132,11 +138,11 @@ def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(bundle, tmp_path)
     for part in parts:  # every chunk on disk is whole
         assert len(pd.read_parquet(part)) == 4
 
-    rerun = _predict_process(bundle, EXAMPLE / "test", out, *flags)
+    rerun = _predict_process(bundle, folder, out, *flags)
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode()
     counts = json.loads((out / "run.json").read_text())["counts"]
     assert counts["already_predicted"] >= 4 * len(parts)
-    assert counts["already_predicted"] + counts["predicted_now"] == len(TEST_PNGS)
+    assert counts["already_predicted"] + counts["predicted_now"] == 80
 
     a = pd.read_parquet(tmp_path / "whole" / "predictions.parquet")
     b = pd.read_parquet(out / "predictions.parquet")
@@ -194,3 +200,16 @@ def test_a_3d_nifti_into_a_2d_bundle_is_a_validate_failure_not_a_resize(bundle, 
     assert run.predictions.empty
     (failure,) = run.failures
     assert failure["stage"] == "validate" and "2D" in failure["message"]
+
+
+def test_explain_writes_an_overlay_per_scan_at_the_image_size(bundle, tmp_path):
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for png in TEST_PNGS[:5]:
+        shutil.copy(png, folder / png.name)
+    run = predict_folder(bundle, folder, tmp_path / "out", PredictOptions(explain=True))
+    for _, row in run.predictions.iterrows():
+        with Image.open(tmp_path / "out" / row["heatmap"]) as overlay:
+            assert overlay.size == (28, 28) and overlay.mode == "RGB"
+        cam = np.load(tmp_path / "out" / row["heatmap_map"])
+        assert cam.shape == (28, 28) and cam.min() >= 0 and cam.max() <= 1

@@ -26,6 +26,7 @@ from medres.bundle import Bundle, load_bundle
 from medres.calibrate import softmax
 from medres.cohort import progress_task
 from medres.errors import BundleError, ConfigError
+from medres.explain import grad_cam, map_to_scan, write_explanation
 from medres.files import sha256_file
 from medres.io.discover import ScanSource, discover
 from medres.predict.scans import Item, PredictScans, failure_row
@@ -275,12 +276,10 @@ class _Predictor:
 
     def _explain(self, rows, images: torch.Tensor, items: list[Item], shown: np.ndarray) -> None:
         """Grad-CAM of the class shown (first bundle), written beside the rows."""
-        from medres.explain import grad_cam, map_to_scan, write_explanation
-
         cams = grad_cam(self.members[0].model, images, shown)
         folder = self.out / "explain"
         for row, item, cam in zip(rows, items, cams, strict=True):
-            on_scan = map_to_scan(cam, item.image, self.transform)
+            on_scan = map_to_scan(cam, item.volume, self.transform)
             stem = _safe_stem(row["scan_id"], item.input_hash)
             paths = write_explanation(item.volume, on_scan, folder, stem)
             row["heatmap"] = str(Path(paths["png"]).relative_to(self.out))
@@ -324,4 +323,5 @@ def _scan_fields(scan: ScanSource, item: Item) -> dict[str, Any]:
 def _safe_stem(scan_id: str, digest: str) -> str:
     """A file name for a scan's outputs: its id with unsafe characters replaced, plus
     8 hex digits of its content hash (two ids may map to the same safe text)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", scan_id).strip("._")[-80:] + "-" + digest[:8]
+    name = re.sub(r"\.(nii\.gz|nii|dcm|png|jpe?g)$", "", scan_id, flags=re.IGNORECASE)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[-80:] + "-" + digest[:8]
