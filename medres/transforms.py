@@ -307,10 +307,9 @@ class ScalePercentiles(Transform):
         self.low, self.high = low, high
 
     def __call__(self, image):
-        lo, hi = (
-            float(v)
-            for v in torch.quantile(_sample(image), torch.tensor([self.low / 100, self.high / 100]))
-        )
+        # numpy's partition-based percentile: same linear interpolation as torch.quantile,
+        # which sorts every voxel (64³: 4 ms against 70 ms, the bulk of 3D preprocessing)
+        lo, hi = (float(v) for v in np.percentile(_sample(image).numpy(), [self.low, self.high]))
         if hi <= lo:
             lo, hi = float(image.min()), float(image.max())
         if hi <= lo:
@@ -319,8 +318,8 @@ class ScalePercentiles(Transform):
 
 
 def _sample(image, limit: int = 1 << 24) -> torch.Tensor:
-    """The voxels as one float tensor (torch.quantile accepts at most 2^24 values:
-    a larger scan is subsampled on a regular stride)."""
+    """The voxels as one float tensor; a scan of more than 2^24 voxels is subsampled on
+    a regular stride (bounds the cost on very large volumes)."""
     flat = torch.as_tensor(image).reshape(-1).float()
     return flat[:: max(1, -(-flat.numel() // limit))]
 
