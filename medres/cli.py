@@ -26,6 +26,12 @@ app = typer.Typer(
 )
 datasets_app = typer.Typer(help="Turn public datasets into scan folders.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
+review_app = typer.Typer(
+    help="Clinician review: load prediction runs into a review store, add reviewers, "
+    "export their decisions as labels.",
+    no_args_is_help=True,
+)
+app.add_typer(review_app, name="review")
 
 console = Console(stderr=True)
 
@@ -506,3 +512,114 @@ def predict_command(
         )
         if strict:
             raise typer.Exit(1)
+
+
+_STORE_HELP = "Review store: a SQLite file (created when missing) or a database URL."
+
+
+@review_app.command("load")
+def review_load(
+    outdir: Annotated[Path, typer.Argument(help="Output folder of `medres predict`.")],
+    store: Annotated[str, typer.Option(help=_STORE_HELP)],
+    show_patient_ids: Annotated[
+        bool,
+        typer.Option(
+            "--show-patient-ids",
+            help="Keep patient ids as they are (default: salted-hash pseudonyms).",
+        ),
+    ] = False,
+    site: Annotated[
+        str | None, typer.Option(help="Site of every scan whose prediction names none.")
+    ] = None,
+) -> None:
+    """Load a prediction run into the review store: one case per predicted scan.
+
+    Cases are ordered for review: out of distribution first, then multi-class
+    conformal sets, then the most uncertain.
+
+    Loading the same OUTDIR again changes nothing (scans predicted into it since are
+    added). Patient ids are stored as pseudonyms unless --show-patient-ids is given.
+
+    Example:
+
+        medres review load predictions/tonight --store review.db --site "St Elsewhere"
+    """
+    from medres.review import ReviewStore
+
+    with user_errors(), ReviewStore(store) as db:
+        result = db.load_run(outdir, show_patient_ids=show_patient_ids, site=site)
+        pending = len(db.worklist(run_id=result.run_id, status="pending"))
+    if result.new:
+        what = f"loaded run {result.run_id}: {result.cases_added} cases"
+    elif result.cases_added:
+        what = f"run {result.run_id} was loaded before; added {result.cases_added} new cases"
+    else:
+        what = f"run {result.run_id} was loaded before; nothing changed"
+    console.print(f"{what} ({pending} pending review) in {store}")
+
+
+@review_app.command("add-user")
+def review_add_user(
+    name: Annotated[str, typer.Argument(help="Reviewer name (letters, digits, . _ @ -).")],
+    users: Annotated[
+        Path | None,
+        typer.Option(help="Users file; default: review_users.json beside --store, or here."),
+    ] = None,
+    store: Annotated[
+        str | None, typer.Option(help="The review store whose users file to use.")
+    ] = None,
+    password_stdin: Annotated[
+        bool,
+        typer.Option("--password-stdin", help="Read the password from the first stdin line."),
+    ] = False,
+) -> None:
+    """Add a reviewer account (or set a new password for one) in the local users file.
+
+    The password is asked for twice with hidden input (or read from stdin) and kept
+    only as a salted scrypt hash; the file is readable by its owner only.
+
+    Example:
+
+        medres review add-user dr_lee --store review.db
+        printf '%s\\n' "$PASSWORD" | medres review add-user dr_lee --password-stdin
+    """
+    import sys
+
+    from medres.review import add_user, default_users_path
+
+    path = users or default_users_path(store)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt(f"Password for {name}", hide_input=True, confirmation_prompt=True)
+    with user_errors():
+        new = add_user(path, name, password)
+    console.print(f"{'added' if new else 'changed the password of'} {name} in {path}")
+
+
+@review_app.command("export")
+def review_export(
+    store: Annotated[str, typer.Option(help=_STORE_HELP)],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Labels CSV to write.")],
+    run: Annotated[int | None, typer.Option(help="Only this run's decisions.")] = None,
+) -> None:
+    """Write the reviewed labels as a CSV that `medres ingest --labels` accepts.
+
+    One row per reviewed scan, its latest decision: path, label (the corrected label on
+    disagree, the predicted class on agree), scan_id, decision, reviewer, decided_at
+    (UTC), predicted_class, bundle_id. Scans marked uncertain are left out.
+
+    Example:
+
+        medres review export --store review.db -o reviewed_labels.csv
+        medres ingest /data/tonight --labels reviewed_labels.csv -o new_cohort.parquet
+    """
+    from medres.review import ReviewStore
+
+    with user_errors(), ReviewStore(store, create=False) as db:
+        table = db.export_labels(out, run_id=run)
+    counts = table["decision"].value_counts().to_dict()
+    console.print(
+        f"wrote {out} ({len(table)} labels: {counts.get('agree', 0)} agree, "
+        f"{counts.get('disagree', 0)} disagree)"
+    )

@@ -54,3 +54,8 @@ class LeakageError(MedresError):
 
 class BundleError(MedresError):
     """A model bundle is missing, incomplete, or fails verification."""
+
+
+class ReviewError(MedresError):
+    """A review-store request is invalid: unknown case, a label outside the run's
+    classes, a folder that is not a ``medres predict`` output, a bad user name."""

@@ -1,0 +1,12 @@
+"""Clinician review of prediction runs (``medres review``).
+
+:class:`ReviewStore` holds loaded ``medres predict`` runs, one case per scan, the
+reviewers' decisions and an append-only audit log (SQLite by default, any SQLAlchemy
+URL); :mod:`medres.review.users` keeps the reviewers' salted password hashes.
+"""
+
+from medres.review.schema import DECISIONS
+from medres.review.store import LoadResult, ReviewStore
+from medres.review.users import add_user, default_users_path, verify
+
+__all__ = ["DECISIONS", "LoadResult", "ReviewStore", "add_user", "default_users_path", "verify"]
