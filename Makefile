@@ -4,8 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT := demo-out
+DEMO_PORT ?= 8501
+DEMO_PASSWORD := $(shell $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(9))")
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,17 +34,28 @@ demo: $(STAMP)
 	$(BIN)/medres predict $(DEMO_OUT)/bundle $(DEMO_OUT)/incoming -o $(DEMO_OUT)/predictions --explain
 	@echo "demo done: bundle in $(DEMO_OUT)/bundle (model_card.md), test report in $(DEMO_OUT)/report (report.md),"
 	@echo "predictions in $(DEMO_OUT)/predictions (predictions.csv, failures.csv, explain/ heatmaps)"
+	$(BIN)/medres review load $(DEMO_OUT)/predictions --store $(DEMO_OUT)/review.db
+	@printf '%s\n' "$(DEMO_PASSWORD)" | $(BIN)/medres review add-user demo \
+		--store $(DEMO_OUT)/review.db --password-stdin
+	@echo ""
+	@echo "review app: http://127.0.0.1:$(DEMO_PORT)   sign in as: demo   password: $(DEMO_PASSWORD)"
+	@echo "(Ctrl-C stops the server)"
+	$(BIN)/medres review serve --store $(DEMO_OUT)/review.db --port $(DEMO_PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check medres tests benchmarks
-	$(BIN)/ruff format --check medres tests benchmarks
+	$(BIN)/ruff check medres tests app benchmarks
+	$(BIN)/ruff format --check medres tests app benchmarks
 
-test: lint
+# the browser test drives Debian's chromium (Playwright cannot download a browser here)
+chromium:
+	test -x /usr/bin/chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
+
+test: lint chromium
 	$(BIN)/pytest -q
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix medres tests benchmarks
-	$(BIN)/ruff format medres tests benchmarks
+	$(BIN)/ruff check --fix medres tests app benchmarks
+	$(BIN)/ruff format medres tests app benchmarks
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.progress import ProgressColumn
 from rich.text import Text
 
-from medres.errors import MedresError
+from medres.errors import MedresError, ReviewError
 
 app = typer.Typer(
     name="medres",
@@ -28,7 +28,7 @@ datasets_app = typer.Typer(help="Turn public datasets into scan folders.", no_ar
 app.add_typer(datasets_app, name="datasets")
 review_app = typer.Typer(
     help="Clinician review: load prediction runs into a review store, add reviewers, "
-    "export their decisions as labels.",
+    "serve the review app, export their decisions as labels.",
     no_args_is_help=True,
 )
 app.add_typer(review_app, name="review")
@@ -623,3 +623,50 @@ def review_export(
         f"wrote {out} ({len(table)} labels: {counts.get('agree', 0)} agree, "
         f"{counts.get('disagree', 0)} disagree)"
     )
+
+
+@review_app.command("serve")
+def review_serve(
+    store: Annotated[str, typer.Option(help="Review store: a SQLite file or a database URL.")],
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8501,
+    host: Annotated[
+        str,
+        typer.Option(help="Address to bind; 127.0.0.1 keeps the app on this computer."),
+    ] = "127.0.0.1",
+    users: Annotated[
+        Path | None,
+        typer.Option(help="Users file; default: review_users.json beside --store, or here."),
+    ] = None,
+) -> None:
+    """Serve the review app (Streamlit) on the store: sign-in, worklist, case view,
+    dashboard, export. Runs in the foreground; Ctrl-C stops it.
+
+    Bound to 127.0.0.1 unless --host says otherwise: to serve several reviewers, put it
+    behind an HTTPS reverse proxy rather than exposing it directly.
+
+    Example:
+
+        medres review serve --store review.db --port 8501
+        medres review serve --store postgresql+psycopg://medres@db/review \\
+            --users /etc/medres/users.json
+    """
+    import os
+
+    from medres.review import ReviewStore, default_users_path
+    from medres.review.serve import streamlit_command
+    from medres.review.users import list_users
+
+    users_path = users or default_users_path(store)
+    with user_errors():
+        ReviewStore(store, create=False).close()  # refuse a missing store before starting
+        if not list_users(users_path):
+            raise ReviewError(
+                f"no reviewer account in {users_path}; add one first: "
+                f"`medres review add-user NAME --store {store}`"
+            )
+        argv, environment = streamlit_command(store, users_path, host=host, port=port)
+    console.print(
+        f"review app: http://{host}:{port}  (store {store}, users {users_path}); Ctrl-C stops it",
+        soft_wrap=True,
+    )
+    os.execve(argv[0], argv, environment)  # the server replaces this process: signals reach it

@@ -70,3 +70,39 @@ def small_cohort(cohort, path: Path, sizes=(48, 24, 24), **columns) -> Path:
     for name, values in columns.items():
         table[name] = values
     return Cohort(table, dict(cohort.meta)).save(path)
+
+
+@pytest.fixture(scope="session")
+def review_run(example_cohort, tmp_path_factory) -> Path:
+    """:func:`predict_example_run` once per session, shared by the review tests (read only)."""
+    return predict_example_run(example_cohort, tmp_path_factory.mktemp("review_run"))
+
+
+def predict_example_run(example_cohort, tmp: Path) -> Path:
+    """A finished ``medres predict --explain`` OUTDIR in ``tmp/out``: a 2-epoch chest X-ray
+    bundle over 20 shipped test images plus one of them zero-filled (a black image the
+    bundle flags out of distribution). ``tmp/scans`` holds the predicted images."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from medres.cli import app
+    from medres.predict import PredictOptions, predict_folder
+
+    cohort = small_cohort(example_cohort, tmp / "c.parquet", sizes=(32, 16, 16))
+    quick = ["--epochs", "2", "--set", "batch_size=16", "--set", "num_workers=0"]
+    trained = CliRunner().invoke(
+        app, ["train", "--cohort", str(cohort), *quick, "-o", str(tmp / "b")]
+    )
+    assert trained.exit_code == 0, trained.output
+    scans = tmp / "scans"
+    scans.mkdir()
+    pngs = sorted((EXAMPLE / "test").glob("*.png"))[:20]
+    for png in pngs:
+        shutil.copy(png, scans / png.name)
+    real = np.asarray(Image.open(pngs[0]))
+    Image.fromarray(np.zeros_like(real)).save(scans / "zz_black.png")  # zero-filled X-ray
+    predict_folder(tmp / "b", scans, tmp / "out", PredictOptions(explain=True, workers=0))
+    return tmp / "out"

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from medres.cli import app
@@ -25,27 +24,11 @@ runner = CliRunner()
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "chest_xray_small"
 
 
-@pytest.fixture(scope="module")
-def predicted(example_cohort, tmp_path_factory) -> Path:
-    """A finished ``medres predict --explain`` OUTDIR over 20 chest X-rays + 1 black one."""
-    from medres.predict import PredictOptions, predict_folder
-    from tests.conftest import small_cohort
-
-    tmp = tmp_path_factory.mktemp("review_run")
-    cohort = small_cohort(example_cohort, tmp / "c.parquet", sizes=(32, 16, 16))
-    quick = ["--epochs", "2", "--set", "batch_size=16", "--set", "num_workers=0"]
-    trained = runner.invoke(app, ["train", "--cohort", str(cohort), *quick, "-o", str(tmp / "b")])
-    assert trained.exit_code == 0, trained.output
-    scans = tmp / "scans"
-    scans.mkdir()
-    pngs = sorted((EXAMPLE / "test").glob("*.png"))[:20]
-    for png in pngs:
-        shutil.copy(png, scans / png.name)
-    real = np.asarray(Image.open(pngs[0]))
-    Image.fromarray(np.zeros_like(real)).save(scans / "zz_black.png")  # zero-filled X-ray
-    options = PredictOptions(explain=True, workers=0)
-    predict_folder(tmp / "b", scans, tmp / "out", options)
-    return tmp / "out"
+@pytest.fixture
+def predicted(review_run) -> Path:
+    """A finished ``medres predict --explain`` OUTDIR over 20 chest X-rays + 1 black one
+    (conftest's ``review_run``: read only)."""
+    return review_run
 
 
 def _rows(db: Path, table: str) -> int:
@@ -326,6 +309,6 @@ def test_patient_ids_are_pseudonymised_unless_asked(predicted, tmp_path):
 
 
 def test_review_verbs_have_help_with_an_example():
-    for verb in ("load", "add-user", "export"):
+    for verb in ("load", "add-user", "export", "serve"):
         result = runner.invoke(app, ["review", verb, "--help"])
         assert result.exit_code == 0 and "Example" in result.output, verb

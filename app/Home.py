@@ -1,0 +1,29 @@
+"""medres review app: the entry point that ``medres review serve`` runs.
+
+Before sign-in the navigation holds the sign-in page only, so no URL reaches a page
+with case data; every page also checks the reviewer itself (``ui.require_reviewer``).
+"""
+
+import streamlit as st
+
+from medres.review import ui
+
+st.set_page_config(page_title="medres review", page_icon=":material/radiology:", layout="wide")
+
+if ui.reviewer() is None:
+    page = st.navigation([st.Page(ui.SIGN_IN_PAGE, title="Sign in", icon=":material/login:")])
+else:
+    page = st.navigation(
+        [
+            st.Page(ui.WORKLIST_PAGE, title="Worklist", icon=":material/list:", default=True),
+            st.Page(ui.CASE_PAGE, title="Case", icon=":material/radiology:"),
+            st.Page(ui.DASHBOARD_PAGE, title="Dashboard", icon=":material/monitoring:"),
+            st.Page(ui.EXPORT_PAGE, title="Export", icon=":material/download:"),
+        ]
+    )
+    with st.sidebar:
+        st.caption(f"Signed in as **{ui.reviewer()}**")
+        if st.button("Sign out", key="sign_out"):
+            ui.sign_out()
+            st.rerun()
+page.run()

@@ -1,0 +1,201 @@
+"""Case view: the scan (window/level, slices, Grad-CAM), the model's output in plain words,
+the decision form and the case's decision history."""
+
+import pandas as pd
+import streamlit as st
+
+from medres.errors import MedresError, ReviewError
+from medres.io import read_scan
+from medres.review import render, ui
+from medres.review.summary import case_badges
+
+MANUAL = "manual"
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the scan…")
+def load_scan(path: str, input_hash: str) -> render.DisplayScan:
+    """The scan from its original file (``input_hash`` keys the cache to its content)."""
+    return render.display_scan(read_scan(path))
+
+
+def window_controls(scan: render.DisplayScan, key: str) -> tuple[float, float]:
+    """Preset selector plus width / level sliders; a preset sets the sliders, moving a
+    slider switches the preset to manual. Returns (width, level)."""
+    presets = render.window_presets(scan)
+    names = [*presets, MANUAL]
+    width_range, level_range, step = render.window_ranges(scan, presets)
+    state = st.session_state
+    if f"{key}_preset" not in state:
+        state[f"{key}_preset"] = names[0]
+        state[f"{key}_width"], state[f"{key}_level"] = presets[names[0]]
+
+    def preset_chosen() -> None:
+        chosen = state[f"{key}_preset"]
+        if chosen in presets:
+            state[f"{key}_width"], state[f"{key}_level"] = presets[chosen]
+
+    def slider_moved() -> None:
+        state[f"{key}_preset"] = MANUAL
+
+    columns = st.columns(3)
+    columns[0].selectbox(
+        "Window preset",
+        names,
+        key=f"{key}_preset",
+        on_change=preset_chosen,
+        help=f"{scan.modality or 'unknown'} modality; CT has lung, soft tissue, bone and brain "
+        "windows, other scans a percentile auto-window",
+    )
+    width = columns[1].slider(
+        "Window width", *width_range, step=step, key=f"{key}_width", on_change=slider_moved
+    )
+    level = columns[2].slider(
+        "Window level", *level_range, step=step, key=f"{key}_level", on_change=slider_moved
+    )
+    return width, level
+
+
+def viewer(case: dict) -> None:
+    """The scan with its controls, or a message saying why it cannot be shown."""
+    try:
+        scan = load_scan(case["path"], case["input_hash"])
+    except MedresError as e:
+        st.error(f"The scan cannot be shown: {e}")
+        return
+    key = f"case{case['case_id']}"
+    width, level = window_controls(scan, key)
+    heat = None
+    if case.get("heatmap_map"):
+        try:
+            heat = render.load_heatmap(case["heatmap_map"], scan)
+        except (OSError, ValueError) as e:
+            st.warning(f"The Grad-CAM map cannot be shown: {e}")
+    opacity = 0.0
+    if heat is not None:
+        left, right = st.columns([1, 2])
+        shown = left.toggle("Grad-CAM overlay", value=True, key=f"{key}_heat")
+        opacity = right.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, key=f"{key}_opacity")
+        if not shown:
+            heat = None
+    if not scan.is_3d:
+        st.image(render.render_view(scan, "axial", 0, width, level, heat, opacity))
+        st.caption("Grad-CAM: red marks the regions that weighed most for the predicted class.")
+        return
+    for plane, tab in zip(render.PLANES, st.tabs([p.title() for p in render.PLANES]), strict=True):
+        with tab:
+            n = render.slice_count(scan, plane)
+            index = st.slider(f"{plane.title()} slice", 1, n, n // 2 + 1, key=f"{key}_{plane}")
+            picture = render.render_view(scan, plane, index - 1, width, level, heat, opacity)
+            st.image(picture, caption=f"{plane} {index}/{n}")
+
+
+def model_output(case: dict) -> None:
+    """Prediction, calibrated probabilities, badges, referral, model id."""
+    st.subheader(f"Model says: {case['predicted_class']}")
+    confidence = case.get("confidence")
+    if confidence is not None:
+        st.write(f"Calibrated confidence **{confidence:.0%}**")
+    probabilities = pd.DataFrame(
+        {"probability": pd.Series(case["probabilities"], dtype=float)}
+    ).rename_axis("class")
+    st.bar_chart(probabilities, horizontal=True, height=60 + 30 * len(probabilities))
+    for badge in case_badges(case):
+        ui.badge(badge.label, badge.colour)
+        st.caption(badge.explanation)
+    if case["refer"]:
+        st.write(f"**Referred for review:** {case['refer_reason']}")
+    st.caption(f"Model {case['bundle_id']} · predicted {case.get('predicted_at') or '?'}")
+
+
+def decision_form(case: dict, reviewer: str) -> None:
+    """Agree / disagree with a corrected label / uncertain, with notes: one Save click."""
+    others = [c for c in case["classes"] if c != case["predicted_class"]]
+    choices = {
+        "agree": f"Agree ({case['predicted_class']})",
+        "disagree": "Disagree",
+        "uncertain": "Uncertain",
+    }
+    key = f"case{case['case_id']}"
+    with st.form(f"{key}_decision", clear_on_submit=True):
+        decision = st.radio(
+            "Your decision",
+            list(choices),
+            format_func=choices.get,
+            horizontal=True,
+            key=f"{key}_choice",
+        )
+        corrected = st.selectbox(
+            "Corrected label (when you disagree)",
+            others,
+            index=None,
+            placeholder="choose the right class",
+            key=f"{key}_label",
+        )
+        notes = st.text_area("Notes", key=f"{key}_notes", height=80)
+        saved = st.form_submit_button("Save decision", type="primary", key=f"{key}_save")
+    if saved:
+        try:
+            store.decide(
+                case["case_id"],
+                reviewer,
+                decision,
+                corrected if decision == "disagree" else None,
+                notes=notes,
+            )
+        except ReviewError as e:
+            st.error(str(e))
+        else:
+            label = f" → {corrected}" if decision == "disagree" else ""
+            st.success(f"Saved: {decision}{label} by {reviewer}.")
+
+
+def history(case_id: int) -> None:
+    """Every decision on the case, newest (current) first."""
+    rows = store.history(case_id)
+    st.subheader("Decision history")
+    if not rows:
+        st.caption("No decision yet.")
+        return
+    table = pd.DataFrame(rows)[
+        ["decided_at", "reviewer", "decision", "corrected_label", "notes", "current"]
+    ]
+    st.dataframe(table, hide_index=True, key="case_history")
+
+
+reviewer = ui.require_reviewer()
+store = ui.store()
+case_id = ui.current_case()
+if case_id is None:
+    waiting = store.worklist(status="pending")
+    if waiting.empty:
+        st.info("No case is open and none is pending. Pick one on the Worklist.")
+        st.stop()
+    case_id = int(waiting["case_id"].iloc[0])
+    st.session_state["case_id"] = case_id
+try:
+    case = store.case(case_id)
+except ReviewError as e:
+    st.error(str(e))
+    st.stop()
+
+title, next_column = st.columns([4, 1], vertical_alignment="bottom")
+title.title(f"Case {case['scan_id']}")
+pending = store.worklist(status="pending")
+pending = pending[pending["case_id"] != case_id]
+if next_column.button("Next pending case", disabled=pending.empty, key="case_next"):
+    ui.open_case(int(pending["case_id"].iloc[0]))
+facts = [
+    f"patient {case.get('patient_id') or '(none)'}",
+    f"site {case.get('site') or '(none)'}",
+    f"modality {case.get('modality') or '?'}",
+    f"run {case['run_id']}",
+]
+st.caption(" · ".join(facts))
+
+image_column, output_column = st.columns([3, 2], gap="large")
+with image_column:
+    viewer(case)
+with output_column:
+    model_output(case)
+    decision_form(case, reviewer)
+    history(case_id)

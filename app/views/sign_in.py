@@ -1,0 +1,20 @@
+"""Sign-in: a reviewer account from the local users file (or OpenID Connect)."""
+
+import streamlit as st
+
+from medres.review import ui
+
+st.title("medres review")
+st.write("Sign in with your reviewer account to see the worklist.")
+with st.form("sign_in_form", clear_on_submit=True):
+    name = st.text_input("Reviewer name", key="sign_in_name")
+    password = st.text_input("Password", type="password", key="sign_in_password")
+    submitted = st.form_submit_button("Sign in", type="primary", key="sign_in_submit")
+if submitted:
+    if ui.sign_in(name, password):
+        st.rerun()
+    st.error("Wrong reviewer name or password.")
+if ui.oidc_configured():
+    st.divider()
+    st.button("Sign in with your organisation account", on_click=st.login, key="sign_in_oidc")
+st.caption("No account? An administrator adds one with `medres review add-user NAME --store DB`.")

@@ -1,0 +1,121 @@
+"""Streamlit helpers shared by the review app's pages (``app/``): settings, store, sign-in.
+
+``medres review serve`` passes the store and the users file in two environment
+variables (:data:`STORE_ENV`, :data:`USERS_ENV`); every page opens the store through
+:func:`store` (one :class:`ReviewStore` per process, shared by the sessions) and calls
+:func:`require_reviewer` before it shows anything about a case.
+
+Sign-in: the local users file (:func:`medres.review.users.verify`), or OpenID Connect
+through ``st.login`` when ``.streamlit/secrets.toml`` has an ``[auth]`` section (the
+reviewer is then the identity provider's e-mail address).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from medres.errors import MedresError
+from medres.review.store import ReviewStore
+from medres.review.users import default_users_path, verify
+
+STORE_ENV = "MEDRES_REVIEW_STORE"
+USERS_ENV = "MEDRES_REVIEW_USERS"
+SIGN_IN_PAGE = "views/sign_in.py"
+WORKLIST_PAGE = "views/worklist.py"
+CASE_PAGE = "views/case.py"
+DASHBOARD_PAGE = "views/dashboard.py"
+EXPORT_PAGE = "views/export.py"
+
+
+@st.cache_resource(show_spinner=False)
+def _open_store(location: str) -> ReviewStore:
+    return ReviewStore(location, create=False)
+
+
+def store() -> ReviewStore:
+    """The review store named by ``$MEDRES_REVIEW_STORE``; an error and a stop without it."""
+    location = os.environ.get(STORE_ENV, "").strip()
+    if not location:
+        st.error("No review store given: start the app with `medres review serve --store DB`.")
+        st.stop()
+    try:
+        return _open_store(location)
+    except MedresError as e:
+        st.error(str(e))
+        st.stop()
+
+
+def users_file() -> Path:
+    """``$MEDRES_REVIEW_USERS``, else ``review_users.json`` beside the store."""
+    given = os.environ.get(USERS_ENV, "").strip()
+    return Path(given) if given else default_users_path(os.environ.get(STORE_ENV) or None)
+
+
+def oidc_configured() -> bool:
+    """True when the app's secrets configure ``st.login`` (an ``[auth]`` section)."""
+    try:
+        return "auth" in st.secrets
+    except Exception:  # no secrets file at all: Streamlit raises rather than answer no
+        return False
+
+
+def reviewer() -> str | None:
+    """The signed-in reviewer's name, or None."""
+    name = st.session_state.get("reviewer")
+    if name:
+        return str(name)
+    if oidc_configured() and st.user.is_logged_in:
+        return str(st.user.get("email") or st.user.get("name") or "") or None
+    return None
+
+
+def sign_in(name: str, password: str) -> bool:
+    """Check a name and password against the users file; remember the reviewer on success.
+
+    A wrong password and an unknown name are refused alike (no hint which)."""
+    name = (name or "").strip()
+    if not verify(users_file(), name, password or ""):
+        return False
+    st.session_state["reviewer"] = name
+    return True
+
+
+def sign_out() -> None:
+    """Forget the session's reviewer and open case (and end an OpenID Connect session)."""
+    for key in list(st.session_state.keys()):
+        del st.session_state[key]
+    if oidc_configured() and st.user.is_logged_in:
+        st.logout()
+
+
+def require_reviewer() -> str:
+    """The signed-in reviewer; otherwise a notice and a stop, before any case data."""
+    name = reviewer()
+    if name is None:
+        st.warning("Sign in to see the worklist and the cases.")
+        st.stop()
+    return name
+
+
+def open_case(case_id: int) -> None:
+    """Make ``case_id`` the open case and go to the case view."""
+    st.session_state["case_id"] = int(case_id)
+    st.switch_page(CASE_PAGE)
+
+
+def current_case() -> int | None:
+    """The case the reviewer opened (the ``?case=ID`` link, else the session's), or None."""
+    linked = st.query_params.get("case")
+    if linked and str(linked).isdigit():
+        st.session_state["case_id"] = int(linked)
+        del st.query_params["case"]
+    value = st.session_state.get("case_id")
+    return None if value is None else int(value)
+
+
+def badge(label: str, colour: str) -> None:
+    """A coloured badge (``st.badge``)."""
+    st.badge(label, color=colour)

@@ -1,0 +1,253 @@
+"""The Streamlit review app (app/), driven with streamlit.testing.v1.AppTest.
+
+The store holds a real ``medres predict --explain`` run (a 2-epoch chest X-ray bundle
+over 20 shipped test images plus a zero-filled one the bundle flags out of
+distribution); each test loads it into its own store and signs in as a real account.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from medres.review import ReviewStore, add_user
+from medres.review.ui import CASE_PAGE, EXPORT_PAGE, STORE_ENV, USERS_ENV, WORKLIST_PAGE
+
+APP = Path(__file__).resolve().parents[1] / "app"
+PASSWORD = "correct horse battery"
+TIMEOUT = 60  # seconds per script run: the first one imports pandas, PIL, nibabel
+
+
+@pytest.fixture
+def store(review_run, tmp_path, monkeypatch) -> ReviewStore:
+    """A fresh store with the run loaded (site "St Elsewhere"), one reviewer account
+    dr_lee, and the app pointed at both."""
+    db = tmp_path / "review.db"
+    users = tmp_path / "users.json"
+    add_user(users, "dr_lee", PASSWORD)
+    monkeypatch.setenv(STORE_ENV, str(db))
+    monkeypatch.setenv(USERS_ENV, str(users))
+    with ReviewStore(db) as review:
+        review.load_run(review_run, site="St Elsewhere")
+        yield review
+
+
+def start(name: str = "dr_lee", password: str = PASSWORD) -> AppTest:
+    """The app from its entry script, after submitting the sign-in form."""
+    at = AppTest.from_file(str(APP / "Home.py"), default_timeout=TIMEOUT).run()
+    at.text_input(key="sign_in_name").input(name)
+    at.text_input(key="sign_in_password").input(password)
+    return at.button(key="sign_in_submit").click().run()
+
+
+def shown(at: AppTest) -> str:
+    """Every text and table the run rendered, as one string."""
+    parts = []
+    for kind in ("title", "header", "subheader", "markdown", "caption", "text", "metric"):
+        parts += [str(getattr(e, "value", "")) + str(getattr(e, "label", "")) for e in at.get(kind)]
+    for kind in ("error", "warning", "info", "success"):
+        parts += [e.value for e in at.get(kind)]
+    parts += [frame.value.to_csv() for frame in at.dataframe]
+    return "\n".join(parts)
+
+
+def worklist_table(at: AppTest) -> pd.DataFrame:
+    return next(f.value for f in at.dataframe if "rank" in f.value.columns)
+
+
+def test_no_case_data_without_a_valid_sign_in(store):
+    scan_ids = store.worklist(status="all")["scan_id"].tolist()
+    for name, password in (("dr_lee", "wrong password"), ("dr_nobody", PASSWORD)):
+        at = start(name, password)
+        assert not at.exception
+        assert [e.value for e in at.error] == ["Wrong reviewer name or password."]
+        assert "reviewer" not in at.session_state
+        text = shown(at)
+        assert not any(s in text for s in scan_ids) and not at.get("image")
+        with pytest.raises(ValueError, match="Could not find a navigation page"):
+            at.switch_page(CASE_PAGE)  # not even navigable before sign-in
+
+    # a page file opened on its own stops at the sign-in notice
+    for page in ("worklist", "case", "dashboard", "export"):
+        at = AppTest.from_file(str(APP / "views" / f"{page}.py"), default_timeout=TIMEOUT).run()
+        assert not at.exception, page
+        assert [w.value for w in at.warning] == ["Sign in to see the worklist and the cases."]
+        text = shown(at)
+        assert not any(s in text for s in scan_ids) and not at.dataframe, page
+        assert not at.get("image") and "anon-" not in text, page
+
+
+def test_worklist_shows_the_most_urgent_cases_first_with_counts(store):
+    at = start()
+    assert not at.exception and at.session_state["reviewer"] == "dr_lee"
+    table = worklist_table(at)
+    expected = store.worklist()
+    assert table["scan_id"].tolist() == expected["scan_id"].tolist()
+    assert table["scan_id"].iloc[0] == "zz_black.png"  # out of distribution: first
+    assert table["rank"].tolist() == list(range(1, 22))
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["In this list"] == "21" and metrics["Pending"] == "21"
+    assert metrics["Reviewed"] == "0"
+    assert "Signed in as **dr_lee**" in [c.value for c in at.sidebar.caption]
+
+
+def test_worklist_filters_by_status_class_site_and_reason(store):
+    work = store.worklist()
+    reviewed_case = int(work["case_id"].iloc[3])
+    store.decide(reviewed_case, "dr_okafor", "agree")
+    at = start()
+
+    at.radio(key="wl_status").set_value("reviewed").run()
+    assert worklist_table(at)["case_id"].tolist() == [reviewed_case]
+    assert worklist_table(at)["reviewer"].tolist() == ["dr_okafor"]
+    at.radio(key="wl_status").set_value("pending").run()
+    assert len(worklist_table(at)) == 20
+
+    counts = work["predicted_class"].value_counts()
+    cls = counts.index[0]
+    at.selectbox(key="wl_class").set_value(cls).run()
+    table = worklist_table(at)
+    assert (table["predicted_class"] == cls).all()
+    assert len(table) == counts[cls] - (work["predicted_class"].iloc[3] == cls)
+    at.selectbox(key="wl_class").set_value("(any)").run()
+
+    assert at.selectbox(key="wl_site").options == ["(any)", "St Elsewhere"]
+    at.selectbox(key="wl_site").set_value("St Elsewhere").run()
+    assert len(worklist_table(at)) == 20
+
+    at.selectbox(key="wl_reason").set_value("out of distribution").run()
+    table = worklist_table(at)
+    assert table["ood"].all() and "zz_black.png" in table["scan_id"].tolist()
+    assert (
+        table["scan_id"].tolist()
+        == store.worklist(reason="out of distribution")["scan_id"].tolist()
+    )
+
+
+def test_decision_flow_saves_shows_history_and_audits(store):
+    at = start()
+    at.button(key="wl_next").click().run()  # the first case of the worklist
+    assert not at.exception
+    first = store.worklist()
+    case_id = int(first["case_id"].iloc[0])
+    assert at.title[0].value == "Case zz_black.png" and at.session_state["case_id"] == case_id
+    assert at.get("image"), "the scan is drawn"
+    assert any("Out of distribution" in m.value for m in at.markdown)  # the OOD badge
+    assert at.slider(key=f"case{case_id}_opacity").value == 0.4  # it has a Grad-CAM map
+    predicted_class = first["predicted_class"].iloc[0]
+    other = "0" if predicted_class == "1" else "1"
+    key = f"case{case_id}"
+
+    # disagree without a corrected label: refused, nothing written
+    at.radio(key=f"{key}_choice").set_value("disagree")
+    at.button(key=f"{key}_save").click().run()
+    assert "needs the corrected label" in at.error[0].value
+    assert store.history(case_id) == []
+
+    at.radio(key=f"{key}_choice").set_value("disagree")
+    at.selectbox(key=f"{key}_label").set_value(other)
+    at.text_area(key=f"{key}_notes").input("no lung fields: blank export")
+    at.button(key=f"{key}_save").click().run()
+    assert not at.exception and not at.error
+    assert at.success[0].value == f"Saved: disagree → {other} by dr_lee."
+    history = next(f.value for f in at.dataframe if "decided_at" in f.value.columns)
+    assert history[["reviewer", "decision", "corrected_label", "current"]].values.tolist() == [
+        ["dr_lee", "disagree", other, True]
+    ]
+    saved = store.history(case_id)
+    assert [(h["reviewer"], h["decision"], h["corrected_label"]) for h in saved] == [
+        ("dr_lee", "disagree", other)
+    ]
+    assert saved[0]["notes"] == "no lung fields: blank export"
+    trail = store.audit_log(case_id=case_id)
+    assert trail[["actor", "action"]].values.tolist() == [["dr_lee", "decide"]]
+
+    # back on the worklist the case is no longer pending
+    at.switch_page(WORKLIST_PAGE).run()
+    assert case_id not in worklist_table(at)["case_id"].tolist()
+    assert {m.label: m.value for m in at.metric}["Reviewed"] == "1"
+
+
+def test_window_level_preset_and_manual_sliders(store):
+    at = start()
+    at.button(key="wl_next").click().run()
+    key = f"case{at.session_state['case_id']}"
+    preset = at.selectbox(key=f"{key}_preset")
+    assert preset.value.startswith("auto")  # a radiograph: percentile auto-window
+    at.slider(key=f"{key}_level").set_value(at.slider(key=f"{key}_level").value + 10).run()
+    assert at.selectbox(key=f"{key}_preset").value == "manual"
+    at.toggle(key=f"{key}_heat").set_value(False).run()
+    assert not at.exception and at.get("image")
+
+
+def test_export_page_gives_the_labels_csv_and_the_dashboard_counts(store):
+    work = store.worklist()
+    ids = work["case_id"].astype(int).tolist()
+    shown_class = work["predicted_class"].tolist()
+    store.decide(ids[1], "dr_okafor", "agree")
+    store.decide(ids[2], "dr_okafor", "disagree", "0" if shown_class[2] == "1" else "1")
+    store.decide(ids[3], "dr_okafor", "uncertain")
+    at = start()
+
+    at.switch_page(EXPORT_PAGE).run()
+    at.button(key="export_button").click().run()
+    assert not at.exception
+    data, table = at.session_state["export"]
+    exported = pd.read_csv(io.BytesIO(data), dtype=str)
+    assert exported["scan_id"].tolist() == table["scan_id"].tolist()  # the preview is the file
+    assert sorted(exported["scan_id"]) == sorted(work["scan_id"].iloc[[1, 2]])
+    assert {"path", "label", "reviewer", "decided_at"} <= set(exported.columns)
+    assert at.success[0].value == "2 labels: 1 agree, 1 disagree."
+    exports = store.audit_log().query("action == 'export'")
+    assert exports["actor"].tolist() == ["dr_lee"]
+
+    at.switch_page("views/dashboard.py").run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Reviewed"] == "3 / 21" and metrics["Agreement"] == "50%"
+    referral = next(f.value for f in at.dataframe if "reason" in f.value.columns)
+    assert "out of distribution" in referral["reason"].tolist()
+
+
+def test_serve_runs_streamlit_on_localhost_and_refuses_a_missing_store_or_no_reviewer(
+    store, tmp_path, monkeypatch
+):
+    import os
+
+    from typer.testing import CliRunner
+
+    from medres.cli import app
+
+    runner = CliRunner()
+    db = str(tmp_path / "review.db")
+
+    def said(result) -> str:
+        return " ".join(result.output.split())
+
+    missing = runner.invoke(app, ["review", "serve", "--store", str(tmp_path / "none.db")])
+    assert missing.exit_code == 2 and "load a run first" in said(missing)
+    nobody = runner.invoke(app, ["review", "serve", "--store", db])  # no review_users.json
+    assert nobody.exit_code == 2 and "no reviewer account" in said(nobody)
+
+    started = []
+    monkeypatch.setattr(os, "execve", lambda *call: started.append(call))
+    users = str(tmp_path / "users.json")
+    served = runner.invoke(
+        app, ["review", "serve", "--store", db, "--users", users, "--port", "8601"]
+    )
+    assert served.exit_code == 0, served.output
+    assert "http://127.0.0.1:8601" in said(served)
+    _, argv, environment = started[0]
+    assert argv[1:4] == ["-m", "streamlit", "run"] and argv[4] == str(APP / "Home.py")
+    options = dict(zip(argv[5::2], argv[6::2], strict=True))
+    assert options["--server.address"] == "127.0.0.1" and options["--server.port"] == "8601"
+    assert options["--server.headless"] == "true"
+    assert options["--browser.gatherUsageStats"] == "false"
+    assert environment[STORE_ENV] == db and environment[USERS_ENV] == users
+    assert PASSWORD not in " ".join(argv)
+    help_text = runner.invoke(app, ["review", "serve", "--help"]).output
+    assert "Example" in help_text and "127.0.0.1" in help_text

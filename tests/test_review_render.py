@@ -1,0 +1,172 @@
+"""What the review app draws (medres.review.render) and says (medres.review.summary),
+on real scans: nibabel's T1 MRI in three storage orientations, pydicom's CT and MR."""
+
+from __future__ import annotations
+
+from itertools import product
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from nibabel.testing import data_path
+from pydicom.data import get_testdata_file
+
+from medres.io import read_scan
+from medres.review import render
+from medres.review.summary import case_badges, referral_reasons, reliability
+
+ANATOMICAL = Path(data_path) / "anatomical.nii"  # real T1 MRI, 33x41x25, 2 mm, LAS
+
+
+def _marked(tmp_path: Path, axcodes: str) -> tuple[Path, tuple[int, int, int]]:
+    """anatomical.nii stored in ``axcodes`` order, with a bright voxel at its corner that
+    lies most to the patient's right, anterior and superior; returns (file, voxel)."""
+    image = nib.as_closest_canonical(nib.load(ANATOMICAL))  # RAS
+    now = nib.orientations.io_orientation(image.affine)
+    change = nib.orientations.ornt_transform(now, nib.orientations.axcodes2ornt(axcodes))
+    image = image.as_reoriented(change)
+    data = np.asarray(image.dataobj, dtype=np.float32).copy()
+    corners = [np.array(c) * (np.array(data.shape) - 1) for c in product((0, 1), repeat=3)]
+    world = [image.affine @ [*c, 1] for c in corners]  # RAS: +x right, +y anterior, +z up
+    corner = tuple(int(v) for v in corners[int(np.argmax([w[0] + w[1] + w[2] for w in world]))])
+    data[corner] = data.max() * 10
+    path = tmp_path / f"anat_{axcodes}.nii.gz"
+    nib.save(nib.Nifti1Image(data, image.affine), path)
+    return path, corner
+
+
+@pytest.mark.parametrize("axcodes", ["LAS", "RAS", "PIR"])
+def test_every_plane_is_shown_the_radiological_way_whatever_the_storage_order(tmp_path, axcodes):
+    path, _ = _marked(tmp_path, axcodes)
+    scan = render.display_scan(read_scan(path))
+    assert scan.is_3d and scan.values.shape == (33, 41, 25)  # L, P, S like the original
+    assert scan.spacing_mm == pytest.approx((2.0, 2.0, 2.0))
+    # the right-anterior-superior corner: axial top-left (anterior up, patient's right on
+    # the image's left), coronal and sagittal top-left (superior up; right / anterior left)
+    where = {"axial": 24, "coronal": 0, "sagittal": 0}
+    for plane, index in where.items():
+        picture = render.take_slice(scan.values, scan, plane, index)
+        assert np.unravel_index(np.argmax(picture), picture.shape) == (0, 0), plane
+    assert [render.slice_count(scan, p) for p in render.PLANES] == [25, 41, 33]
+
+    reference = render.display_scan(read_scan(_marked(tmp_path, "LAS")[0]))
+    assert np.array_equal(scan.values, reference.values)  # same anatomy, same pictures
+
+
+def test_a_heat_map_on_the_scan_grid_lands_on_the_same_pixels(tmp_path):
+    path, corner = _marked(tmp_path, "PIR")
+    source = nib.load(path)
+    heat = np.zeros(source.shape, dtype=np.float32)
+    heat[corner] = 1.0
+    nib.save(nib.Nifti1Image(heat, source.affine), tmp_path / "heat.nii.gz")
+    scan = render.display_scan(read_scan(path))
+    shown = render.load_heatmap(tmp_path / "heat.nii.gz", scan)
+    assert np.array_equal(np.argwhere(shown == 1.0), np.argwhere(scan.values == scan.values.max()))
+    assert render.load_heatmap(None, scan) is None
+
+    picture = render.render_view(scan, "axial", 24, 400, 200, shown, opacity=1.0, size=66)
+    assert picture.shape == (66, 53, 3)  # 41 rows x 33 cols of 2 mm: the longer side is 66
+    red = np.array([127, 0, 0])  # jet at 1.0
+    assert np.abs(picture[0, 0].astype(int) - red).max() <= 2
+
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((5, 5), dtype=np.float32))
+    with pytest.raises(ValueError, match="belongs to another scan"):
+        render.load_heatmap(wrong, scan)
+
+
+def test_a_2d_heat_map_keeps_the_image_orientation(tmp_path):
+    volume = read_scan(get_testdata_file("MR_small.dcm"))
+    scan = render.display_scan(volume)
+    assert not scan.is_3d and scan.values.shape == (64, 64)
+    heat = np.zeros(volume.spatial_shape, dtype=np.float32)  # stored (X, Y) like the scan
+    heat[10, 50] = 1.0  # column 10, row 50
+    np.save(tmp_path / "map.npy", heat)
+    shown = render.load_heatmap(tmp_path / "map.npy", scan)
+    assert shown[50, 10] == 1.0 and shown.sum() == 1.0
+    assert np.array_equal(scan.values, np.asarray(volume.array[0], dtype=np.float32).T)
+
+
+def test_ct_gets_the_reading_windows_and_other_scans_an_auto_window():
+    ct = render.display_scan(read_scan(get_testdata_file("CT_small.dcm")))
+    presets = render.window_presets(ct)
+    assert list(presets)[:4] == ["soft tissue", "lung", "bone", "brain"]
+    assert presets["lung"] == (1500.0, -600.0) and presets["bone"] == (2500.0, 480.0)
+    assert presets["brain"] == (80.0, 40.0) and render.AUTO in presets
+    lung = render.apply_window(np.array([-1350.0, -600.0, 150.0, 3000.0]), 1500, -600)
+    assert lung.tolist() == [0, 128, 255, 255]
+
+    mr = render.display_scan(read_scan(get_testdata_file("MR_small.dcm")))
+    presets = render.window_presets(mr)
+    assert list(presets) == [render.AUTO, render.SCAN_WINDOW]  # auto first, then the header's
+    assert presets[render.SCAN_WINDOW] == (1600.0, 600.0)
+    width, level = presets[render.AUTO]
+    low, high = np.percentile(mr.values, [1, 99])
+    assert (width, level) == pytest.approx((high - low, (high + low) / 2))
+    shown = render.apply_window(mr.values, width, level)
+    assert shown.dtype == np.uint8 and shown.min() == 0 and shown.max() == 255
+
+    blank = render.DisplayScan(np.zeros((8, 8), np.float32), (1.0, 1.0), "IMAGE", None, None)
+    (w_low, w_high), (l_low, l_high), step = render.window_ranges(
+        blank, render.window_presets(blank)
+    )
+    assert w_high > w_low and l_high > l_low and step > 0
+
+
+def test_overlay_opacity_and_true_proportions():
+    grey = np.full((4, 6), 100, dtype=np.uint8)
+    heat = np.ones((4, 6), dtype=np.float32)
+    assert (render.overlay(grey, heat, 0.0) == 100).all()
+    assert render.overlay(grey, heat, 1.0)[0, 0].tolist() == [128, 0, 0]
+    wide = render.scale_to(np.zeros((10, 10, 3), np.uint8), (1.0, 3.0), size=300)
+    assert wide.shape == (100, 300, 3)
+    with pytest.raises(ValueError, match="plane must be one of"):
+        render.slice_count(render.display_scan(read_scan(ANATOMICAL)), "oblique")
+
+
+def test_badges_explain_set_uncertainty_and_ood_in_plain_words():
+    sure = {"conformal_set": ["1"], "uncertainty": 0.05, "ood": False, "ood_score": 3.2}
+    doubtful = {
+        "conformal_set": ["0", "1"],
+        "uncertainty": 0.45,
+        "ood": True,
+        "ood_score": 1500.0,
+        "refer_reason": "out of distribution; uncertainty above the validation threshold",
+    }
+    labels = [b.label for b in case_badges(sure)]
+    assert labels == ["Conformal set {1}", "Uncertainty 0.05", "In distribution"]
+    assert [b.colour for b in case_badges(sure)] == ["green"] * 3
+    badges = case_badges(doubtful)
+    assert [b.colour for b in badges] == ["orange", "orange", "red"]
+    assert "cannot rule out" in badges[0].explanation
+    assert "do not rely on the prediction" in badges[2].explanation
+
+
+def test_reliability_bins_and_referral_counts_follow_the_reviewers():
+    table = pd.DataFrame(
+        {
+            "confidence": [0.95, 0.92, 0.91, 0.65, 0.62, 0.55],
+            "decision": ["agree", "agree", "disagree", "agree", None, "uncertain"],
+            "refer_reason": [
+                "",
+                "",
+                "conformal set holds 2 classes",
+                "conformal set holds 2 classes; uncertainty above the validation threshold",
+                "out of distribution",
+                "",
+            ],
+        }
+    )
+    bins = reliability(table)
+    assert bins["bin"].tolist() == ["0.6–0.7", "0.9–1.0"]
+    assert bins["cases"].tolist() == [1, 3]  # undecided and uncertain cases left out
+    assert bins["accuracy"].tolist() == pytest.approx([1.0, 2 / 3])
+    assert bins["confidence"].tolist() == pytest.approx([0.65, (0.95 + 0.92 + 0.91) / 3])
+
+    reasons = referral_reasons(table).set_index("reason")
+    two_classes = reasons.loc["conformal set holds 2 classes"]
+    assert two_classes[["cases", "agree", "disagree"]].tolist() == [2, 1, 1]
+    assert reasons.loc["(not referred)", "cases"] == 3
+    assert reasons.loc["out of distribution", "reviewed"] == 0
