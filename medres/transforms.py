@@ -289,6 +289,12 @@ class ToTensor(Transform):
             )
         if self.spec.spatial_dims == 2 and array.shape[0] in (2, 4):
             array = array[:-1]  # grey+alpha / RGBA images
+        if self.spec.spatial_dims == 3 and array.shape[0] != self.spec.in_channels:
+            raise ScanContentError(  # time points or frames are not colour: never averaged
+                scan_id,
+                f"has {array.shape[0]} volumes (time points or frames) but preset "
+                f"{self.spec.preset} expects {self.spec.in_channels}; split the series",
+            )
         if self.spec.in_channels == 1 and array.shape[0] != 1:
             array = array.mean(axis=0, keepdims=True)
         elif self.spec.in_channels == 3 and array.shape[0] != 3:

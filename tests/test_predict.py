@@ -213,3 +213,23 @@ def test_explain_writes_an_overlay_per_scan_at_the_image_size(bundle, tmp_path):
             assert overlay.size == (28, 28) and overlay.mode == "RGB"
         cam = np.load(tmp_path / "out" / row["heatmap_map"])
         assert cam.shape == (28, 28) and cam.min() >= 0 and cam.max() <= 1
+
+
+def test_a_second_night_into_the_same_outdir_keeps_the_first_nights_rows(bundle, tmp_path):
+    monday, tuesday = tmp_path / "monday", tmp_path / "tuesday"
+    for night, pngs in ((monday, TEST_PNGS[:3]), (tuesday, TEST_PNGS[3:5])):
+        night.mkdir()
+        for png in pngs:
+            shutil.copy(png, night / png.name)
+    predict_folder(bundle, monday, tmp_path / "out")
+    rows = predict_folder(bundle, tuesday, tmp_path / "out").predictions
+    assert sorted(rows["scan_id"]) == sorted(p.name for p in TEST_PNGS[:5])
+    empty = tmp_path / "unmounted"
+    empty.mkdir()
+    assert len(predict_folder(bundle, empty, tmp_path / "out").predictions) == 5
+
+
+def test_an_outdir_inside_the_scan_folder_is_refused(bundle, tmp_path):
+    shutil.copy(TEST_PNGS[0], tmp_path / "a.png")
+    with pytest.raises(ConfigError, match="inside the scan folder"):
+        predict_folder(bundle, tmp_path, tmp_path / "predictions")

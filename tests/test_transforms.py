@@ -132,10 +132,11 @@ def test_ct_padding_is_below_the_window_not_water():
     assert out[0, 0, 0, 0] == 0 and np.isclose(out.max(), 0.5)
 
 
-def test_two_channel_3d_scan_keeps_both_channels_until_the_grey_average():
-    """Only 2D images have an alpha channel to drop; a 2-echo volume is averaged."""
+def test_a_multi_volume_3d_scan_is_refused_not_averaged():
+    """Time points or echoes are not colour channels: a 2-volume scan into a 1-channel
+    3D preset is a ScanContentError (a failure row), never averaged into one volume."""
     ramp = np.arange(64, dtype=np.float32).reshape(4, 4, 4)
     volume = Volume(np.stack([np.zeros_like(ramp), ramp]), np.eye(4))
     spec = PreprocessSpec(preset="mr_3d", spatial_size=(4, 4, 4), percentiles=(0, 100))
-    out = build_transform(spec)(volume)  # dropping channel 1 would leave all zeros
-    assert out.shape == (1, 4, 4, 4) and out.max() == 1 and out.min() == 0
+    with pytest.raises(ScanContentError, match="2 volumes"):
+        build_transform(spec)(volume)

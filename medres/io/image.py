@@ -35,7 +35,13 @@ def read_image(path: str | Path) -> Volume:
             elif image.mode == "1":
                 image = image.convert("L")
             pixels = np.asarray(image)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        OSError,
+        ValueError,
+        SyntaxError,
+    ) as e:
         raise ScanReadError(str(path), f"not a readable PNG/JPEG image ({e})") from e
     if pixels.ndim == 2:
         pixels = pixels[..., None]

@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medres.errors import ScanReadError
+from medres.errors import ScanGeometryError, ScanReadError
 from medres.io.volume import Volume, require_finite
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -55,4 +55,7 @@ def read_nifti(path: str | Path) -> Volume:
     }
     if data.ndim == 4:
         meta["channel_axis"] = "time"
-    return Volume(np.ascontiguousarray(array), image.affine, meta)
+    try:
+        return Volume(np.ascontiguousarray(array), image.affine, meta)
+    except ValueError as e:  # e.g. a singular sform: no usable geometry
+        raise ScanGeometryError(str(path), f"unusable NIfTI geometry: {e}") from e

@@ -97,10 +97,15 @@ def predict_folder(
     options = options or PredictOptions()
     started, t0 = pd.Timestamp.now("UTC"), time.perf_counter()
     if options.mc_samples < 0 or options.batch_size < 1 or options.chunk_size < 1:
-        raise ConfigError("--mc-samples must be >= 0 and --batch-size >= 1")
+        raise ConfigError("--mc-samples must be >= 0, --batch-size and --chunk-size >= 1")
     folder, out = Path(folder), Path(out)
     if not folder.exists():
         raise ConfigError(f"{folder} does not exist; give the folder of scans to predict")
+    if out.resolve().is_relative_to(folder.resolve()):
+        raise ConfigError(
+            f"-o {out} is inside the scan folder {folder}: the next run would find its own "
+            "heatmaps as scans; write the predictions outside the folder"
+        )
     members = [load_bundle(p) for p in [bundle, *options.ensemble]]
     _check_members(members)
     job = {
@@ -155,7 +160,7 @@ def predict_folder(
             store.write_part(pending)
             pending = []
         if advance:
-            advance(predicted + already + sum(i.failure is not None for i in batch))
+            advance(predicted + already + len(failures) - len(found.failures))
     store.write_part(pending)
     seconds = time.perf_counter() - t1
     summary = {
@@ -234,7 +239,13 @@ class _Predictor:
             for s, i in zip(scans, items, strict=True)
         ]
         if self.info.task == "regression":
-            values = np.mean([self.info.outputs_to_scores(o.mean(0)) for o in outputs], axis=0)
+            values = np.mean(
+                [
+                    m.info.outputs_to_scores(o.mean(0))
+                    for m, o in zip(self.members, outputs, strict=True)
+                ],
+                axis=0,
+            )
             for row, value in zip(rows, values, strict=True):
                 row["prediction"] = float(value)
             shown = np.zeros(len(rows), int)

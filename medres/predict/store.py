@@ -7,7 +7,8 @@ Layout of ``OUTDIR``::
     .parts/part-*.parquet prediction rows written while the run goes, one atomic file a
                           chunk (temporary file + rename): a kill -9 loses at most the
                           chunk in flight
-    predictions.parquet   every scan's row (merged from the parts when the run ends)
+    predictions.parquet   one row per scan predicted into OUTDIR, this run's and earlier ones'
+                          (merged from the parts when the run ends)
     predictions.csv       the same table as CSV
     failures.csv          one row per scan that could not be predicted (header always)
     run.json              counts, timings, scans per second, options
@@ -76,15 +77,17 @@ class ResultStore:
         atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))
 
     def finish(self, keys: set[tuple[str, str]], failures: list[dict[str, Any]]) -> pd.DataFrame:
-        """Merge the rows of the scans in ``keys`` (scan_id, input hash: this run's scans)
-        into ``predictions.parquet`` / ``.csv``, write ``failures.csv``, then drop the
-        parts. Returns the predictions."""
+        """Merge the parts into ``predictions.parquet`` / ``.csv``: one row per scan ever
+        predicted into this OUTDIR (earlier runs' rows are kept; a scan_id predicted again
+        because its bytes changed keeps this run's row, ``keys`` being this run's
+        (scan_id, input hash) pairs); write ``failures.csv``, then drop the parts.
+        Returns the predictions."""
         rows = self.done()
-        if len(rows):
-            mine = [
-                (s, h) in keys for s, h in zip(rows["scan_id"], rows["input_hash"], strict=True)
-            ]
-            rows = rows[mine].sort_values("path", kind="stable").reset_index(drop=True)
+        if len(rows):  # earlier runs' rows stay; a scan whose bytes changed keeps this run's row
+            now = [(s, h) in keys for s, h in zip(rows["scan_id"], rows["input_hash"], strict=True)]
+            rows = rows.assign(_now=now).sort_values("_now", kind="stable")
+            rows = rows.drop_duplicates("scan_id", keep="last").drop(columns="_now")
+            rows = rows.sort_values("path", kind="stable").reset_index(drop=True)
         atomic_write(self.out / PREDICTIONS, lambda tmp: rows.to_parquet(tmp, index=False))
         write_text(self.out / "predictions.csv", rows.to_csv(index=False))
         table = pd.DataFrame(failures, columns=list(FAILURE_COLUMNS))
