@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shlex
 import shutil
@@ -47,8 +46,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/...`
+from benchmarks.medmnist import SHARED
+from benchmarks.medmnist import machine as medmnist_machine
+
 HERE = Path(__file__).resolve().parent
-SHARED = Path(os.environ.get("MEDRES_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 MEDMNIST = SHARED / "medmnist"
 TARGET_NAIVE = 3.0  # (c) must be at least this many times (b)
 TARGET_MODEL = 0.70  # (c) must reach this share of (a)
@@ -361,20 +363,10 @@ def measure(folder: Folder, args: argparse.Namespace) -> dict:
 
 
 def machine() -> str:
-    """CPU model, cores, torch version and threads, Python."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """medmnist's machine line plus what matters for overlapping decoding and the model."""
     return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads in the main process; DataLoader workers run "
-        f"1 thread each), CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"Python {platform.python_version()}"
+        f"{medmnist_machine()}; the torch threads are the main process's (DataLoader "
+        f"workers run 1 each); CPU capability {torch.backends.cpu.get_cpu_capability()}"
     )
 
 

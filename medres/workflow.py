@@ -23,6 +23,7 @@ from medres.errors import ConfigError, ScanError
 from medres.evaluate import Evaluation, choose_threshold, evaluate, write_report
 from medres.evaluate.trust import trust_report
 from medres.files import write_text
+from medres.io.discover import FAILURE_COLUMNS
 from medres.tasks import TaskInfo, label_key
 from medres.train import CHECKPOINT, TrainConfig, auto_workers, fit
 from medres.transforms import PreprocessSpec, build_transform
@@ -283,9 +284,6 @@ def score_rows(
     if info.task == "regression":
         targets = targets * info.target_std + info.target_mean
     return Scored(used, targets, out, feats, pd.DataFrame(failures, columns=list(FAILURE_COLUMNS)))
-
-
-FAILURE_COLUMNS = ("scan_id", "path", "stage", "error_type", "message")
 
 
 class _TolerantScans(torch.utils.data.Dataset):

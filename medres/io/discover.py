@@ -63,6 +63,9 @@ class ScanSource:
         return os.path.commonpath(self.files)
 
 
+FAILURE_COLUMNS = ("scan_id", "path", "stage", "error_type", "message")  # a failures.csv row
+
+
 @dataclass(frozen=True)
 class Failure:
     """A file or scan that could not be used, and why (DESIGN §3 failure row).

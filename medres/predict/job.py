@@ -116,7 +116,7 @@ def predict_folder(
     found = discover(folder, progress=progress_task(progress, "Discovering scans", None))
     t_discover = time.perf_counter() - t0
     done = store.done()
-    predictor = _Predictor(members, options, out)
+    predictor = _Predictor(members, options, out, job["bundles"][0]["checksum"])
     dataset = PredictScans(
         found.scans,
         members[0].spec,
@@ -197,7 +197,9 @@ def predict_folder(
 class _Predictor:
     """The loaded bundles as one predictor: batch of items → prediction rows."""
 
-    def __init__(self, members: list[Bundle], options: PredictOptions, out: Path) -> None:
+    def __init__(
+        self, members: list[Bundle], options: PredictOptions, out: Path, checksum: str
+    ) -> None:
         self.members, self.options, self.out = members, options, out
         first = members[0]
         self.info, self.trust = first.info, first.trust
@@ -212,12 +214,12 @@ class _Predictor:
             member.model.to(memory_format=self.memory_format)
         self.fixed = {
             "bundle_id": "+".join(m.id for m in members),
-            "bundle_checksum": sha256_file(first.path / "bundle.json"),
+            "bundle_checksum": checksum,
             "medres_version": __version__,
         }
 
     def rows(self, scans: list[ScanSource], items: list[Item]) -> list[dict[str, Any]]:
-        images = torch.stack([item.image for item in items])
+        images = torch.stack([item.image.as_subclass(torch.Tensor) for item in items])
         images = images.contiguous(memory_format=self.memory_format)
         seeds = [int(item.input_hash[:15], 16) for item in items]
         outputs, features = [], None
@@ -290,7 +292,7 @@ class _Predictor:
         cams = grad_cam(self.members[0].model, images, shown)
         folder = self.out / "explain"
         for row, item, cam in zip(rows, items, cams, strict=True):
-            on_scan = map_to_scan(cam, item.volume, self.transform)
+            on_scan = map_to_scan(cam, item.image, self.transform)
             stem = _safe_stem(row["scan_id"], item.input_hash)
             paths = write_explanation(item.volume, on_scan, folder, stem)
             row["heatmap"] = str(Path(paths["png"]).relative_to(self.out))

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from medres.errors import ScanContentError, ScanError, ScanReadError
+from medres.explain import transform_with_meta
 from medres.files import sha256_file
 from medres.io import Volume, read_scan
 from medres.io.discover import ScanSource
@@ -31,8 +32,8 @@ class Item:
 
     ``index`` into the run's scan list; ``input_hash`` sha256 of its files' bytes (None
     when they could not be read); ``done`` if this bundle already predicted these bytes;
-    ``image`` the network input (C, *spatial) (a MONAI MetaTensor that remembers its
-    spatial steps); ``volume`` the decoded scan (kept only for explanations);
+    ``image`` the network input (C, *spatial) (with explanations a MONAI MetaTensor that
+    remembers its spatial steps); ``volume`` the decoded scan (kept only for explanations);
     ``failure`` (stage, error type, message) when the scan cannot be predicted.
     """
 
@@ -114,7 +115,12 @@ class PredictScans(torch.utils.data.Dataset):
             volume.meta["scan_id"] = scan.scan_id
             stage = "validate"
             check_modality(scan.scan_id, scan.meta.get("modality"), self.modalities)
-            item.image = self.transform(volume)
+            # with explanations, the input keeps its spatial history (MetaTensor) so the
+            # heatmap maps back to the scan without preprocessing it a second time
+            traced = self.keep_volume
+            item.image = (
+                transform_with_meta(volume, self.transform) if traced else self.transform(volume)
+            )
         except ScanError as e:
             item.failure = (stage, type(e).__name__, e.message)
             return item

@@ -28,11 +28,11 @@ import pandas as pd
 
 from medres.errors import ConfigError
 from medres.files import atomic_write, write_json, write_text
+from medres.io.discover import FAILURE_COLUMNS
 
 JOB = "job.json"
 PARTS = ".parts"
 PREDICTIONS = "predictions.parquet"
-FAILURE_COLUMNS = ("scan_id", "path", "stage", "error_type", "message")
 
 
 class ResultStore:

@@ -107,7 +107,6 @@ class Trust:
         """:meth:`assess` on (S, N, K) calibrated probability samples (e.g. several
         bundles' calibrated samples side by side: an ensemble), with the (N, K)
         uncalibrated mean ``raw_probs`` kept beside them."""
-        raw = raw_probs
         probs = samples.mean(0)
         scores = uncertainty_scores(samples)
         sets = self.conformal.predict_sets(probs)
@@ -127,7 +126,7 @@ class Trust:
             threshold=self.referral["threshold"],
         )
         return Assessment(
-            raw,
+            raw_probs,
             probs,
             predicted,
             sets,
