@@ -13,6 +13,8 @@ A bundle is a folder::
     calibration.json    classifiers: calibration, conformal quantiles, referral threshold,
                         OOD threshold (:class:`medres.uncertainty.trust.Trust`)
     ood.safetensors     classifiers: the OOD model's class means and precision matrix
+    frozen_test.json    the test patients (salted hashes) and scans no retraining may
+                        train on (:mod:`medres.frozen`)
 
 ``bundle.json`` is written last, so a folder without it is not a bundle. :func:`load_bundle`
 refuses a bundle whose files fail their checksums, naming the file.
@@ -36,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from medres import __version__
 from medres.errors import BundleError, ConfigError
 from medres.files import atomic_write, sha256_file, write_json, write_text
+from medres.frozen import FROZEN_TEST
 from medres.models import create_model
 from medres.tasks import TaskInfo
 from medres.transforms import PreprocessSpec
@@ -44,6 +47,8 @@ from medres.uncertainty.trust import CALIBRATION, Trust
 FORMAT = 1
 WEIGHTS = "weights.safetensors"
 REQUIRED = (WEIGHTS, "config.json", "metrics.json", "model_card.md")
+TRAINING_COHORT = "training_cohort.parquet"  # retrained bundles: the cohort trained on
+OPTIONAL = ("metrics.csv", TRAINING_COHORT)
 
 
 @dataclass
@@ -83,6 +88,8 @@ def save_bundle(
     threshold: float | None = None,
     trust: Trust | None = None,
     parent_id: str | None = None,
+    parent_lineage: list[dict[str, Any]] = (),
+    frozen_test: dict[str, Any] | None = None,
 ) -> Path:
     """Write a bundle into ``out`` (created if needed); returns the ``bundle.json`` path.
 
@@ -90,6 +97,11 @@ def save_bundle(
         training: facts of the run (best epoch, selection metric, seconds, seed ...).
         cohort: the training cohort's fingerprint, path and counts.
         metrics: what goes to ``metrics.json`` (evaluations with CIs).
+        parent_id: the champion this bundle was retrained from.
+        parent_lineage: the parent's ``lineage``; this bundle's is that plus its own
+            training cohort: every cohort the weights have seen, oldest first, each as
+            ``{path, fingerprint, bundle_id}`` (the bundle that trained on it).
+        frozen_test: written to ``frozen_test.json`` (:func:`medres.frozen.freeze`).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,11 +111,15 @@ def save_bundle(
     write_json(out / "metrics.json", metrics)
     write_text(out / "model_card.md", model_card)
     files = list(REQUIRED) + (trust.save(out) if trust is not None else [])
-    if (out / "metrics.csv").is_file():
-        files.append("metrics.csv")
+    if frozen_test is not None:
+        write_json(out / FROZEN_TEST, frozen_test)
+        files.append(FROZEN_TEST)
+    files += [name for name in OPTIONAL if (out / name).is_file()]
+    bundle_id = uuid.uuid4().hex
+    seen = {k: cohort.get(k) for k in ("path", "fingerprint", "sources", "reviews") if k in cohort}
     manifest = {
         "format": FORMAT,
-        "id": uuid.uuid4().hex,
+        "id": bundle_id,
         "parent_id": parent_id,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "task": info.task,
@@ -115,6 +131,7 @@ def save_bundle(
         "preprocess": spec.model_dump(mode="json"),
         "training": training,
         "cohort": cohort,
+        "lineage": [*parent_lineage, {**seen, "bundle_id": bundle_id}],
         "versions": versions(),
         "files": {name: sha256_file(out / name) for name in files},
     }

@@ -514,13 +514,109 @@ def predict_command(
             raise typer.Exit(1)
 
 
+@app.command("label-issues")
+def label_issues_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `medres train`.")],
+    cohort: Annotated[Path, typer.Argument(help="Cohort manifest (.parquet) to rank.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Label-issues CSV to write.")],
+    split: Annotated[str, typer.Option(help="Labelled split to cross-fit.")] = "train",
+    folds: Annotated[int, typer.Option(min=2, help="Cross-fitting folds (by patient).")] = 4,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epochs per fold (default: the bundle's).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the folds and fold models.")] = 0,
+) -> None:
+    """Rank scans whose label looks wrong (confident learning), or, for an unlabelled
+    cohort, the scans a labeller should look at first (active learning).
+
+    A cohort with labelled SPLIT scans is cross-fitted: FOLDS models, each trained with
+    the bundle's own configuration on the other folds (grouped by patient, stratified
+    by label) and selected on the cohort's val split, give every scan out-of-fold
+    probabilities; cleanlab ranks the scans by how little those support the given
+    label and flags the likely errors. A cohort without labels is ranked by the
+    bundle's calibrated uncertainty instead.
+
+    Writes OUT (one row per scan, rank 1 first: given and suggested label, label
+    quality, probabilities, flagged, reason); load it for review with
+    `medres review load --label-issues OUT --store DB`.
+
+    Example:
+
+        medres label-issues bundles/pneumonia cohort_split.parquet -o issues.csv --epochs 10
+        medres review load --label-issues issues.csv --store review.db
+    """
+    import warnings
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.table import Table
+
+    from medres.retrain.label_issues import SkippedScansWarning, label_issues
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with (
+        user_errors(),
+        warnings.catch_warnings(record=True) as caught,
+        Progress(*columns, transient=True) as progress,  # fit's epoch bars nest in it
+    ):
+        warnings.simplefilter("always")
+        table = label_issues(
+            bundle,
+            cohort,
+            out,
+            split=split,
+            folds=folds,
+            epochs=epochs,
+            seed=seed,
+            progress=progress,
+        )
+    for message in dict.fromkeys(
+        str(w.message) for w in caught if w.category is SkippedScansWarning
+    ):
+        console.print(f"[yellow]warning:[/] {escape(message)}")
+    labelled = bool((table["given_label"] != "").any())
+    shown = Table(title=f"medres label-issues → {out} (top {min(10, len(table))})")
+    names = ["rank", "scan_id", "given_label", "suggested_label", "label_quality", "flagged"]
+    if not labelled:
+        names = ["rank", "scan_id", "suggested_label", "p_suggested"]
+    for name in names:
+        shown.add_column(name.replace("_", " "), justify="right" if name != "scan_id" else "left")
+    for row in table.head(10).to_dict("records"):
+        cells = [row[name] for name in names]
+        shown.add_row(*(f"{v:.3f}" if isinstance(v, float) else escape(str(v)) for v in cells))
+    Console().print(shown)
+    if labelled:
+        console.print(
+            f"{int(table['flagged'].sum())} of {len(table)} '{split}' scans flagged as possible "
+            f"label errors; review them: medres review load --label-issues {out} --store DB"
+        )
+    else:
+        console.print(
+            f"{len(table)} unlabelled scans ranked by uncertainty; review the first: "
+            f"medres review load --label-issues {out} --store DB --top 50"
+        )
+
+
 _STORE_HELP = "Review store: a SQLite file (created when missing) or a database URL."
 
 
 @review_app.command("load")
 def review_load(
-    outdir: Annotated[Path, typer.Argument(help="Output folder of `medres predict`.")],
     store: Annotated[str, typer.Option(help=_STORE_HELP)],
+    outdir: Annotated[
+        Path | None, typer.Argument(help="Output folder of `medres predict`.")
+    ] = None,
+    label_issues: Annotated[
+        Path | None,
+        typer.Option(help="A `medres label-issues` CSV to load instead of an OUTDIR."),
+    ] = None,
+    top: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --label-issues: the first N by rank (default: the flagged rows; "
+            "every row of an unlabelled cohort's CSV).",
+        ),
+    ] = None,
     show_patient_ids: Annotated[
         bool,
         typer.Option(
@@ -540,14 +636,30 @@ def review_load(
     Loading the same OUTDIR again changes nothing (scans predicted into it since are
     added). Patient ids are stored as pseudonyms unless --show-patient-ids is given.
 
+    With --label-issues ISSUES.csv (from `medres label-issues`) the scans become cases
+    referred as "possible label error: labelled X, model says Y" (or "uncertain (active
+    learning)"), the suggested label as the predicted class: agree relabels the scan,
+    disagree with the given label keeps it. Reloading adds only scans not loaded yet.
+
     Example:
 
         medres review load predictions/tonight --store review.db --site "St Elsewhere"
+        medres review load --label-issues issues.csv --store review.db --top 30
     """
     from medres.review import ReviewStore
 
+    with user_errors():
+        if (outdir is None) == (label_issues is None):
+            raise ReviewError("give either OUTDIR (a predict output) or --label-issues CSV")
+        if top is not None and label_issues is None:
+            raise ReviewError("--top applies to --label-issues only")
     with user_errors(), ReviewStore(store) as db:
-        result = db.load_run(outdir, show_patient_ids=show_patient_ids, site=site)
+        if label_issues is not None:
+            result = db.load_label_issues(
+                label_issues, top=top, show_patient_ids=show_patient_ids, site=site
+            )
+        else:
+            result = db.load_run(outdir, show_patient_ids=show_patient_ids, site=site)
         pending = len(db.worklist(run_id=result.run_id, status="pending"))
     if result.new:
         what = f"loaded run {result.run_id}: {result.cases_added} cases"
@@ -670,3 +782,207 @@ def review_serve(
         soft_wrap=True,
     )
     os.execve(argv[0], argv, environment)  # the server replaces this process: signals reach it
+
+
+# ------------------------------------------------------------------ retraining (step 6)
+
+
+@app.command("retrain")
+def retrain_command(
+    bundle: Annotated[Path, typer.Argument(help="The champion bundle.")],
+    cohort: Annotated[
+        list[Path], typer.Option(help="New split cohort (.parquet); repeat for several.")
+    ],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Challenger bundle folder.")],
+    reviews: Annotated[
+        Path | None,
+        typer.Option(help="Reviewed labels (`medres review export` CSV) over the cohort's."),
+    ] = None,
+    from_scratch: Annotated[
+        bool, typer.Option(help="Train new weights instead of fine-tuning the champion's.")
+    ] = False,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: the champion's).")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a training setting: --set lr=1e-4 (repeatable)."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted retraining.")] = False,
+) -> None:
+    """Train a challenger on new cohorts (and reviewed labels) from a champion bundle.
+
+    The challenger keeps the champion's preprocessing, model and classes; it fine-tunes
+    the champion's weights (learning rate x0.1, half the epochs, no warm-up) unless
+    --from-scratch. It refuses, naming them, any patient of the champion's test split
+    or of the new cohort's test split in its training or validation scans. Its
+    bundle.json records parent_id, the lineage of cohorts and the reviews used.
+
+    Example:
+
+        medres retrain bundles/v1 --cohort site_b_split.parquet \\
+            --reviews reviews.csv -o bundles/v2
+    """
+    from medres.config import apply_overrides
+    from medres.evaluate import metrics_table
+    from medres.retrain.job import retrain_bundle
+
+    with user_errors():
+        updates = apply_overrides({}, set_ or [])
+        updates.update({k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None})
+        result = retrain_bundle(
+            bundle,
+            cohort,
+            out,
+            reviews=reviews,
+            from_scratch=from_scratch,
+            updates=updates,
+            resume=resume,
+        )
+    if result.reviews is not None:
+        r = result.reviews
+        console.print(
+            f"reviews: {r.changed} labels changed, {r.confirmed} confirmed, "
+            f"{len(r.unmatched)} reviewed scans in no cohort (not used)"
+        )
+    for split, evaluation in result.evaluations.items():
+        table = metrics_table(evaluation)
+        table.title = f"{split}: {table.title}"
+        Console().print(table)
+    console.print(f"challenger: {result.bundle_json.parent}")
+
+
+@app.command("compare")
+def compare_command(
+    champion: Annotated[Path, typer.Argument(help="The champion bundle.")],
+    challenger: Annotated[Path, typer.Argument(help="The challenger bundle.")],
+    cohort: Annotated[
+        list[Path], typer.Option(help="New cohort whose test split to compare on; repeatable.")
+    ],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Report folder.")],
+    old_cohort: Annotated[
+        Path | None,
+        typer.Option(help="The champion's test cohort (default: the one in its bundle.json)."),
+    ] = None,
+    margin: Annotated[
+        float, typer.Option(help="AUC the challenger may lose on the old test set.")
+    ] = 0.01,
+    n_boot: Annotated[int, typer.Option(help="Paired bootstrap replicates.")] = 1000,
+    drift: Annotated[
+        bool, typer.Option(help="Add the drift report (old vs each new test set).")
+    ] = True,
+) -> None:
+    """Compare champion and challenger on the same test scans, with a promotion verdict.
+
+    Both bundles score the champion's test set and each new cohort's test split; AUC,
+    accuracy and ECE are reported with paired bootstrap 95 % CIs of the difference
+    (resampling patients). Verdict: promote when the challenger is non-inferior on the
+    old test set (ΔAUC lower bound > -margin) and better on every new one (> 0). Exit
+    code 0 either way; `medres promote` records the verdict.
+
+    Example:
+
+        medres compare bundles/v1 bundles/v2 --cohort site_b_split.parquet -o compare_v2
+    """
+    from medres.retrain.compare import compare_bundles, write_comparison
+
+    with user_errors():
+        comparison = compare_bundles(
+            champion, challenger, cohort, old_cohort=old_cohort, margin=margin, n_boot=n_boot
+        )
+        report = write_comparison(comparison, out, drift=drift)
+    for reason in comparison.reasons:
+        console.print(reason)
+    console.print(f"[bold]verdict: {comparison.verdict}[/]  report: {report}")
+
+
+@app.command("promote")
+def promote_command(
+    comparison: Annotated[Path, typer.Argument(help="A `medres compare` report folder.")],
+    registry: Annotated[Path, typer.Option(help="Registry file (created if missing).")] = Path(
+        "registry.json"
+    ),
+    force_reason: Annotated[
+        str | None,
+        typer.Option(help="Promote against a 'keep' verdict; the reason is recorded."),
+    ] = None,
+) -> None:
+    """Record a comparison's verdict in the model registry.
+
+    A 'promote' verdict makes the challenger champion and archives the champion; 'keep'
+    records the challenger as rejected and exits 1. Bundles are never copied or
+    overwritten: the registry points at their folders, and every version stays loadable.
+
+    Example:
+
+        medres promote compare_v2 --registry models/registry.json
+    """
+    from rich.table import Table
+
+    from medres.retrain.registry import promote
+
+    with user_errors():
+        entries, promoted = promote(registry, comparison, force_reason=force_reason)
+    table = Table(title=f"registry {registry}")
+    for column in ("id", "status", "since", "parent", "path"):
+        table.add_column(column)
+    for m in entries["models"].values():
+        parent = (m["parent_id"] or "")[:8]
+        table.add_row(m["id"][:8], m["status"], m["status_since"], parent, m["path"])
+    Console().print(table)
+    if not promoted:
+        console.print("[bold]not promoted[/]: the comparison's verdict was 'keep'")
+        raise typer.Exit(1)
+
+
+@app.command("drift")
+def drift_command(
+    old: Annotated[Path, typer.Argument(help="Earlier cohort (.parquet), e.g. the training one.")],
+    new: Annotated[Path, typer.Argument(help="Later cohort (.parquet), e.g. a new site's.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Report folder to write.")],
+    bundle: Annotated[
+        Path | None,
+        typer.Option(help="Bundle whose confidence and OOD rate to compare on both cohorts."),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Compare only this split (train / val / test) of both.")
+    ] = None,
+    max_scans: Annotated[
+        int, typer.Option(min=1, help="Scans read per cohort (a random sample).")
+    ] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of the scan sample.")] = 0,
+    alpha: Annotated[
+        float, typer.Option(help="Significance level: findings are the shifts with p < alpha.")
+    ] = 0.01,
+) -> None:
+    """Compare two cohorts: label prevalence, site and modality mix, intensity statistics
+    of the scans and, with --bundle, the model's confidence, OOD rate and predicted
+    classes on each.
+
+    Writes OUT/drift.md (tables, findings, plots), OUT/drift.json (the numbers),
+    OUT/drift_scans.csv (one row per sampled scan) and PNG plots. Shares are compared
+    by χ² tests, per-scan values by two-sample Kolmogorov–Smirnov tests, OOD rates by
+    Fisher's exact test. Scans that cannot be read are counted, not fatal.
+
+    Example:
+
+        medres drift train.parquet site_b.parquet --bundle bundles/v1 --split test -o drift
+    """
+    from medres.retrain.drift import drift_report
+    from medres.retrain.drift_write import write_drift
+
+    with user_errors():
+        report = drift_report(
+            old,
+            new,
+            bundle,
+            split=split,
+            max_scans=max_scans,
+            seed=seed,
+            alpha=alpha,
+            show_progress=True,
+        )
+        path = write_drift(report, out)
+    Console().print("[bold]Drift findings[/] (α = " + f"{alpha:g})")
+    for line in report.findings:
+        Console().print(f"- {escape(line)}", soft_wrap=True)
+    console.print(f"report: {path}  (numbers: {path.parent / 'drift.json'})")

@@ -137,6 +137,8 @@ def fit(
     *,
     resume: bool = False,
     show_progress: bool = True,
+    init_state: dict[str, torch.Tensor] | None = None,
+    init_id: str = "",
 ) -> FitResult:
     """Train on the cohort's ``train`` split, select on ``val``.
 
@@ -145,6 +147,8 @@ def fit(
         config: the run's settings; ``preprocess=None`` picks a preset from the cohort.
         out_dir: gets ``metrics.csv`` and ``checkpoints/last.pt``.
         resume: continue from ``out_dir/checkpoints/last.pt``.
+        init_state: start from these weights (fine-tuning a champion) instead of the
+            seed's random initialisation; ``init_id`` names them for ``--resume``.
 
     Raises:
         ConfigError: no train/val rows, a bad label set, a checkpoint from another config.
@@ -183,6 +187,8 @@ def fit(
     model_args = _model_args(config, spec, info)
     torch.manual_seed(config.seed)
     model = create_model(config.model, **model_args)
+    if init_state is not None:
+        model.load_state_dict(init_state)
     memory_format = torch.channels_last if spec.spatial_dims == 2 else torch.channels_last_3d
     model = model.to(memory_format=memory_format)
 
@@ -202,7 +208,7 @@ def fit(
         "best_model": None,
         "history": [],
     }
-    fingerprint = _config_fingerprint(resolved, cohort)
+    fingerprint = _config_fingerprint(resolved, cohort) + init_id
     if resume:
         state = _load_checkpoint(checkpoint, fingerprint, model, optimizer, scheduler)
 

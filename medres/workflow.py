@@ -17,12 +17,13 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from medres.bundle import load_bundle, save_bundle, update_bundle
+from medres.bundle import Bundle, load_bundle, save_bundle, update_bundle
 from medres.cohort import Cohort, read_row
 from medres.errors import ConfigError, ScanError
 from medres.evaluate import Evaluation, choose_threshold, evaluate, write_report
 from medres.evaluate.trust import trust_report
 from medres.files import write_text
+from medres.frozen import freeze
 from medres.io.discover import FAILURE_COLUMNS
 from medres.tasks import TaskInfo, label_key
 from medres.train import CHECKPOINT, TrainConfig, auto_workers, fit
@@ -38,8 +39,16 @@ def train_bundle(
     *,
     resume: bool = False,
     show_progress: bool = True,
+    parent: Bundle | None = None,
+    from_scratch: bool = False,
+    frozen_before: dict[str, Any] | None = None,
 ) -> tuple[Path, dict[str, Evaluation]]:
     """Train on ``cohort_path`` and write the bundle to ``out``.
+
+    With ``parent`` (retraining, :mod:`medres.retrain`) the bundle records it as its
+    parent and extends its lineage; training starts from the parent's weights unless
+    ``from_scratch``. ``frozen_before``: the parent's frozen test set, extended here with
+    this cohort's test split (:mod:`medres.frozen`).
 
     Returns the ``bundle.json`` path and the evaluations (``val``, and ``test`` when the
     cohort has labelled test scans). The training checkpoint is removed once the bundle
@@ -49,7 +58,16 @@ def train_bundle(
     cohort = Cohort.load(cohort_path)
     if (out / "bundle.json").exists() and not resume:
         raise ConfigError(f"{out} already holds a bundle; choose a new -o folder")
-    result = fit(cohort, config, out, resume=resume, show_progress=show_progress)
+    start_from = parent if parent is not None and not from_scratch else None
+    result = fit(
+        cohort,
+        config,
+        out,
+        resume=resume,
+        show_progress=show_progress,
+        init_state=start_from.model.state_dict() if start_from else None,
+        init_id=start_from.id if start_from else "",
+    )
     info = result.info
     trust, evaluations, threshold = _fit_trust_and_evaluate(
         result.model, info, result.spec, cohort, config.trust, config.referable_from
@@ -90,14 +108,27 @@ def train_bundle(
             "counts": {k: counts[k] for k in ("by_split", "sites")},
             "split_by": cohort.meta.get("split_by"),
             "modalities": sorted(set(cohort.labelled("train")["modality"].dropna().astype(str))),
+            **{k: cohort.meta[k] for k in ("sources", "reviews") if k in cohort.meta},
         },
         metrics={split: ev.to_dict() for split, ev in evaluations.items()},
         model_card=model_card(card_facts, evaluations),
         threshold=threshold,
         trust=trust,
+        parent_id=parent.id if parent is not None else None,
+        parent_lineage=_lineage(parent.manifest) if parent is not None else [],
+        frozen_test=freeze(cohort.ok[cohort.ok["split"] == "test"], frozen_before),
     )
     shutil.rmtree(out / CHECKPOINT.parent, ignore_errors=True)
     return bundle_json, evaluations
+
+
+def _lineage(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """A bundle's lineage; bundles from before lineage was kept list their own cohort."""
+    if "lineage" in manifest:
+        return list(manifest["lineage"])
+    cohort = manifest.get("cohort") or {}
+    seen = {"path": cohort.get("path"), "fingerprint": cohort.get("fingerprint")}
+    return [{**seen, "bundle_id": manifest["id"]}]
 
 
 def calibrate_bundle(
@@ -284,6 +315,14 @@ def score_rows(
     if info.task == "regression":
         targets = targets * info.target_std + info.target_mean
     return Scored(used, targets, out, feats, pd.DataFrame(failures, columns=list(FAILURE_COLUMNS)))
+
+
+def bundle_probabilities(bundle: Bundle, rows: pd.DataFrame) -> tuple[Scored, np.ndarray]:
+    """A bundle over manifest rows: the :class:`Scored` readable rows and their
+    calibrated class probabilities (N, K) (raw ones for a bundle without a trust layer;
+    predictions (N,) for regression)."""
+    scored = score_rows(bundle.model, bundle.info, bundle.spec, rows)
+    return scored, _assess(bundle.info, scored, bundle.trust)[0]
 
 
 class _TolerantScans(torch.utils.data.Dataset):

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from medres.errors import ReviewError
 from medres.files import write_text
 from medres.review.db import make_engine, write_transaction
+from medres.review.issues import issue_case_rows, read_label_issues, select_top
 from medres.review.outdir import case_rows, read_outdir
 from medres.review.schema import DECISIONS, audit, cases, decisions, metadata, runs, settings
 
@@ -150,7 +151,42 @@ class ReviewStore:
         except IntegrityError:  # another process loaded the same run at the same moment
             return self._load(out, key, show_patient_ids, site, actor)
 
-    def _load(self, out, key: str, show: bool, site: str | None, actor: str) -> LoadResult:
+    def load_label_issues(
+        self,
+        csv_path: str | Path,
+        *,
+        top: int | None = None,
+        show_patient_ids: bool = False,
+        site: str | None = None,
+        actor: str | None = None,
+    ) -> LoadResult:
+        """Load a ``medres label-issues`` CSV: one ``runs`` row, one referred case per
+        selected scan (:func:`medres.review.issues.issue_case_rows`), so the worklist,
+        app and export treat them like predictions.
+
+        Args:
+            top: the ``top`` first rows by rank; default the rows cleanlab flagged (or
+                every row of an unlabelled cohort's CSV: active learning).
+            show_patient_ids, site, actor: as for :meth:`load_run`.
+
+        Loading the same CSV again adds only scans not loaded before (e.g. a larger
+        ``top``); nothing is duplicated.
+
+        Raises:
+            ReviewError: not a label-issues CSV (missing columns named), a bad ``top``,
+            or loaded before with another ``show_patient_ids``.
+        """
+        issues = select_top(read_label_issues(csv_path), top)
+        key, actor = issues.run_key(), actor or _os_user()
+        args = (issues, key, show_patient_ids, site, actor, issue_case_rows)
+        try:
+            return self._load(*args)
+        except IntegrityError:  # another process loaded the same CSV at the same moment
+            return self._load(*args)
+
+    def _load(
+        self, out, key: str, show: bool, site: str | None, actor: str, make_rows=case_rows
+    ) -> LoadResult:
         with self._write() as conn:
             run = conn.execute(
                 select(runs.c.id, runs.c.show_patient_ids).where(runs.c.run_key == key)
@@ -160,7 +196,7 @@ class ReviewStore:
                     f"{out.outdir} was loaded as run {run.id} with show_patient_ids="
                     f"{run.show_patient_ids}; load it again without changing that option"
                 )
-            rows = case_rows(out, salt=self._salt, show_patient_ids=show, site=site)
+            rows = make_rows(out, salt=self._salt, show_patient_ids=show, site=site)
             if run is None:
                 run_id = conn.execute(
                     insert(runs).values(

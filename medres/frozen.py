@@ -1,0 +1,102 @@
+"""Frozen test patients: the patients and scans a bundle was tested on, which no later
+retraining may train on.
+
+Every bundle keeps them in ``frozen_test.json`` (checksummed like its other files)::
+
+    {"salt": "<hex>", "patients": ["<sha256(salt + patient_id)>", ...],
+     "pixels": ["<pixel_hash>", ...]}
+
+Patient ids are stored salted and hashed (a bundle shared outside the hospital carries
+no identifier); pixel hashes (sha256 of the decoded pixels, from ingest) catch a test scan
+that comes back under another patient id, or one that has none. A challenger inherits its
+champion's salt and lists, and adds its own cohorts' test splits: once tested on, a patient
+stays frozen along the whole lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medres.errors import BundleError, LeakageError
+
+FROZEN_TEST = "frozen_test.json"
+
+
+def freeze(test_rows: pd.DataFrame, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The frozen-test record of ``test_rows`` (manifest rows), merged into ``earlier``
+    (a champion's record, whose salt is kept so the lists stay comparable)."""
+    salt = earlier["salt"] if earlier else secrets.token_hex(16)
+    patients = set(earlier["patients"]) if earlier else set()
+    pixels = set(earlier["pixels"]) if earlier else set()
+    patients |= {_hash(salt, p) for p in _known(test_rows["patient_id"])}
+    pixels |= set(_known(test_rows["pixel_hash"]))
+    return {"salt": salt, "patients": sorted(patients), "pixels": sorted(pixels)}
+
+
+def check_no_leak(frozen: dict[str, Any], rows: pd.DataFrame, where: str) -> None:
+    """Refuse training rows that belong to a frozen test patient or repeat a frozen
+    test scan's pixels.
+
+    Args:
+        frozen: a record from :func:`freeze` / :func:`read_frozen`.
+        rows: the manifest rows a model would train or select on.
+        where: named in the message (e.g. "the champion's test split").
+
+    Raises:
+        LeakageError: naming the patient ids (``.patient_ids``) and scan ids that leak.
+    """
+    salt = frozen["salt"]
+    patients = set(frozen["patients"])
+    by_patient = rows["patient_id"].map(lambda p: _is_id(p) and _hash(salt, p) in patients)
+    by_pixels = rows["pixel_hash"].isin(set(frozen["pixels"]))
+    hit = rows[by_patient | by_pixels]
+    if hit.empty:
+        return
+    leaked = sorted(set(_known(hit["patient_id"])))
+    scans = hit["scan_id"].astype(str).tolist()
+    named = f"patients {_first(leaked)}" if leaked else "scans with no patient id"
+    raise LeakageError(
+        f"retraining would leak test data: {len(hit)} training/validation scans belong to "
+        f"{where} — {named} (scans {_first(scans)}). Remove these scans from the new "
+        "cohort's train and val splits (e.g. put them in its test split) and retrain.",
+        patient_ids=leaked,
+    )
+
+
+def read_frozen(bundle_path: str | Path) -> dict[str, Any]:
+    """A (verified) bundle's frozen-test record.
+
+    Raises:
+        BundleError: the bundle predates frozen test sets.
+    """
+    path = Path(bundle_path) / FROZEN_TEST
+    if not path.is_file():
+        raise BundleError(
+            f"{bundle_path} keeps no {FROZEN_TEST} (it was trained by an older medres), so "
+            "retraining cannot prove it never trains on the champion's test patients; "
+            "retrain the champion with this medres first"
+        )
+    return json.loads(path.read_text())
+
+
+def _hash(salt: str, patient_id: Any) -> str:
+    return hashlib.sha256(f"{salt}:{patient_id}".encode()).hexdigest()
+
+
+def _is_id(value: Any) -> bool:
+    return value is not None and not pd.isna(value) and str(value) != ""
+
+
+def _known(values: pd.Series) -> list[str]:
+    return [str(v) for v in values if _is_id(v)]
+
+
+def _first(items: list[str], n: int = 10) -> str:
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more

@@ -1,0 +1,342 @@
+"""``medres compare``: champion and challenger on the same test scans, with paired
+bootstrap confidence intervals of their differences, and a promotion verdict.
+
+Test sets: the champion's own (``old``: its training cohort's test split, which no
+retraining may train on) and each new cohort's test split. Both models score the same
+scans; each bootstrap replicate resamples patients (a scan without a patient id is its
+own patient) and measures both models on that same resample, so the CI is of the
+difference itself (paired), not of two separate estimates.
+
+Verdict ``promote`` when the challenger is non-inferior on the old test set (the lower
+95 % bound of ΔAUC = challenger − champion is above −``margin``) and better on every
+new one (the lower bound of ΔAUC is above 0); otherwise ``keep``, with the reasons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from medres.bundle import Bundle, load_bundle
+from medres.calibrate import expected_calibration_error
+from medres.cohort import Cohort
+from medres.errors import ConfigError
+from medres.files import write_json, write_text
+from medres.workflow import bundle_probabilities
+
+METRICS = ("auroc", "accuracy", "ece")
+LOWER_IS_BETTER = {"ece"}
+
+
+@dataclass
+class TestSetComparison:
+    """One test set: ``n_scans`` / ``n_patients`` both models scored, and per metric
+    ``{champion, challenger, difference, ci_low, ci_high}`` (difference = challenger −
+    champion, 95 % paired-bootstrap percentile CI)."""
+
+    name: str
+    role: str  # "old" (the champion's test set) or "new"
+    cohort: str
+    n_scans: int
+    n_patients: int
+    metrics: dict[str, dict[str, float]]
+
+
+@dataclass
+class Comparison:
+    """Everything ``medres compare`` found; ``verdict`` is ``promote`` or ``keep``."""
+
+    champion: dict[str, Any]
+    challenger: dict[str, Any]
+    margin: float
+    n_boot: int
+    test_sets: list[TestSetComparison]
+    verdict: str
+    reasons: list[str] = field(default_factory=list)
+    split: str = "test"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "champion": self.champion,
+            "challenger": self.challenger,
+            "margin": self.margin,
+            "n_boot": self.n_boot,
+            "split": self.split,
+            "verdict": self.verdict,
+            "reasons": self.reasons,
+            "test_sets": [vars(t) for t in self.test_sets],
+        }
+
+
+def compare_bundles(
+    champion_path: str | Path,
+    challenger_path: str | Path,
+    new_cohorts: list[str | Path],
+    *,
+    old_cohort: str | Path | None = None,
+    split: str = "test",
+    margin: float = 0.01,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Comparison:
+    """Compare two bundles on the champion's test set and on each new cohort's.
+
+    Args:
+        old_cohort: the champion's test cohort; default the cohort recorded in its
+            ``bundle.json`` (refused if that file changed since).
+        margin: the AUC a challenger may lose on the old test set and still be promoted.
+
+    Raises:
+        ConfigError: bundles of different tasks or classes, a regression task, a test set
+            without labelled scans, or a recorded champion cohort that moved or changed.
+    """
+    champion, challenger = load_bundle(champion_path), load_bundle(challenger_path)
+    _check_comparable(champion, challenger)
+    if not 0 <= margin < 1:
+        raise ConfigError(f"margin is an AUC difference in [0, 1); got {margin}")
+    sets = [("old", _champion_cohort(champion, old_cohort))]
+    sets += [("new", Path(c)) for c in new_cohorts]
+    results = []
+    for role, path in sets:
+        rows = Cohort.load(path).labelled(split)
+        if rows.empty:
+            raise ConfigError(f"{path} has no labelled '{split}' scans to compare on")
+        results.append(_compare_on(champion, challenger, rows, role, path, margin, n_boot, seed))
+    verdict, reasons = _verdict(results, margin)
+    return Comparison(
+        _describe(champion),
+        _describe(challenger),
+        margin,
+        n_boot,
+        results,
+        verdict,
+        reasons,
+        split,
+    )
+
+
+def write_comparison(comparison: Comparison, out: str | Path, *, drift: bool = True) -> Path:
+    """``out/compare.json``, ``out/compare.md`` and ``out/differences.png``; with
+    ``drift``, a drift report of the old test set against each new one (scored by the
+    champion) in ``out/drift_<name>/``, embedded in ``compare.md``. Returns the Markdown
+    path."""
+    from medres.retrain.drift import drift_report
+    from medres.retrain.drift_write import drift_markdown, write_drift
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "compare.json", comparison.to_dict())
+    _forest_plot(comparison, out / "differences.png")
+    sections = [comparison_markdown(comparison)]
+    old = [t for t in comparison.test_sets if t.role == "old"]
+    for new in [t for t in comparison.test_sets if t.role == "new"] if drift else []:
+        report = drift_report(
+            old[0].cohort, new.cohort, comparison.champion["path"], split=comparison.split
+        )
+        folder = f"drift_{new.name}"
+        write_drift(report, out / folder)
+        sections.append(drift_markdown(report, plot_prefix=f"{folder}/", level=2))
+    return write_text(out / "compare.md", "\n".join(sections))
+
+
+def comparison_markdown(c: Comparison) -> str:
+    lines = [
+        "# Champion vs challenger",
+        "",
+        f"- Champion: `{c.champion['id']}` ({c.champion['path']})",
+        f"- Challenger: `{c.challenger['id']}` ({c.challenger['path']}), parent "
+        f"`{c.challenger['parent_id']}`",
+        f"- **Verdict: {c.verdict}**. " + " ".join(c.reasons),
+        f"- Rule: promote when ΔAUC's 95 % lower bound is above −{c.margin:g} on the "
+        "champion's test set (non-inferior) and above 0 on every new test set (better). "
+        f"Paired bootstrap over patients, {c.n_boot} replicates.",
+        "",
+        "| test set | role | scans | patients | metric | champion | challenger "
+        "| Δ (challenger − champion) | 95 % CI |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in c.test_sets:
+        for name, m in t.metrics.items():
+            lines.append(
+                f"| {t.name} | {t.role} | {t.n_scans} | {t.n_patients} | {name} "
+                f"| {m['champion']:.3f} | {m['challenger']:.3f} | {m['difference']:+.3f} "
+                f"| {m['ci_low']:+.3f} to {m['ci_high']:+.3f} |"
+            )
+    lines += ["", "![differences with 95 % CIs](differences.png)", ""]
+    return "\n".join(lines)
+
+
+def _compare_on(champion, challenger, rows, role, path, margin, n_boot, seed):
+    scored = [_calibrated(b, rows) for b in (champion, challenger)]
+    common = sorted(set(scored[0][0]) & set(scored[1][0]))
+    if not common:
+        raise ConfigError(f"no scan of {path} could be read by both bundles")
+    aligned = []
+    for ids, y, probs in scored:
+        at = pd.Series(np.arange(len(ids)), index=ids)[common].to_numpy()
+        aligned.append((y[at], probs[at]))
+    y = aligned[0][0]
+    table = rows.set_index("scan_id").loc[common]
+    patients = table["patient_id"].where(table["patient_id"].notna(), table.index.to_series())
+    codes = pd.factorize(patients.astype(str))[0]
+    point = [_metrics(y, p, None) for _, p in aligned]
+    rng = np.random.default_rng(seed)
+    diffs = {m: [] for m in METRICS}
+    for _ in range(n_boot):
+        counts = np.bincount(
+            rng.integers(0, codes.max() + 1, codes.max() + 1), minlength=codes.max() + 1
+        )
+        w = counts[codes].astype(float)
+        a, b = (_metrics(y, p, w) for _, p in aligned)
+        for m in METRICS:
+            diffs[m].append(b[m] - a[m])
+    metrics = {}
+    for m in METRICS:
+        values = np.asarray(diffs[m], dtype=float)
+        low, high = np.nanpercentile(values, [2.5, 97.5])
+        metrics[m] = {
+            "champion": point[0][m],
+            "challenger": point[1][m],
+            "difference": point[1][m] - point[0][m],
+            "ci_low": float(low),
+            "ci_high": float(high),
+        }
+    name = Path(path).stem
+    return TestSetComparison(
+        name, role, str(Path(path).resolve()), len(common), codes.max() + 1, metrics
+    )
+
+
+def _calibrated(bundle: Bundle, rows: pd.DataFrame):
+    """(scan ids, targets (N,), calibrated probabilities (N, K)) of the readable rows."""
+    scored, probs = bundle_probabilities(bundle, rows)
+    return scored.rows["scan_id"].tolist(), scored.targets, probs
+
+
+def _metrics(y, probs, w) -> dict[str, float]:
+    """AUROC (binary: of the positive class; else macro one-vs-rest), argmax accuracy and
+    top-label ECE, each weighted by ``w`` (bootstrap counts; None = 1)."""
+    k = probs.shape[1]
+    present = np.unique(y[w > 0] if w is not None else y)
+    if len(present) < 2:
+        auc = np.nan
+    elif k == 2:
+        auc = roc_auc_score(y, probs[:, 1], sample_weight=w)
+    else:
+        auc = _macro_auc(y, probs, w)
+    weights = np.ones(len(y)) if w is None else w
+    accuracy = float(np.average(probs.argmax(1) == y, weights=weights))
+    return {
+        "auroc": float(auc),
+        "accuracy": accuracy,
+        "ece": expected_calibration_error(probs, y, weights=weights),
+    }
+
+
+def _macro_auc(y, probs, w) -> float:
+    """Mean one-vs-rest AUC over the classes present (sklearn's 'ovr' needs every class)."""
+    aucs = []
+    for c in range(probs.shape[1]):
+        pos = y == c
+        keep = w > 0 if w is not None else np.ones(len(y), bool)
+        if pos[keep].any() and (~pos[keep]).any():
+            aucs.append(roc_auc_score(pos, probs[:, c], sample_weight=w))
+    return float(np.mean(aucs)) if aucs else np.nan
+
+
+def _verdict(results: list[TestSetComparison], margin: float) -> tuple[str, list[str]]:
+    reasons, ok = [], True
+    for t in results:
+        auc = t.metrics["auroc"]
+        if t.role == "old":
+            good = auc["ci_low"] > -margin
+            word = "non-inferior" if good else "possibly worse"
+            reasons.append(
+                f"On the champion's test set ({t.name}) the challenger is {word}: ΔAUC "
+                f"{auc['difference']:+.3f} (95 % CI {auc['ci_low']:+.3f} to "
+                f"{auc['ci_high']:+.3f}; margin −{margin:g})."
+            )
+        else:
+            good = auc["ci_low"] > 0
+            word = "better" if good else "not shown better"
+            reasons.append(
+                f"On {t.name} the challenger is {word}: ΔAUC {auc['difference']:+.3f} "
+                f"(95 % CI {auc['ci_low']:+.3f} to {auc['ci_high']:+.3f})."
+            )
+        ok = ok and good
+    return ("promote" if ok else "keep"), reasons
+
+
+def _champion_cohort(champion: Bundle, given) -> Path:
+    if given is not None:
+        return Path(given)
+    recorded = champion.manifest.get("cohort") or {}
+    path = Path(recorded.get("path") or "")
+    if not path.is_file() or Cohort.load(path).fingerprint() != recorded.get("fingerprint"):
+        raise ConfigError(
+            f"the champion's test cohort {path} is gone or changed since it was trained; "
+            "give it with --old-cohort COHORT.parquet"
+        )
+    return path
+
+
+def _check_comparable(a: Bundle, b: Bundle) -> None:
+    if a.info.task == "regression" or b.info.task == "regression":
+        raise ConfigError(
+            "medres compare compares classifiers; evaluate regression bundles with "
+            "`medres evaluate` on the same cohort"
+        )
+    if a.info.task != b.info.task or [str(c) for c in a.info.classes] != [
+        str(c) for c in b.info.classes
+    ]:
+        raise ConfigError(
+            f"the bundles predict different things ({a.info.task} {a.info.classes} vs "
+            f"{b.info.task} {b.info.classes}); compare a challenger with its own champion"
+        )
+
+
+def _describe(b: Bundle) -> dict[str, Any]:
+    return {
+        "id": b.id,
+        "path": str(b.path.resolve()),
+        "parent_id": b.manifest.get("parent_id"),
+        "created": b.manifest.get("created"),
+    }
+
+
+def _forest_plot(c: Comparison, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medres.files import atomic_write
+
+    fig, axes = plt.subplots(
+        1, len(METRICS), figsize=(4 * len(METRICS), 0.6 + 0.5 * len(c.test_sets))
+    )
+    for ax, m in zip(np.atleast_1d(axes), METRICS, strict=True):
+        for i, t in enumerate(c.test_sets):
+            d = t.metrics[m]
+            ax.errorbar(
+                d["difference"],
+                i,
+                xerr=[[d["difference"] - d["ci_low"]], [d["ci_high"] - d["difference"]]],
+                fmt="o",
+                color="C0" if t.role == "old" else "C1",
+                capsize=3,
+            )
+        ax.axvline(0, color="grey", lw=0.8)
+        if m == "auroc":
+            ax.axvline(-c.margin, color="red", lw=0.8, ls="--")
+        ax.set_yticks(range(len(c.test_sets)), [f"{t.name} ({t.role})" for t in c.test_sets])
+        better = "lower is better" if m in LOWER_IS_BETTER else "higher is better"
+        ax.set_title(f"Δ {m} ({better})", fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)

@@ -1,0 +1,156 @@
+"""``medres retrain``: a challenger from a champion bundle, new cohorts and reviewed labels.
+
+Training data: the new cohorts' ``train`` splits (their ``val`` splits select the epoch
+and fit the trust layer), with reviewed labels over the cohorts' (:mod:`.reviews`). The
+challenger keeps the champion's preprocessing, model and task, starts from its weights
+(fine-tuning: learning rate × :data:`FINE_TUNE_LR`, half the epochs, no warm-up) or from
+scratch (the champion's own training settings), and records its parent, its lineage and
+a frozen test set that grows with every cohort's test split (:mod:`medres.frozen`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medres.bundle import TRAINING_COHORT, load_bundle
+from medres.cohort import Cohort
+from medres.config import validate
+from medres.errors import ConfigError
+from medres.evaluate import Evaluation
+from medres.frozen import check_no_leak, freeze, read_frozen
+from medres.retrain.reviews import ReviewsApplied, apply_reviews
+from medres.tasks import infer_task
+from medres.train import CHECKPOINT, TrainConfig
+from medres.workflow import train_bundle
+
+FINE_TUNE_LR = 0.1
+
+
+@dataclass
+class RetrainResult:
+    """The challenger's ``bundle.json``, its evaluations (val, test) and what the
+    reviews changed (None without reviews)."""
+
+    bundle_json: Path
+    evaluations: dict[str, Evaluation]
+    reviews: ReviewsApplied | None
+
+
+def retrain_bundle(
+    champion: str | Path,
+    cohorts: Sequence[str | Path],
+    out: str | Path,
+    *,
+    reviews: str | Path | None = None,
+    from_scratch: bool = False,
+    updates: dict[str, Any] | None = None,
+    resume: bool = False,
+    show_progress: bool = True,
+) -> RetrainResult:
+    """Train a challenger and write it as a bundle to ``out``.
+
+    Args:
+        champion: the bundle to improve on.
+        cohorts: split manifests of the new data (their union is trained on).
+        reviews: ``medres review export`` CSV; its labels override the cohorts'.
+        updates: training settings over the defaults above (``--epochs``, ``--set``).
+
+    Raises:
+        LeakageError: a train / val scan belongs to a patient of the champion's test
+            split (or of a new cohort's test split), or repeats a test scan's pixels.
+        ConfigError: no cohorts, classes that differ from the champion's, ``out`` taken.
+        BundleError: the champion is damaged or keeps no frozen test set.
+    """
+    out = Path(out)
+    if not cohorts:
+        raise ConfigError("give at least one new cohort: --cohort NEW_COHORT.parquet")
+    if (out / "bundle.json").exists():
+        raise ConfigError(f"{out} already holds a bundle; choose a new -o folder")
+    if (out / CHECKPOINT).exists() and not resume:
+        raise ConfigError(f"{out} holds an interrupted retraining; add --resume to continue it")
+    parent = load_bundle(champion)
+    frozen = read_frozen(champion)
+    table, meta = _union([Cohort.load(c) for c in cohorts], cohorts)
+    applied = None
+    if reviews is not None:
+        table, applied = apply_reviews(table, reviews)
+        meta["reviews"] = applied.to_dict()
+    cohort = Cohort(table, meta)
+    training = cohort.ok[cohort.ok["split"].isin(["train", "val"])]
+    check_no_leak(frozen, training, "the champion's test split")
+    check_no_leak(
+        freeze(cohort.ok[cohort.ok["split"] == "test"]), training, "a new cohort's test split"
+    )
+    config = _challenger_config(parent, from_scratch, updates or {})
+    _check_classes(parent, cohort, config)
+    out.mkdir(parents=True, exist_ok=True)
+    cohort.save(out / TRAINING_COHORT)
+    bundle_json, evaluations = train_bundle(
+        out / TRAINING_COHORT,
+        config,
+        out,
+        resume=resume,
+        show_progress=show_progress,
+        parent=parent,
+        from_scratch=from_scratch,
+        frozen_before=frozen,
+    )
+    return RetrainResult(bundle_json, evaluations, applied)
+
+
+def _challenger_config(parent, from_scratch: bool, updates: dict[str, Any]) -> TrainConfig:
+    """The champion's resolved training settings (same preprocessing, model, task),
+    adjusted for fine-tuning unless ``from_scratch``, then ``updates``."""
+    base = TrainConfig.model_validate(json.loads((parent.path / "config.json").read_text()))
+    if not from_scratch:
+        base = base.model_copy(
+            update={
+                "lr": base.lr * FINE_TUNE_LR,
+                "epochs": max(1, base.epochs // 2),
+                "warmup_epochs": 0,
+            }
+        )
+    merged = {**base.model_dump(), "preprocess": parent.spec.model_dump(), **updates}
+    merged["model_args"] = {
+        k: v for k, v in parent.manifest["model"]["args"].items() if k != "pretrained"
+    }
+    return validate(TrainConfig, merged, "retraining settings")
+
+
+def _check_classes(parent, cohort: Cohort, config: TrainConfig) -> None:
+    labels = cohort.ok[cohort.ok["label"].notna()]["label"]
+    info = infer_task(labels, config.task, config.positive_class)
+    if info.task != parent.info.task or [str(c) for c in info.classes or []] != [
+        str(c) for c in parent.info.classes or []
+    ]:
+        raise ConfigError(
+            f"the new cohort's labels make a {info.task} task with classes {info.classes}, "
+            f"the champion's is {parent.info.task} with {parent.info.classes}; a challenger "
+            "must predict the same classes (relabel the cohort, or train a new model)"
+        )
+
+
+def _union(cohorts: list[Cohort], paths: Sequence[str | Path]) -> tuple[pd.DataFrame, dict]:
+    """One manifest of all new cohorts; scan ids that repeat across cohorts are prefixed
+    with their cohort file's name."""
+    tables = [c.table for c in cohorts]
+    ids = pd.concat([t["scan_id"] for t in tables])
+    if ids.duplicated().any():
+        tables = [
+            t.assign(scan_id=Path(p).stem + ":" + t["scan_id"].astype(str))
+            for t, p in zip(tables, paths, strict=True)
+        ]
+    meta = {
+        "sources": [
+            {"path": str(Path(p).resolve()), "fingerprint": c.fingerprint()}
+            for c, p in zip(cohorts, paths, strict=True)
+        ],
+        "split_by": cohorts[0].meta.get("split_by"),
+    }
+    return pd.concat(tables, ignore_index=True), meta
