@@ -822,20 +822,19 @@ def retrain_command(
         medres retrain bundles/v1 --cohort site_b_split.parquet \\
             --reviews reviews.csv -o bundles/v2
     """
-    from medres.config import apply_overrides
     from medres.evaluate import metrics_table
     from medres.retrain.job import retrain_bundle
 
     with user_errors():
-        updates = apply_overrides({}, set_ or [])
-        updates.update({k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None})
+        overrides = [*(set_ or [])]
+        overrides += [f"{k}={v}" for k, v in (("epochs", epochs), ("seed", seed)) if v is not None]
         result = retrain_bundle(
             bundle,
             cohort,
             out,
             reviews=reviews,
             from_scratch=from_scratch,
-            updates=updates,
+            overrides=overrides,
             resume=resume,
         )
     if result.reviews is not None:
@@ -866,7 +865,7 @@ def compare_command(
     margin: Annotated[
         float, typer.Option(help="AUC the challenger may lose on the old test set.")
     ] = 0.01,
-    n_boot: Annotated[int, typer.Option(help="Paired bootstrap replicates.")] = 1000,
+    n_boot: Annotated[int, typer.Option(min=100, help="Paired bootstrap replicates.")] = 1000,
     drift: Annotated[
         bool, typer.Option(help="Add the drift report (old vs each new test set).")
     ] = True,

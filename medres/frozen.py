@@ -6,11 +6,14 @@ Every bundle keeps them in ``frozen_test.json`` (checksummed like its other file
     {"salt": "<hex>", "patients": ["<sha256(salt + patient_id)>", ...],
      "pixels": ["<pixel_hash>", ...]}
 
-Patient ids are stored salted and hashed (a bundle shared outside the hospital carries
-no identifier); pixel hashes (sha256 of the decoded pixels, from ingest) catch a test scan
-that comes back under another patient id, or one that has none. A challenger inherits its
-champion's salt and lists, and adds its own cohorts' test splits: once tested on, a patient
-stays frozen along the whole lineage.
+Patient ids are stored salted and hashed, never in clear text; the salt is stored beside
+them, so short, guessable ids (record numbers) could be recovered by trying them all:
+share a bundle outside the hospital as you would share its test patient list. Ids are
+compared as text with whole numbers written without ``.0`` (``12`` = ``12.0``) and
+surrounding spaces ignored. Pixel hashes (sha256 of the decoded pixels, from ingest)
+catch a test scan that comes back under another patient id, or one that has none. A
+challenger inherits its champion's salt and lists, and adds its own cohorts' test splits:
+once tested on, a patient stays frozen along the whole lineage.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from medres.errors import BundleError, LeakageError
+from medres.tasks import label_key
 
 FROZEN_TEST = "frozen_test.json"
 
@@ -55,16 +59,20 @@ def check_no_leak(frozen: dict[str, Any], rows: pd.DataFrame, where: str) -> Non
     patients = set(frozen["patients"])
     by_patient = rows["patient_id"].map(lambda p: _is_id(p) and _hash(salt, p) in patients)
     by_pixels = rows["pixel_hash"].isin(set(frozen["pixels"]))
-    hit = rows[by_patient | by_pixels]
-    if hit.empty:
+    if not (by_patient | by_pixels).any():
         return
-    leaked = sorted(set(_known(hit["patient_id"])))
-    scans = hit["scan_id"].astype(str).tolist()
-    named = f"patients {_first(leaked)}" if leaked else "scans with no patient id"
+    leaked = sorted(set(_known(rows[by_patient]["patient_id"])))
+    found = []
+    if leaked:
+        scans = rows[by_patient]["scan_id"].astype(str).tolist()
+        found.append(f"scans of patients {_first(leaked)} (scans {_first(scans)})")
+    copies = rows[by_pixels & ~by_patient]["scan_id"].astype(str).tolist()
+    if copies:
+        found.append(f"copies of its test scans' pixels: {_first(copies)}")
     raise LeakageError(
-        f"retraining would leak test data: {len(hit)} training/validation scans belong to "
-        f"{where} — {named} (scans {_first(scans)}). Remove these scans from the new "
-        "cohort's train and val splits (e.g. put them in its test split) and retrain.",
+        f"retraining would leak test data: the training/validation scans hold {where}'s "
+        f"{' and '.join(found)}. Remove these scans from the new cohort's train and val "
+        "splits (e.g. put them in its test split) and retrain.",
         patient_ids=leaked,
     )
 
@@ -86,11 +94,11 @@ def read_frozen(bundle_path: str | Path) -> dict[str, Any]:
 
 
 def _hash(salt: str, patient_id: Any) -> str:
-    return hashlib.sha256(f"{salt}:{patient_id}".encode()).hexdigest()
+    return hashlib.sha256(f"{salt}:{label_key(patient_id)}".encode()).hexdigest()
 
 
 def _is_id(value: Any) -> bool:
-    return value is not None and not pd.isna(value) and str(value) != ""
+    return value is not None and not pd.isna(value) and str(value).strip() != ""
 
 
 def _known(values: pd.Series) -> list[str]:

@@ -22,11 +22,12 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from medres.bundle import Bundle, load_bundle
+from medres.bundle import TRAINING_COHORT, Bundle, load_bundle
 from medres.calibrate import expected_calibration_error
 from medres.cohort import Cohort
 from medres.errors import ConfigError
 from medres.files import write_json, write_text
+from medres.frozen import check_no_leak, freeze
 from medres.workflow import bundle_probabilities
 
 METRICS = ("auroc", "accuracy", "ece")
@@ -93,21 +94,32 @@ def compare_bundles(
 
     Raises:
         ConfigError: bundles of different tasks or classes, a regression task, a test set
-            without labelled scans, or a recorded champion cohort that moved or changed.
+            without both classes, or a recorded champion cohort that moved or changed.
+        LeakageError: either bundle trained or selected on a patient of a test set (as
+            its recorded training cohort shows).
     """
     champion, challenger = load_bundle(champion_path), load_bundle(challenger_path)
     _check_comparable(champion, challenger)
     if not 0 <= margin < 1:
         raise ConfigError(f"margin is an AUC difference in [0, 1); got {margin}")
+    if n_boot < 100:
+        raise ConfigError(f"n_boot must be at least 100 for a 95 % interval; got {n_boot}")
     sets = [("old", _champion_cohort(champion, old_cohort))]
     sets += [("new", Path(c)) for c in new_cohorts]
     results = []
     for role, path in sets:
         rows = Cohort.load(path).labelled(split)
-        if rows.empty:
-            raise ConfigError(f"{path} has no labelled '{split}' scans to compare on")
+        if rows["label"].nunique() < 2:
+            raise ConfigError(
+                f"{path} has {rows['label'].nunique()} class(es) among its labelled "
+                f"'{split}' scans; AUC needs both positives and negatives to compare on"
+            )
+        for bundle in (champion, challenger):
+            _check_unseen(bundle, rows, path)
         results.append(_compare_on(champion, challenger, rows, role, path, margin, n_boot, seed))
     verdict, reasons = _verdict(results, margin)
+    if champion.id == challenger.id:
+        verdict, reasons = "keep", ["Champion and challenger are the same bundle.", *reasons]
     return Comparison(
         _describe(champion),
         _describe(challenger),
@@ -198,13 +210,15 @@ def _compare_on(champion, challenger, rows, role, path, margin, n_boot, seed):
     metrics = {}
     for m in METRICS:
         values = np.asarray(diffs[m], dtype=float)
-        low, high = np.nanpercentile(values, [2.5, 97.5])
+        usable = values[~np.isnan(values)]  # AUC is undefined on a one-class resample
+        low, high = np.percentile(usable, [2.5, 97.5]) if len(usable) else (np.nan, np.nan)
         metrics[m] = {
             "champion": point[0][m],
             "challenger": point[1][m],
             "difference": point[1][m] - point[0][m],
             "ci_low": float(low),
             "ci_high": float(high),
+            "replicates": len(usable),
         }
     name = Path(path).stem
     return TestSetComparison(
@@ -270,6 +284,24 @@ def _verdict(results: list[TestSetComparison], margin: float) -> tuple[str, list
             )
         ok = ok and good
     return ("promote" if ok else "keep"), reasons
+
+
+def _check_unseen(bundle: Bundle, test_rows: pd.DataFrame, path) -> None:
+    """LeakageError when ``bundle`` trained or selected on a patient (or pixels) of
+    ``test_rows``, as far as its recorded training cohort (a retrained bundle's own copy,
+    else the path in its bundle.json, when still unchanged) tells."""
+    own = bundle.path / TRAINING_COHORT
+    recorded = bundle.manifest.get("cohort") or {}
+    source = own if own.is_file() else Path(recorded.get("path") or "")
+    if not source.is_file():
+        return
+    cohort = Cohort.load(source)
+    if not own.is_file() and cohort.fingerprint() != recorded.get("fingerprint"):
+        return
+    training = cohort.ok[cohort.ok["split"].isin(["train", "val"])]
+    check_no_leak(
+        freeze(test_rows), training, f"{Path(path).name}'s test split (bundle {bundle.id[:8]})"
+    )
 
 
 def _champion_cohort(champion: Bundle, given) -> Path:

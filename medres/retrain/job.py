@@ -14,13 +14,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from medres.bundle import TRAINING_COHORT, load_bundle
 from medres.cohort import Cohort
-from medres.config import validate
+from medres.config import apply_overrides, validate
 from medres.errors import ConfigError
 from medres.evaluate import Evaluation
 from medres.frozen import check_no_leak, freeze, read_frozen
@@ -30,6 +29,7 @@ from medres.train import CHECKPOINT, TrainConfig
 from medres.workflow import train_bundle
 
 FINE_TUNE_LR = 0.1
+FIXED = ("model", "model_args", "preprocess", "task", "dropout", "positive_class")
 
 
 @dataclass
@@ -49,7 +49,7 @@ def retrain_bundle(
     *,
     reviews: str | Path | None = None,
     from_scratch: bool = False,
-    updates: dict[str, Any] | None = None,
+    overrides: Sequence[str] = (),
     resume: bool = False,
     show_progress: bool = True,
 ) -> RetrainResult:
@@ -59,7 +59,9 @@ def retrain_bundle(
         champion: the bundle to improve on.
         cohorts: split manifests of the new data (their union is trained on).
         reviews: ``medres review export`` CSV; its labels override the cohorts'.
-        updates: training settings over the defaults above (``--epochs``, ``--set``).
+        overrides: ``key=value`` training settings over the defaults above (``--set``,
+            ``epochs=N``); the model, its arguments, the preprocessing and the task are
+            the champion's and cannot be overridden.
 
     Raises:
         LeakageError: a train / val scan belongs to a patient of the champion's test
@@ -79,7 +81,7 @@ def retrain_bundle(
     table, meta = _union([Cohort.load(c) for c in cohorts], cohorts)
     applied = None
     if reviews is not None:
-        table, applied = apply_reviews(table, reviews)
+        table, applied = apply_reviews(table, reviews, parent.info.classes or [])
         meta["reviews"] = applied.to_dict()
     cohort = Cohort(table, meta)
     training = cohort.ok[cohort.ok["split"].isin(["train", "val"])]
@@ -87,7 +89,7 @@ def retrain_bundle(
     check_no_leak(
         freeze(cohort.ok[cohort.ok["split"] == "test"]), training, "a new cohort's test split"
     )
-    config = _challenger_config(parent, from_scratch, updates or {})
+    config = _challenger_config(parent, from_scratch, overrides)
     _check_classes(parent, cohort, config)
     out.mkdir(parents=True, exist_ok=True)
     cohort.save(out / TRAINING_COHORT)
@@ -104,23 +106,25 @@ def retrain_bundle(
     return RetrainResult(bundle_json, evaluations, applied)
 
 
-def _challenger_config(parent, from_scratch: bool, updates: dict[str, Any]) -> TrainConfig:
+def _challenger_config(parent, from_scratch: bool, overrides: Sequence[str]) -> TrainConfig:
     """The champion's resolved training settings (same preprocessing, model, task),
-    adjusted for fine-tuning unless ``from_scratch``, then ``updates``."""
-    base = TrainConfig.model_validate(json.loads((parent.path / "config.json").read_text()))
-    if not from_scratch:
-        base = base.model_copy(
-            update={
-                "lr": base.lr * FINE_TUNE_LR,
-                "epochs": max(1, base.epochs // 2),
-                "warmup_epochs": 0,
-            }
+    adjusted for fine-tuning unless ``from_scratch``, then ``overrides``."""
+    fixed = [o for o in overrides if o.partition("=")[0].split(".")[0].strip() in FIXED]
+    if fixed:
+        raise ConfigError(
+            f"a challenger keeps the champion's {', '.join(FIXED)}; cannot override {fixed}. "
+            "To change them, train a new model with `medres train`"
         )
-    merged = {**base.model_dump(), "preprocess": parent.spec.model_dump(), **updates}
-    merged["model_args"] = {
-        k: v for k, v in parent.manifest["model"]["args"].items() if k != "pretrained"
-    }
-    return validate(TrainConfig, merged, "retraining settings")
+    base = json.loads((parent.path / "config.json").read_text())
+    if not from_scratch:
+        base.update(lr=base["lr"] * FINE_TUNE_LR, epochs=max(1, base["epochs"] // 2))
+        base["warmup_epochs"] = 0
+    args = dict(parent.manifest["model"]["args"])
+    if not from_scratch:
+        args.pop("pretrained", None)  # the champion's weights replace them
+    base.update(preprocess=parent.spec.model_dump(mode="json"), model_args=args)
+    base["dropout"] = args.get("dropout", base.get("dropout"))
+    return validate(TrainConfig, apply_overrides(base, list(overrides)), "retraining settings")
 
 
 def _check_classes(parent, cohort: Cohort, config: TrainConfig) -> None:

@@ -57,8 +57,15 @@ def promote(
             f"comparison was against {champion['id']}; compare the challenger with the "
             "current champion first"
         )
+    if champion["id"] == challenger["id"]:
+        raise ConfigError(f"{comparison_dir} compares bundle {champion['id']} with itself")
     for model in (champion, challenger):
-        verify_bundle(model["path"])  # BundleError names the file if it changed
+        manifest = verify_bundle(model["path"])  # BundleError names the file if it changed
+        if manifest["id"] != model["id"]:
+            raise ConfigError(
+                f"{model['path']} now holds bundle {manifest['id']}, not {model['id']} that "
+                "was compared; compare again"
+            )
     now = _now()
     metrics = {t["name"]: t["metrics"] for t in comparison["test_sets"]}
     models = registry["models"]

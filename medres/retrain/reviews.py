@@ -14,6 +14,7 @@ import pandas as pd
 
 from medres.errors import ConfigError
 from medres.files import sha256_file
+from medres.tasks import label_key
 
 PROVENANCE = ("label_source", "label_before_review", "label_reviewer", "label_reviewed_at")
 
@@ -40,16 +41,19 @@ class ReviewsApplied:
 
 
 def apply_reviews(
-    table: pd.DataFrame, reviews_csv: str | Path
+    table: pd.DataFrame, reviews_csv: str | Path, classes: list
 ) -> tuple[pd.DataFrame, ReviewsApplied]:
     """``table`` (manifest rows) with reviewed labels applied.
 
     Adds the :data:`PROVENANCE` columns: ``label_source`` (``cohort`` or ``review``), the
     label before review, the reviewer and the decision time (ISO 8601).
 
+    ``classes``: the model's classes; a reviewed label must be one of them (``1`` and
+    ``1.0`` are the same label) and is stored as that class.
+
     Raises:
         ConfigError: the CSV is unreadable, lacks ``path`` / ``label``, names one scan
-            twice, or gives a label the cohort does not know.
+            twice, or gives a label outside ``classes``.
     """
     reviews = _read(reviews_csv)
     applied = ReviewsApplied(str(Path(reviews_csv).resolve()), sha256_file(reviews_csv))
@@ -58,25 +62,25 @@ def apply_reviews(
     table["label_before_review"] = table["label"]
     table["label_reviewer"] = None
     table["label_reviewed_at"] = None
-    where = {_key(p): i for i, p in zip(table.index, table["path"], strict=True)}
-    known = {str(v): v for v in table["label"].dropna().unique()}
+    where = table.groupby(table["path"].map(_key)).groups  # a path may be in two cohorts
+    known = {label_key(c): c for c in classes}
     for review in reviews.itertuples(index=False):
-        i = where.get(_key(review.path))
-        if i is None:
+        rows = where.get(_key(review.path))
+        if rows is None:
             applied.unmatched.append(str(review.path))
             continue
-        label = str(review.label)
+        label = label_key(review.label)
         if label not in known:
             raise ConfigError(
-                f"{reviews_csv}: reviewed label {label!r} for {review.path} is not a class of "
-                f"the cohort ({sorted(known)}); correct the review or the cohort's labels"
+                f"{reviews_csv}: reviewed label {review.label!r} for {review.path} is not a "
+                f"class of the model ({list(known)}); correct the review"
             )
-        before = table.at[i, "label"]
-        table.at[i, "label"] = known[label]
-        table.at[i, "label_source"] = "review"
-        table.at[i, "label_reviewer"] = getattr(review, "reviewer", None)
-        table.at[i, "label_reviewed_at"] = getattr(review, "decided_at", None)
-        if str(before) == label:
+        before = table.at[rows[0], "label"]
+        table.loc[rows, "label"] = known[label]
+        table.loc[rows, "label_source"] = "review"
+        table.loc[rows, "label_reviewer"] = getattr(review, "reviewer", None)
+        table.loc[rows, "label_reviewed_at"] = getattr(review, "decided_at", None)
+        if before is not None and not pd.isna(before) and label_key(before) == label:
             applied.confirmed += 1
         else:
             applied.changed += 1
