@@ -801,6 +801,10 @@ def retrain_command(
     from_scratch: Annotated[
         bool, typer.Option(help="Train new weights instead of fine-tuning the champion's.")
     ] = False,
+    new_only: Annotated[
+        bool,
+        typer.Option(help="Train on the new cohorts alone, not also on the champion's cohort."),
+    ] = False,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default: the champion's).")] = None,
     set_: Annotated[
@@ -811,7 +815,9 @@ def retrain_command(
 ) -> None:
     """Train a challenger on new cohorts (and reviewed labels) from a champion bundle.
 
-    The challenger keeps the champion's preprocessing, model and classes; it fine-tunes
+    Training data: the new cohorts plus the champion's own training cohort (without it,
+    a model fine-tuned on a new site forgets the old one; --new-only skips it). The
+    challenger keeps the champion's preprocessing, model and classes; it fine-tunes
     the champion's weights (learning rate x0.1, half the epochs, no warm-up) unless
     --from-scratch. It refuses, naming them, any patient of the champion's test split
     or of the new cohort's test split in its training or validation scans. Its
@@ -834,6 +840,7 @@ def retrain_command(
             out,
             reviews=reviews,
             from_scratch=from_scratch,
+            new_only=new_only,
             overrides=overrides,
             resume=resume,
         )

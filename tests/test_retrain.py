@@ -75,7 +75,11 @@ def test_challenger_names_its_parent_its_cohorts_and_the_reviews(lineage):
     assert [e["bundle_id"] for e in v2["lineage"]] == [v1["id"], v2["id"]]
     assert v2["lineage"][0]["fingerprint"] == Cohort.load(site_a).fingerprint()
     sources = v2["lineage"][1]["sources"]
-    assert [s["fingerprint"] for s in sources] == [Cohort.load(site_b).fingerprint()]
+    # the new cohort, and the champion's own rehearsed so that site A is not forgotten
+    assert [s["fingerprint"] for s in sources] == [
+        Cohort.load(site_a).fingerprint(),
+        Cohort.load(site_b).fingerprint(),
+    ]
     assert v2["cohort"]["reviews"]["changed"] == 1
     trained_on = Cohort.load(tmp / "v2" / "training_cohort.parquet").table.set_index("path")
     row = trained_on.loc[flipped["path"]]

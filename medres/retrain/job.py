@@ -1,7 +1,9 @@
 """``medres retrain``: a challenger from a champion bundle, new cohorts and reviewed labels.
 
-Training data: the new cohorts' ``train`` splits (their ``val`` splits select the epoch
-and fit the trust layer), with reviewed labels over the cohorts' (:mod:`.reviews`). The
+Training data: the new cohorts' ``train`` splits plus, unless ``new_only``, the
+champion's own training cohort (rehearsal: fine-tuning on a new site alone forgets the
+old one, measured in ``benchmarks/results/retrain.md``); their ``val`` splits select the
+epoch and fit the trust layer; reviewed labels override the cohorts' (:mod:`.reviews`). The
 challenger keeps the champion's preprocessing, model and task, starts from its weights
 (fine-tuning: learning rate × :data:`FINE_TUNE_LR`, half the epochs, no warm-up) or from
 scratch (the champion's own training settings), and records its parent, its lineage and
@@ -49,6 +51,7 @@ def retrain_bundle(
     *,
     reviews: str | Path | None = None,
     from_scratch: bool = False,
+    new_only: bool = False,
     overrides: Sequence[str] = (),
     resume: bool = False,
     show_progress: bool = True,
@@ -59,6 +62,7 @@ def retrain_bundle(
         champion: the bundle to improve on.
         cohorts: split manifests of the new data (their union is trained on).
         reviews: ``medres review export`` CSV; its labels override the cohorts'.
+        new_only: train on ``cohorts`` alone, without the champion's training cohort.
         overrides: ``key=value`` training settings over the defaults above (``--set``,
             ``epochs=N``); the model, its arguments, the preprocessing and the task are
             the champion's and cannot be overridden.
@@ -66,7 +70,8 @@ def retrain_bundle(
     Raises:
         LeakageError: a train / val scan belongs to a patient of the champion's test
             split (or of a new cohort's test split), or repeats a test scan's pixels.
-        ConfigError: no cohorts, classes that differ from the champion's, ``out`` taken.
+        ConfigError: no cohorts, classes that differ from the champion's, ``out`` taken,
+            the champion's training cohort gone or changed (without ``new_only``).
         BundleError: the champion is damaged or keeps no frozen test set.
     """
     out = Path(out)
@@ -78,7 +83,11 @@ def retrain_bundle(
         raise ConfigError(f"{out} holds an interrupted retraining; add --resume to continue it")
     parent = load_bundle(champion)
     frozen = read_frozen(champion)
-    table, meta = _union([Cohort.load(c) for c in cohorts], cohorts)
+    paths = [Path(c) for c in cohorts]
+    if not new_only:
+        old = _champion_training_cohort(parent)
+        paths = [old, *[p for p in paths if p.resolve() != old.resolve()]]
+    table, meta = _union([Cohort.load(p) for p in paths], paths)
     applied = None
     if reviews is not None:
         table, applied = apply_reviews(table, reviews, parent.info.classes or [])
@@ -125,6 +134,23 @@ def _challenger_config(parent, from_scratch: bool, overrides: Sequence[str]) -> 
     base.update(preprocess=parent.spec.model_dump(mode="json"), model_args=args)
     base["dropout"] = args.get("dropout", base.get("dropout"))
     return validate(TrainConfig, apply_overrides(base, list(overrides)), "retraining settings")
+
+
+def _champion_training_cohort(parent) -> Path:
+    """The cohort the champion trained on: a retrained champion's own copy, else the
+    path in its bundle.json if that file still has the recorded fingerprint."""
+    own = parent.path / TRAINING_COHORT
+    if own.is_file():
+        return own
+    recorded = parent.manifest.get("cohort") or {}
+    path = Path(recorded.get("path") or "")
+    if path.is_file() and Cohort.load(path).fingerprint() == recorded.get("fingerprint"):
+        return path
+    raise ConfigError(
+        f"the champion's training cohort {path} is gone or changed since it was trained, so "
+        "it cannot be rehearsed; give it again with --cohort OLD.parquet --new-only, or "
+        "train on the new cohorts alone with --new-only"
+    )
 
 
 def _check_classes(parent, cohort: Cohort, config: TrainConfig) -> None:
