@@ -311,7 +311,7 @@ def write_markdown(out, facts, minutes, lift, reviews, reports, leak, work) -> N
         "",
         f"- The champion's AUC drops by {drop:.3f} from site A to site B; the challenger "
         f"(reviewed labels) recovers {recovered:+.3f} on site B "
-        f"({recovered / drop:.0%} of the drop) and changes site A's AUC by "
+        f"({recovered / drop:.1%} of the drop) and changes site A's AUC by "
         f"{a_auc['difference']:+.3f}.",
         "- Verdicts: "
         + ", ".join(f"{LABELS[n]} **{r['verdict']}**" for n, r in reports.items())
@@ -347,8 +347,10 @@ def write_markdown(out, facts, minutes, lift, reviews, reports, leak, work) -> N
     v2 = json.loads((work / "v2_reviewed" / "bundle.json").read_text())
     lines += [
         f"- Challenger `{v2['id'][:12]}` names parent `{(v2['parent_id'] or '')[:12]}` and "
-        f"{len(v2['lineage'])} lineage entries (site A's cohort, then site B's with the "
-        f"reviews file's sha256 {v2['cohort']['reviews']['sha256'][:12]}…).",
+        f"{len(v2['lineage'])} lineage entries: site A's cohort (the champion's), then its "
+        "own training cohort, made of "
+        + " and ".join(Path(x["path"]).name for x in v2["lineage"][-1]["sources"])
+        + f" with the reviews file (sha256 {v2['cohort']['reviews']['sha256'][:12]}…).",
         f"- A site B cohort with one champion test patient in training: {leak}",
         "",
         "## Time (minutes, 2 cores; training: the fit recorded in each bundle.json)",
