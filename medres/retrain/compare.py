@@ -194,7 +194,8 @@ def _compare_on(champion, challenger, rows, role, path, margin, n_boot, seed):
         aligned.append((y[at], probs[at]))
     y = aligned[0][0]
     table = rows.set_index("scan_id").loc[common]
-    patients = table["patient_id"].where(table["patient_id"].notna(), table.index.to_series())
+    known = table["patient_id"].notna() & (table["patient_id"].astype(str).str.strip() != "")
+    patients = table["patient_id"].where(known, table.index.to_series())  # else its own
     codes = pd.factorize(patients.astype(str))[0]
     point = [_metrics(y, p, None) for _, p in aligned]
     rng = np.random.default_rng(seed)
