@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from medres import __version__
+from medres.cohort import Cohort
 from medres.errors import BundleError, ConfigError
 from medres.files import atomic_write, sha256_file, write_json, write_text
 from medres.frozen import FROZEN_TEST
@@ -153,6 +154,20 @@ def update_bundle(
         manifest["files"][name] = sha256_file(path / name)
     manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
     return write_json(path / "bundle.json", manifest)
+
+
+def training_cohort(bundle: Bundle) -> Path | None:
+    """The cohort manifest ``bundle`` trained on: a retrained bundle's own copy
+    (checksummed with the bundle), else the path in its ``bundle.json`` while that file
+    keeps the recorded fingerprint; None when it is gone or changed."""
+    own = bundle.path / TRAINING_COHORT
+    if own.is_file():
+        return own
+    recorded = bundle.manifest.get("cohort") or {}
+    path = Path(recorded.get("path") or "")
+    if path.is_file() and Cohort.load(path).fingerprint() == recorded.get("fingerprint"):
+        return path
+    return None
 
 
 def verify_bundle(path: str | Path) -> dict[str, Any]:

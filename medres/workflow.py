@@ -260,12 +260,13 @@ def evaluate_bundle(
 @dataclass
 class Scored:
     """A model's outputs on manifest rows: ``rows`` that could be read, their
-    ``targets`` (N,), the network ``outputs`` (S, N, K) (S samples: 1 for a plain pass),
-    the penultimate ``features`` (N, F), and one ``failures`` row per scan that could not
-    be read (scan_id, path, stage, error_type, message)."""
+    ``targets`` (N,) (None when scored without them), the network ``outputs`` (S, N, K)
+    (S samples: 1 for a plain pass), the penultimate ``features`` (N, F), and one
+    ``failures`` row per scan that could not be read (scan_id, path, stage, error_type,
+    message)."""
 
     rows: pd.DataFrame
-    targets: np.ndarray
+    targets: np.ndarray | None
     outputs: np.ndarray
     features: np.ndarray
     failures: pd.DataFrame
@@ -285,9 +286,11 @@ def score_rows(
     mc_samples: int = 0,
     tta: bool = False,
     seed: int = 0,
+    with_targets: bool = True,
 ) -> Scored:
     """Run ``model`` over manifest rows (with MC dropout samples and test-time views when
-    asked); a scan that cannot be read is recorded, not fatal."""
+    asked); a scan that cannot be read is recorded, not fatal. ``with_targets=False``
+    scores unlabelled rows (or labels the model does not know): ``targets`` is None."""
     loader = DataLoader(
         _TolerantScans(rows, spec),
         batch_size=batch_size,
@@ -311,9 +314,11 @@ def score_rows(
     k = info.num_outputs
     out = torch.cat(outputs, 1).numpy() if outputs else np.zeros((1, 0, k), "float32")
     feats = torch.cat(features).numpy() if features else np.zeros((0, model.num_features))
-    targets = info.encode(used["label"]).astype(float if info.task == "regression" else int)
-    if info.task == "regression":
-        targets = targets * info.target_std + info.target_mean
+    targets = None
+    if with_targets:
+        targets = info.encode(used["label"]).astype(float if info.task == "regression" else int)
+        if info.task == "regression":
+            targets = targets * info.target_std + info.target_mean
     return Scored(used, targets, out, feats, pd.DataFrame(failures, columns=list(FAILURE_COLUMNS)))
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from medres.bundle import TRAINING_COHORT, Bundle, load_bundle
+from medres.bundle import Bundle, load_bundle, training_cohort
 from medres.calibrate import expected_calibration_error
 from medres.cohort import Cohort
 from medres.errors import ConfigError
@@ -106,6 +106,7 @@ def compare_bundles(
         raise ConfigError(f"n_boot must be at least 100 for a 95 % interval; got {n_boot}")
     sets = [("old", _champion_cohort(champion, old_cohort))]
     sets += [("new", Path(c)) for c in new_cohorts]
+    seen = {b.id[:8]: _trained_on(b) for b in (champion, challenger)}
     results = []
     for role, path in sets:
         rows = Cohort.load(path).labelled(split)
@@ -114,8 +115,9 @@ def compare_bundles(
                 f"{path} has {rows['label'].nunique()} class(es) among its labelled "
                 f"'{split}' scans; AUC needs both positives and negatives to compare on"
             )
-        for bundle in (champion, challenger):
-            _check_unseen(bundle, rows, path)
+        tested = freeze(rows)
+        for bundle, training in seen.items():
+            check_no_leak(tested, training, f"{path.name}'s test split (bundle {bundle})")
         results.append(_compare_on(champion, challenger, rows, role, path, margin, n_boot, seed))
     verdict, reasons = _verdict(results, margin)
     if champion.id == challenger.id:
@@ -287,33 +289,24 @@ def _verdict(results: list[TestSetComparison], margin: float) -> tuple[str, list
     return ("promote" if ok else "keep"), reasons
 
 
-def _check_unseen(bundle: Bundle, test_rows: pd.DataFrame, path) -> None:
-    """LeakageError when ``bundle`` trained or selected on a patient (or pixels) of
-    ``test_rows``, as far as its recorded training cohort (a retrained bundle's own copy,
-    else the path in its bundle.json, when still unchanged) tells."""
-    own = bundle.path / TRAINING_COHORT
-    recorded = bundle.manifest.get("cohort") or {}
-    source = own if own.is_file() else Path(recorded.get("path") or "")
-    if not source.is_file():
-        return
-    cohort = Cohort.load(source)
-    if not own.is_file() and cohort.fingerprint() != recorded.get("fingerprint"):
-        return
-    training = cohort.ok[cohort.ok["split"].isin(["train", "val"])]
-    check_no_leak(
-        freeze(test_rows), training, f"{Path(path).name}'s test split (bundle {bundle.id[:8]})"
-    )
+def _trained_on(bundle: Bundle) -> pd.DataFrame:
+    """The train / val rows of ``bundle``'s recorded training cohort (none when it is
+    gone or changed): no test patient may be among them."""
+    path = training_cohort(bundle)
+    if path is None:
+        return pd.DataFrame(columns=["scan_id", "patient_id", "pixel_hash"])
+    cohort = Cohort.load(path)
+    return cohort.ok[cohort.ok["split"].isin(["train", "val"])]
 
 
 def _champion_cohort(champion: Bundle, given) -> Path:
     if given is not None:
         return Path(given)
-    recorded = champion.manifest.get("cohort") or {}
-    path = Path(recorded.get("path") or "")
-    if not path.is_file() or Cohort.load(path).fingerprint() != recorded.get("fingerprint"):
+    path = training_cohort(champion)
+    if path is None:
         raise ConfigError(
-            f"the champion's test cohort {path} is gone or changed since it was trained; "
-            "give it with --old-cohort COHORT.parquet"
+            f"the champion's test cohort {champion.manifest['cohort'].get('path')} is gone or "
+            "changed since it was trained; give it with --old-cohort COHORT.parquet"
         )
     return path
 

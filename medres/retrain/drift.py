@@ -303,13 +303,11 @@ def _model_drift(bundle: Bundle, samples, read, bar) -> ModelDrift:
     from medres.workflow import score_rows  # torch: imported only when a bundle is given
 
     info, trust = bundle.info, bundle.trust
-    # targets are unused here; a placeholder lets unlabelled or relabelled cohorts score
-    placeholder = info.target_mean if info.task == "regression" else info.classes[0]
     failed = {}
     for which, (scans, _) in read.items():
-        rows = samples[which].loc[scans.index].assign(label=placeholder)
+        rows = samples[which].loc[scans.index]
         task = bar.add_task(f"Scoring {which} scans with the bundle", total=len(rows))
-        scored = score_rows(bundle.model, info, bundle.spec, rows)
+        scored = score_rows(bundle.model, info, bundle.spec, rows, with_targets=False)
         bar.update(task, completed=len(rows))
         failed[which] = len(scored.failures)
         if scored.rows.empty:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medres.bundle import TRAINING_COHORT, load_bundle
+from medres.bundle import TRAINING_COHORT, load_bundle, training_cohort
 from medres.cohort import Cohort
 from medres.config import apply_overrides, validate
 from medres.errors import ConfigError
@@ -85,7 +85,14 @@ def retrain_bundle(
     frozen = read_frozen(champion)
     paths = [Path(c) for c in cohorts]
     if not new_only:
-        old = _champion_training_cohort(parent)
+        old = training_cohort(parent)
+        if old is None:
+            raise ConfigError(
+                f"the champion's training cohort {parent.manifest['cohort'].get('path')} is "
+                "gone or changed since it was trained, so it cannot be rehearsed; give it "
+                "again with --cohort OLD.parquet --new-only, or train on the new cohorts "
+                "alone with --new-only"
+            )
         paths = [old, *[p for p in paths if p.resolve() != old.resolve()]]
     table, meta = _union([Cohort.load(p) for p in paths], paths)
     applied = None
@@ -134,23 +141,6 @@ def _challenger_config(parent, from_scratch: bool, overrides: Sequence[str]) -> 
     base.update(preprocess=parent.spec.model_dump(mode="json"), model_args=args)
     base["dropout"] = args.get("dropout", base.get("dropout"))
     return validate(TrainConfig, apply_overrides(base, list(overrides)), "retraining settings")
-
-
-def _champion_training_cohort(parent) -> Path:
-    """The cohort the champion trained on: a retrained champion's own copy, else the
-    path in its bundle.json if that file still has the recorded fingerprint."""
-    own = parent.path / TRAINING_COHORT
-    if own.is_file():
-        return own
-    recorded = parent.manifest.get("cohort") or {}
-    path = Path(recorded.get("path") or "")
-    if path.is_file() and Cohort.load(path).fingerprint() == recorded.get("fingerprint"):
-        return path
-    raise ConfigError(
-        f"the champion's training cohort {path} is gone or changed since it was trained, so "
-        "it cannot be rehearsed; give it again with --cohort OLD.parquet --new-only, or "
-        "train on the new cohorts alone with --new-only"
-    )
 
 
 def _check_classes(parent, cohort: Cohort, config: TrainConfig) -> None:

@@ -224,9 +224,7 @@ def rank_uncertain(
         rows = cohort.ok[cohort.ok["label"].isna()]
     if rows.empty:
         raise ConfigError("no unlabelled scans to rank; ingest the new scans without --labels")
-    # score_rows encodes labels; unlabelled rows get a placeholder that is never used
-    placeholder = rows.assign(label=bundle.info.classes[0])
-    scored = score_rows(bundle.model, bundle.info, bundle.spec, placeholder)
+    scored = score_rows(bundle.model, bundle.info, bundle.spec, rows, with_targets=False)
     if len(scored.failures):
         warnings.warn(
             f"{len(scored.failures)} scan(s) could not be read and are left out of the "
