@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import warnings
 from pathlib import Path
@@ -106,3 +107,16 @@ def predict_example_run(example_cohort, tmp: Path) -> Path:
     Image.fromarray(np.zeros_like(real)).save(scans / "zz_black.png")  # zero-filled X-ray
     predict_folder(tmp / "b", scans, tmp / "out", PredictOptions(explain=True, workers=0))
     return tmp / "out"
+
+
+def shared_file(path: Path) -> Path:
+    """``path`` under ../shared/data, or skip the test saying what is missing."""
+    if not path.exists():
+        pytest.skip(f"real test data not found at {path} (../shared/data, see its README)")
+    return path
+
+
+def labels_rows(folder: Path) -> list[dict[str, str]]:
+    """The rows of ``folder/labels.csv`` as dicts of text."""
+    with open(folder / "labels.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))

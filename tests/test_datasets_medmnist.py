@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from pathlib import Path
 
@@ -16,20 +15,13 @@ from medres.cli import app
 from medres.datasets import medmnist
 from medres.datasets.medmnist import export_medmnist
 from medres.errors import ConfigError
+from tests.conftest import SHARED_DATA, labels_rows, shared_file
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"
+DATA = SHARED_DATA / "medmnist"
 
 
 def _npz(name: str) -> Path:
-    path = DATA / f"{name}.npz"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent: these tests need ../shared/data/medmnist (see its README)")
-    return path
-
-
-def _rows(out: Path) -> list[dict[str, str]]:
-    with open(out / "labels.csv", newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    return shared_file(DATA / f"{name}.npz")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +33,7 @@ def pneumonia(tmp_path_factory):
 
 def test_pneumonia_full_export_counts_and_labels(pneumonia):
     npz, out, summary = pneumonia
-    rows = _rows(out)
+    rows = labels_rows(out)
     assert list(rows[0]) == ["path", "label", "split", "patient_id"]
     per_split = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
     assert per_split == {"train": 4708, "val": 524, "test": 624}
@@ -80,7 +72,7 @@ def test_retina_colour_round_trip_per_channel(tmp_path):
     summary = export_medmnist(npz, tmp_path / "retina", limit=25)
     assert summary.image_shape == (28, 28, 3) and not summary.is_3d
     assert summary.counts == {"train": 25, "val": 25, "test": 25}
-    rows = _rows(tmp_path / "retina")
+    rows = labels_rows(tmp_path / "retina")
     with np.load(npz) as d:
         images, labels = d["test_images"], d["test_labels"][:, 0]
     for i in (0, 7, 24):
@@ -97,7 +89,7 @@ def test_adrenal_3d_nifti_equals_array(tmp_path):
     npz = _npz("adrenalmnist3d")
     summary = export_medmnist(npz, tmp_path / "adrenal", limit=4)
     assert summary.is_3d and summary.image_shape == (28, 28, 28)
-    rows = _rows(tmp_path / "adrenal")
+    rows = labels_rows(tmp_path / "adrenal")
     assert [r["path"] for r in rows][:2] == ["train/train_00000.nii.gz", "train/train_00001.nii.gz"]
     with np.load(npz) as d:
         for split in ("train", "test"):
@@ -117,7 +109,7 @@ def test_rerun_replaces_the_previous_export_without_stale_files(tmp_path):
     export_medmnist(npz, out, limit=30)
     summary = export_medmnist(npz, out, limit=10, splits=("test",))
     assert sorted(p.parent.name for p in out.glob("*/*.png")) == ["test"] * 10
-    assert len(_rows(out)) == 10 and summary.counts == {"test": 10}
+    assert len(labels_rows(out)) == 10 and summary.counts == {"test": 10}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]  # no temporary folders left
 
 
@@ -160,7 +152,7 @@ def test_multi_label_is_stored_semicolon_joined(tmp_path):
     np.savez(tmp_path / "two.npz", **arrays)
     summary = export_medmnist(tmp_path / "two.npz", tmp_path / "out")
     assert summary.multi_label
-    rows = _rows(tmp_path / "out")
+    rows = labels_rows(tmp_path / "out")
     expected = [f"{a};{b}" for a, b in arrays["train_labels"]]
     assert [r["label"] for r in rows if r["split"] == "train"] == expected
 
@@ -212,7 +204,7 @@ def test_cli_exports_and_prints_a_summary(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "pneumoniamnist" in result.output and "0: 2, 1: 2" in result.output
-    assert len(_rows(out)) == 12
+    assert len(labels_rows(out)) == 12
 
     bad = runner.invoke(app, ["datasets", "medmnist", str(tmp_path / "no.npz"), "-o", str(out)])
     assert bad.exit_code == 2 and "no such file" in bad.output

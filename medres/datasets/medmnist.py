@@ -54,12 +54,9 @@ medres MedMNIST export is refused rather than deleted.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import shlex
-import shutil
-import tempfile
 import time
 import zipfile
 import zlib
@@ -70,18 +67,23 @@ from pathlib import Path
 
 import numpy as np
 
+from medres.datasets._export import (
+    SOURCE_MD,
+    Progress,
+    check_out_dir,
+    staging_folder,
+    write_csv,
+)
+from medres.datasets._export import write_png as _write_png  # a global: tests patch it
 from medres.errors import ConfigError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 LABELS_CSV = "labels.csv"
-SOURCE_MD = "SOURCE.md"
 CSV_COLUMNS: tuple[str, ...] = ("path", "label", "split", "patient_id")
 PROGRESS_THRESHOLD = 1000  # show a progress bar above this many images
 
 # First line of SOURCE.md: marks a folder this module may replace on re-export.
 _MARKER = "<!-- medres MedMNIST export: `medres datasets medmnist` replaces this folder -->"
-_PARTIAL = ".medmnist-partial-"
-_OLD = ".medmnist-old-"
 
 # Display names of the MedMNIST v2 subsets (file stem -> name used in the paper).
 _NAMES = {
@@ -216,15 +218,14 @@ def export_medmnist(
                 )
 
     given_out = out_dir
-    out_dir = _check_out_dir(out_dir)
+    out_dir = check_out_dir(out_dir, _MARKER, "MedMNIST export")
     md5 = _md5(npz_path)
     total = sum(len(ix) for ix in chosen.values())
     show = total > PROGRESS_THRESHOLD if progress is None else progress
 
-    staging = _make_staging(out_dir)
-    try:
+    with staging_folder(out_dir, "medmnist") as staging:
         rows: list[tuple[str, str, str, str]] = []
-        with _Progress(show, total, f"{dataset} → {out_dir.name}") as advance:
+        with Progress(show, total, f"{dataset} → {out_dir.name}") as advance:
             for split, (images, labels) in data.items():
                 (staging / split).mkdir()
                 ext = ".nii.gz" if kind == "3d" else ".png"
@@ -236,7 +237,7 @@ def export_medmnist(
                         _write_png(images[i], os.path.join(staging, rel))
                     rows.append((rel, _label_text(labels[i]), split, ""))
                     advance()
-        _write_csv(staging / LABELS_CSV, rows)
+        write_csv(staging / LABELS_CSV, CSV_COLUMNS, rows)
         counts = {s: len(chosen[s]) for s in data}
         label_counts = {s: _count(lab[chosen[s]], multi_label) for s, (_, lab) in data.items()}
         (staging / SOURCE_MD).write_text(
@@ -256,13 +257,6 @@ def export_medmnist(
             ),
             encoding="utf-8",
         )
-        _swap_into_place(staging, out_dir)
-    except OSError as e:  # disk full, permissions, ...: the user's to fix, not a bug
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ConfigError(f"cannot write the export to {out_dir}: {e}") from e
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
     return ExportSummary(
         dataset=dataset,
@@ -419,66 +413,6 @@ def _select(labels: np.ndarray, limit: int | None, per_class: int | None) -> np.
 # --- output ----------------------------------------------------------------------------
 
 
-def _check_out_dir(out_dir: Path) -> Path:
-    out_dir = Path(os.path.abspath(out_dir))
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"output {out_dir} exists and is a file; give a folder path")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_export(out_dir):
-        raise ConfigError(
-            f"output folder {out_dir} is not empty and is not an earlier MedMNIST export "
-            f"(no {SOURCE_MD} written by medres); the export replaces its folder as a "
-            f"whole, so give a new or empty folder"
-        )
-    if out_dir.parent == out_dir:
-        raise ConfigError(f"cannot export into the file-system root {out_dir}")
-    return out_dir
-
-
-def _is_export(folder: Path) -> bool:
-    source = folder / SOURCE_MD
-    try:
-        with open(source, encoding="utf-8") as f:
-            return f.readline().strip() == _MARKER
-    except (OSError, UnicodeDecodeError):
-        return False
-
-
-def _make_staging(out_dir: Path) -> Path:
-    parent = out_dir.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        # leftovers of an interrupted earlier run (killed before it could clean up)
-        for old in parent.glob(f".{out_dir.name}{_PARTIAL}*"):
-            shutil.rmtree(old, ignore_errors=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{_PARTIAL}", dir=parent))
-    except OSError as e:
-        raise ConfigError(f"cannot write next to {out_dir}: {e}") from e
-
-
-def _swap_into_place(staging: Path, out_dir: Path) -> None:
-    """Rename ``staging`` to ``out_dir``; an existing ``out_dir`` is set aside, then deleted."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{_OLD}", dir=out_dir.parent))
-        os.replace(out_dir, old / out_dir.name)
-    try:
-        os.replace(staging, out_dir)
-    except BaseException:
-        if old is not None:  # put the previous export back
-            os.replace(old / out_dir.name, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_png(image: np.ndarray, path: str) -> None:
-    from PIL import Image
-
-    # Pillow's default level 6: measured as small as 9 on MedMNIST and 1.5x faster to write
-    Image.fromarray(image).save(path, format="PNG", compress_level=6)
-
-
 def _write_nifti(volume: np.ndarray, path: Path, descrip: str) -> None:
     import nibabel as nib
 
@@ -498,13 +432,6 @@ def _count(labels: np.ndarray, multi_label: bool) -> dict[int, int]:
     if multi_label:
         return {int(j): int(n) for j, n in enumerate(labels.sum(axis=0))}
     return {int(c): int(n) for c, n in sorted(Counter(labels[:, 0].tolist()).items())}
-
-
-def _write_csv(path: Path, rows: list[tuple[str, str, str, str]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(CSV_COLUMNS)
-        w.writerows(rows)
 
 
 def _md5(path: Path) -> str:
@@ -612,44 +539,3 @@ Made with:
 
 Re-running that command replaces this folder as a whole; do not keep other files here.
 """
-
-
-class _Progress:
-    """A rich progress bar on stderr, or nothing; ``with`` yields ``advance()``."""
-
-    def __init__(self, show: bool, total: int, description: str) -> None:
-        self.show, self.total, self.description = show, total, description
-        self._progress = None
-
-    def __enter__(self):
-        if not self.show:
-            return lambda: None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self._progress.start()
-        task = self._progress.add_task(self.description, total=self.total)
-        progress = self._progress
-
-        def advance() -> None:
-            progress.advance(task)
-
-        return advance
-
-    def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.stop()
