@@ -7,8 +7,18 @@ cohort's. It uses scikit-learn's ``StratifiedGroupKFold`` once: the cohort is cu
 train, val and test so that their shares match the asked fractions as closely as a
 small *K* allows (within 2 percentage points for the usual fractions).
 
+Instead of drawing all three splits it can keep a given one (``keep_column``), hold
+out a site as test (``holdout_site``), or keep only the test split given in a column
+and draw train / val from the rest (``keep_test_column``, e.g. a dataset's official
+patient-level test set with a new validation set). Only in that last case may
+train / val be drawn scan by scan (``unit="scan"``): the deliberately leaky
+slice-level split used to measure how much such a split overestimates, with the test
+set still patient-disjoint.
+
 :func:`audit_cohort` checks a split cohort: a patient on two sides is an error
-(:class:`~medres.errors.LeakageError`); identical pixels on two sides is a warning.
+(:class:`~medres.errors.LeakageError`) — except train + val in a cohort split with
+``unit="scan"`` (``meta["split_unit"] == "scan"``), which is a warning; identical
+pixels on two sides is a warning.
 :func:`summary_table` renders its report for the command line.
 
 Example::
@@ -26,7 +36,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -49,6 +59,7 @@ _MAX_FOLDS = 20  # sklearn's greedy is O(patients x folds) Python steps: keep K 
 _FOLD_TOLERANCE = 0.02  # smallest K whose fold shares are this close to every fraction
 _NO_LABEL = "(no label)"
 _SHOW = 5  # ids quoted in a message before "..."
+UNITS: tuple[str, ...] = ("patient", "scan")
 
 
 class SplitWarning(UserWarning):
@@ -70,6 +81,8 @@ class AuditReport:
 
     Attributes:
         splits: counts for each of train / val / test (zero counts included).
+        train_val_patients: patients with scans in both train and val; only ever
+            non-empty for a scan-level split (``meta["split_unit"] == "scan"``).
         duplicate_pixels: groups of scan_ids with the same ``pixel_hash`` that sit in
             different splits (a warning: the same image is seen in training and test).
         scans_without_patient_id: split scans whose patient is unknown, so the audit
@@ -81,6 +94,7 @@ class AuditReport:
     duplicate_pixels: list[list[str]] = field(default_factory=list)
     scans_without_patient_id: int = 0
     unsplit_scans: int = 0
+    train_val_patients: list[str] = field(default_factory=list)
 
 
 def parse_fractions(text: str) -> tuple[float, float, float]:
@@ -132,6 +146,8 @@ def split_cohort(
     seed: int = 0,
     keep_column: str | None = None,
     holdout_site: str | None = None,
+    keep_test_column: str | None = None,
+    unit: Literal["patient", "scan"] = "patient",
 ) -> Cohort:
     """Return a new cohort whose readable scans (status ``ok``) have a ``split``.
 
@@ -143,6 +159,15 @@ def split_cohort(
             (``valid`` / ``validation`` mean val) instead of drawing a split.
         holdout_site: every scan of this site becomes test; the other sites are
             split into train and val in proportion to ``fractions[:2]``.
+        keep_test_column: keep the test split given in this column (values read as
+            for ``keep_column``) and draw train / val from its train / val rows (the
+            pool) in proportion to ``fractions[:2]``; ``fractions[2]`` is ignored.
+        unit: ``"patient"`` (default) keeps each patient's scans together.
+            ``"scan"`` draws the pool's train / val scan by scan, stratified by label,
+            ignoring patient ids: one patient's scans may then sit in train and val,
+            so validation figures are optimistic (a :class:`SplitWarning` says how
+            many patients). Only with ``keep_test_column``, whose test set must not
+            share a patient with the pool; ``meta["split_unit"]`` records the unit.
 
     Every patient's scans land in one split, with label proportions close to the
     cohort's. Scans without a patient id are split one by one, with a
@@ -150,13 +175,15 @@ def split_cohort(
     split. The result is audited (:func:`audit_cohort`) before it is returned.
 
     Raises:
-        ConfigError: bad fractions, unknown site or column, a cohort too small.
-        ManifestError: no readable scans, or missing / unknown values in keep_column.
-        LeakageError: a patient on two sides (kept split, or a held-out site).
+        ConfigError: bad fractions, unit or combination of options, unknown site or
+            column, a cohort too small.
+        ManifestError: no readable scans, or missing / unknown values in keep_column
+            or keep_test_column.
+        LeakageError: a patient on two sides (kept split, a held-out site, or a kept
+            test set sharing patients with the pool).
     """
-    if keep_column is not None and holdout_site is not None:
-        raise ConfigError("pass either keep_column or holdout_site, not both")
-    values = check_fractions(fractions, need_test=holdout_site is None)
+    _check_options(keep_column, holdout_site, keep_test_column, unit)
+    values = check_fractions(fractions, need_test=holdout_site is None and keep_test_column is None)
     table = cohort.table
     ok = (table["status"] == "ok").to_numpy()
     if not ok.any():
@@ -168,16 +195,19 @@ def split_cohort(
         assigned = _kept_split(table[ok], keep_column)
     elif holdout_site is not None:
         assigned = _site_split(table[ok], holdout_site, values, seed)
+    elif keep_test_column is not None:
+        assigned = _kept_test_split(table[ok], keep_test_column, values, seed, unit)
     else:
         assigned = _stratified_split(table[ok], values, seed)
 
     no_patient = int(_patient_ids(table[ok]).isna().sum())
     if no_patient:
-        how = (
-            f"their split was kept from column {keep_column!r} unchecked"
-            if keep_column
-            else "they were split scan by scan"
-        )
+        if keep_column:
+            how = f"their split was kept from column {keep_column!r} unchecked"
+        elif keep_test_column:
+            how = f"their test split was kept from column {keep_test_column!r} unchecked"
+        else:
+            how = "they were split scan by scan"
         warnings.warn(
             f"{no_patient} of {int(ok.sum())} scans have no patient_id: {how}, so scans of "
             "one patient may sit in both train and test (leakage the audit cannot see). "
@@ -191,16 +221,40 @@ def split_cohort(
     out["split"] = pd.array(split, dtype="str")
     meta = {
         **cohort.meta,
-        "split_by": "scan" if no_patient else "patient",
+        "split_by": "scan" if no_patient or unit == "scan" else "patient",
+        "split_unit": unit,
         "split_scans_without_patient_id": no_patient,
         "split_fractions": None if keep_column else list(values),
         "split_seed": None if keep_column else int(seed),
         "split_keep_column": keep_column,
         "split_holdout_site": holdout_site,
+        "split_keep_test_column": keep_test_column,
     }
     result = Cohort(out, meta)
     audit_cohort(result)
     return result
+
+
+def _check_options(
+    keep_column: str | None, holdout_site: str | None, keep_test_column: str | None, unit: str
+) -> None:
+    """ConfigError for options that cannot go together."""
+    if keep_column is not None and holdout_site is not None:
+        raise ConfigError("pass either keep_column or holdout_site, not both")
+    if keep_test_column is not None and (keep_column is not None or holdout_site is not None):
+        raise ConfigError(
+            "keep_test_column keeps only the test split and draws train/val; it cannot be "
+            "combined with keep_column (which keeps all three splits) or holdout_site "
+            "(which makes a site the test set): pass one of them"
+        )
+    if unit not in UNITS:
+        raise ConfigError(f"unit must be one of {list(UNITS)}; got {unit!r}")
+    if unit == "scan" and keep_test_column is None:
+        raise ConfigError(
+            "unit='scan' splits scan by scan, ignoring patients: a scan-level split must "
+            "keep a patient-level test set, so it is only allowed with keep_test_column "
+            "(e.g. keep_test_column='split'); to split by patient, leave unit='patient'"
+        )
 
 
 def _patient_ids(rows: pd.DataFrame) -> pd.Series:
@@ -360,7 +414,77 @@ def _site_split(rows: pd.DataFrame, site: str, fractions: Sequence[float], seed:
     return names
 
 
-def _kept_split(rows: pd.DataFrame, column: str) -> np.ndarray:
+def _kept_test_split(
+    rows: pd.DataFrame, column: str, fractions: Sequence[float], seed: int, unit: str
+) -> np.ndarray:
+    """The test rows of ``column`` stay test; its train/val rows are redrawn by ``unit``."""
+    given = _kept_split(rows, column, option="keep_test_column")
+    test = given == "test"
+    if not test.any():
+        raise ManifestError(
+            f"column {column!r} marks no scan as test, so there is no test set to keep; "
+            "draw all three splits (no keep_test_column) or fix the column"
+        )
+    if test.all():
+        raise ConfigError(
+            f"column {column!r} marks every readable scan as test; nothing is left to "
+            "draw train and val from"
+        )
+    patients = _patient_ids(rows)
+    known = patients.notna().to_numpy()
+    both = sorted(set(patients[test & known]) & set(patients[~test & known]))
+    if both:
+        raise LeakageError(
+            f"{len(both)} patient(s) have scans in the kept test set of column {column!r} "
+            f"and in its train/val rows: {_quote(both)}; the test set must be "
+            "patient-disjoint: move those scans into one side, or split without "
+            "keep_test_column",
+            both,
+        )
+    names = np.full(len(rows), "test", dtype=object)
+    pool = rows[~test]
+    share = fractions[0] + fractions[1]
+    train, val = fractions[0] / share, fractions[1] / share
+    if unit == "scan":
+        names[~test] = _scan_split(pool, val, seed)
+    elif val == 0:
+        names[~test] = "train"
+    else:
+        names[~test] = _fold_split(_label_codes(pool), _groups(pool), (train, val, 0.0), seed)
+    return names
+
+
+def _scan_split(rows: pd.DataFrame, val: float, seed: int) -> np.ndarray:
+    """train/val names drawn scan by scan, stratified by label, ignoring patients.
+
+    sklearn's ``train_test_split``: exact shares, and fast on tens of thousands of
+    slices (``StratifiedGroupKFold`` with one group per scan took 25 s on 50,000).
+    Scans are ordered by scan_id first, so the split does not depend on row order.
+    """
+    from sklearn.model_selection import train_test_split
+
+    names = np.full(len(rows), "train", dtype=object)
+    n_val = round(val * len(rows))
+    if val == 0:
+        return names
+    if not 1 <= n_val < len(rows):
+        raise ConfigError(
+            f"cannot draw a val share of {val:.3f} from {len(rows)} train/val scan(s): the "
+            "pool is too small; add scans or set the val fraction to 0"
+        )
+    order = np.argsort(rows["scan_id"].astype(str).to_numpy(), kind="stable")
+    labels = _label_codes(rows)[order]
+    counts = np.bincount(labels)
+    can_stratify = counts.min() >= 2 and min(n_val, len(rows) - n_val) >= len(counts)
+    stratify = labels if can_stratify else None  # a class too rare: shares by scan only
+    _, val_rows = train_test_split(
+        order, test_size=n_val, random_state=seed, shuffle=True, stratify=stratify
+    )
+    names[val_rows] = "val"
+    return names
+
+
+def _kept_split(rows: pd.DataFrame, column: str, option: str = "keep_column") -> np.ndarray:
     """The predefined split in ``column``, normalised to train/val/test."""
     if column not in rows.columns:
         raise ConfigError(
@@ -374,7 +498,7 @@ def _kept_split(rows: pd.DataFrame, column: str) -> np.ndarray:
         raise ManifestError(
             f"{len(ids)} of {len(rows)} readable scans have no value in column "
             f"{column!r}: {_quote(ids)}; fill them with train/val/test, or drop "
-            "--keep-column to draw a split"
+            f"--{option.replace('_', '-')} to draw a split"
         )
     normal = raw.astype(str).str.strip().str.lower().map(SPLIT_ALIASES)
     if normal.isna().any():
@@ -390,6 +514,11 @@ def audit_cohort(cohort: Cohort) -> AuditReport:
     """Check a split cohort for leakage and count what each split holds.
 
     Only readable scans (status ``ok``) with a split are considered.
+
+    A cohort split scan by scan on purpose (``cohort.meta["split_unit"] == "scan"``,
+    see :func:`split_cohort`) may have patients in both train and val: they are
+    listed in ``train_val_patients`` with a :class:`SplitWarning`. A patient in test
+    and another split is an error whatever the unit.
 
     Raises:
         LeakageError: a patient_id appears in two splits (``patient_ids`` lists them).
@@ -407,7 +536,17 @@ def audit_cohort(cohort: Cohort) -> AuditReport:
             f"split values {unknown} are not train/val/test; re-split with "
             "`medres split COHORT.parquet --keep-column split` to normalise them"
         )
-    _check_patients(rows)
+    scan_level = cohort.meta.get("split_unit") == "scan"
+    _check_patients(rows, allow_train_val=scan_level)
+    shared = _train_val_patients(rows) if scan_level else []
+    if shared:
+        warnings.warn(
+            f"{len(shared)} patient(s) have scans in both train and val ({_quote(shared)}): "
+            "this cohort was split scan by scan on purpose (split_unit='scan'), so "
+            "validation figures will be optimistic; the test set stays patient-disjoint",
+            SplitWarning,
+            stacklevel=2,
+        )
     duplicates = _duplicate_pixels(rows)
     if duplicates:
         warnings.warn(
@@ -423,15 +562,22 @@ def audit_cohort(cohort: Cohort) -> AuditReport:
         duplicate_pixels=duplicates,
         scans_without_patient_id=int(_patient_ids(rows).isna().sum()),
         unsplit_scans=int(ok["split"].isna().sum()),
+        train_val_patients=shared,
     )
 
 
-def _check_patients(rows: pd.DataFrame) -> None:
-    """LeakageError listing every patient whose scans sit in more than one split."""
+def _check_patients(rows: pd.DataFrame, allow_train_val: bool = False) -> None:
+    """LeakageError listing every patient whose scans sit in more than one split.
+
+    ``allow_train_val``: a patient in train and val only is not an error (scan-level split).
+    """
     patients = _patient_ids(rows)
     known = rows[patients.notna()]
     patient = patients[patients.notna()]
     sides = known.groupby(patient)["split"].nunique()
+    if allow_train_val:
+        in_test = known.groupby(patient)["split"].agg(lambda s: (s == "test").any())
+        sides = sides[in_test.reindex(sides.index, fill_value=False)]
     ids = sorted(sides.index[sides > 1])
     if not ids:
         return
@@ -445,6 +591,14 @@ def _check_patients(rows: pd.DataFrame) -> None:
         "with `medres split COHORT.parquet`",
         ids,
     )
+
+
+def _train_val_patients(rows: pd.DataFrame) -> list[str]:
+    """Sorted known patients with scans in both train and val."""
+    patients = _patient_ids(rows)
+    split = rows["split"].astype(str)
+    train = set(patients[(split == "train") & patients.notna()])
+    return sorted(train & set(patients[(split == "val") & patients.notna()]))
 
 
 def _duplicate_pixels(rows: pd.DataFrame) -> list[list[str]]:
@@ -491,6 +645,11 @@ def summary_table(report: AuditReport, title: str = "Cohort split") -> Table:
         notes.append(f"{report.scans_without_patient_id} scans without patient id (unchecked)")
     if report.unsplit_scans:
         notes.append(f"{report.unsplit_scans} readable scans without a split")
+    if report.train_val_patients:
+        notes.append(
+            f"{len(report.train_val_patients)} patients in both train and val "
+            "(scan-level split: validation is optimistic)"
+        )
     if notes:
         table.caption = "; ".join(notes)
     return table
