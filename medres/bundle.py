@@ -125,7 +125,7 @@ def save_bundle(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "task": info.task,
         "classes": info.classes,
-        "target": {"mean": info.target_mean, "std": info.target_std},
+        "target": {"mean": info.target_mean, "std": info.target_std, "range": info.value_range},
         "threshold": threshold,
         "calibrated": trust is not None,
         "model": {"name": model_name, "args": model_args},
@@ -216,7 +216,8 @@ def load_bundle(path: str | Path) -> Bundle:
     manifest = verify_bundle(path)
     try:
         target = manifest.get("target") or {}
-        info = TaskInfo(manifest["task"], manifest["classes"], target["mean"], target["std"])
+        span = tuple(target["range"]) if target.get("range") else None
+        info = TaskInfo(manifest["task"], manifest["classes"], target["mean"], target["std"], span)
         spec = PreprocessSpec.model_validate(manifest["preprocess"])
         args = {k: v for k, v in manifest["model"]["args"].items() if k != "pretrained"}
         model = create_model(manifest["model"]["name"], **args)

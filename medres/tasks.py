@@ -45,12 +45,14 @@ def predicted_class(task: str, probs: np.ndarray) -> np.ndarray:
 @dataclass
 class TaskInfo:
     """The task and its classes in the network's output order (the positive class of a
-    binary task last), or for regression the target's mean and sd used to standardise."""
+    binary task last), or for regression the target's mean and sd used to standardise
+    and its (min, max) range, over which binned accuracies are computed."""
 
     task: str
     classes: list[Any] | None
     target_mean: float = 0.0
     target_std: float = 1.0
+    value_range: tuple[float, float] | None = None
 
     @property
     def num_outputs(self) -> int:
@@ -119,7 +121,9 @@ def infer_task(labels: pd.Series, requested: str = "auto", positive_class: Any =
             raise ConfigError("regression needs numeric labels")
         std = float(numeric.std()) if len(numeric) > 1 else 0.0
         std = std if np.isfinite(std) and std > 0 else 1.0
-        return TaskInfo("regression", None, float(numeric.mean()), std)
+        lo, hi = float(numeric.min()), float(numeric.max())
+        span = (lo, hi) if hi > lo else None
+        return TaskInfo("regression", None, float(numeric.mean()), std, span)
     if task == "ordinal" and not integral:
         raise ConfigError("ordinal grades must be integers (0, 1, 2 ...)")
     if integral:

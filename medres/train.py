@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from monai.data import CacheDataset, DataLoader
 from monai.transforms import Transform
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from sklearn.metrics import cohen_kappa_score, mean_absolute_error, roc_auc_score
 
@@ -49,6 +49,10 @@ class TrainConfig(BaseModel):
     epochs without a better validation score; ``trust`` (calibration, conformal sets,
     referral, OOD) is fitted on validation after training. Scores within ``selection_tolerance`` of
     the best seen count as ties, decided by the lower validation loss.
+
+    Regression only: ``value_range`` (min, max) of the target for the binned accuracies
+    (default: the training targets' range); ``flag_below`` turns a prediction below it
+    into a referral in ``medres predict`` (a QA gate, e.g. predicted SSIM < 0.9).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -73,6 +77,16 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     positive_class: int | str | None = None
     referable_from: int | str | None = None
+    value_range: tuple[float, float] | None = None
+    flag_below: float | None = None
+
+    @field_validator("value_range")
+    @classmethod
+    def _ordered(cls, span):
+        if span is not None and not span[0] < span[1]:
+            raise ValueError(f"value_range must be [min, max] with min < max; got {list(span)}")
+        return span
+
     trust: TrustConfig = Field(default_factory=TrustConfig)
 
 
@@ -167,7 +181,10 @@ def fit(
     if info.task == "regression":
         fitted = infer_task(train_rows["label"], "regression")
         info.target_mean, info.target_std = fitted.target_mean, fitted.target_std
+        info.value_range = config.value_range or fitted.value_range
     info.referable_index(config.referable_from)  # refuse a bad value before training
+    if (config.value_range or config.flag_below is not None) and info.task != "regression":
+        raise ConfigError(f"value_range and flag_below apply to regression; task is {info.task}")
     if config.trust.calibration in ("platt", "isotonic") and info.task != "binary":
         raise ConfigError(
             f"trust.calibration={config.trust.calibration} fits binary tasks only and this "

@@ -134,8 +134,27 @@ def test_regression_metrics_equal_sklearn_and_scipy():
             "r2": skm.r2_score(y, pred),
             "pearson": stats.pearsonr(y, pred)[0],
             "spearman": stats.spearmanr(y, pred)[0],
+            "residual_mean": np.mean(pred - y),
+            "residual_sd": np.std(pred - y),
+            # bins of the truth's range 1..7.5: thirds cut at 3.17 and 5.33, so 3.0
+            # predicted for 3.5 and 5.0 for 6.0 land one bin lower
+            "bin_accuracy_3": 4 / 6,
+            "bin_accuracy_5": 5 / 6,  # fifths cut at 2.3, 3.6, 4.9, 6.2: only 2.5 for 2.0
+            "bin_accuracy_10": 3 / 6,
         }
     )
+
+
+def test_binned_accuracy_uses_the_given_range_and_end_bins():
+    y = np.array([0.95, 0.85, 0.55, 0.20, 1.00])
+    pred = np.array([0.99, 0.62, 0.62, 0.25, 1.20])  # 1.2 is outside [0, 1]: top bin
+    got = evaluate(y, pred, task="regression", value_range=(0, 1), n_boot=0).metrics
+    assert got["bin_accuracy_3"].value == pytest.approx(4 / 5)  # 0.85 -> 0.62 crosses 2/3
+    assert got["bin_accuracy_10"].value == pytest.approx(3 / 5)  # also 0.55 -> 0.62
+    flat = evaluate(np.ones(4), np.ones(4), task="regression", n_boot=0).metrics
+    assert np.isnan(flat["bin_accuracy_3"].value)  # constant truth and no range: undefined
+    with pytest.raises(ConfigError, match="value_range"):
+        evaluate(y, pred, task="regression", value_range=(1, 1), n_boot=0)
 
 
 @pytest.mark.parametrize("task", ["binary", "multiclass", "ordinal", "regression"])
@@ -152,6 +171,8 @@ def test_bootstrap_formulas_equal_sklearn_on_resampled_scans(task):
         y, s = rng.integers(0, 4, n), softmax(np.round(rng.normal(size=(n, 4)), 1))
     opts = {"threshold": 0.45 if task == "binary" else None}
     opts["referable_from"] = 2 if task == "ordinal" else None
+    if task == "regression":
+        opts["value_range"] = (-1.0, 1.5)
     weighted = _kernel(task, y, s, **opts)
     for rep in range(12):
         idx = rng.integers(0, n, n) if rep < 8 else rng.integers(0, 4, n)  # tiny samples too

@@ -149,6 +149,8 @@ def evaluate(
     threshold: float | None = None,
     referable_from: int | None = None,
     patient_aggregate: str = "mean",
+    value_range: tuple[float, float] | None = None,
+    flag_below: float | None = None,
     n_boot: int = 1000,
     seed=0,
 ) -> Evaluation:
@@ -168,6 +170,10 @@ def evaluate(
             scored by ``probs[:, r:].sum(1)``.
         patient_aggregate: how a patient's scan probabilities combine: ``mean`` (rows
             renormalised) or, binary only, ``max`` of P(positive).
+        value_range: regression only: (min, max) of the target, cut into 3, 5 and 10
+            equal-width bins for the binned accuracies (default: the range of y_true).
+        flag_below: regression only: a QA gate that flags predictions below it; adds
+            flag_sensitivity (truly-below scans flagged) and flag_specificity.
         n_boot, seed: bootstrap replicates (0 = no intervals) and the Generator seed.
 
     Metrics (NaN when undefined for the sample, e.g. AUROC with one class):
@@ -180,7 +186,11 @@ def evaluate(
     - ordinal: the same plus kappa_quadratic and mae (in grades), all of the *median*
       grade (smallest k with cumulative probability >= 0.5, which minimises the expected
       absolute grade error) instead of the argmax; referable_auroc if asked.
-    - regression: mae, rmse, r2, pearson, spearman.
+    - regression: mae, rmse, r2, pearson, spearman; residual_mean and residual_sd of
+      prediction − truth; bin_accuracy_3 / _5 / _10, the share of scans whose predicted
+      value falls in the same equal-width bin of ``value_range`` as the truth (values
+      outside the range count in the end bins), as the SSIM-regression study reports;
+      with ``flag_below``, flag_sensitivity and flag_specificity.
 
     A patient's truth is: binary, positive if any scan is; multiclass, the most frequent
     label (ties: the lowest index); ordinal, the highest grade; regression, the mean.
@@ -197,6 +207,9 @@ def evaluate(
     site_of = _site_labels(sites, n)
     s = scores[:, 1] if task == "binary" else scores
     opts = {"threshold": thr, "referable_from": referable_from}
+    if task == "regression":
+        opts["value_range"] = _value_range(value_range, y)
+        opts["flag_below"] = flag_below
     y_pat, s_pat = _aggregate(task, y, s, codes, patient_aggregate)
     point, p_point = _point_metrics(task, y, s, **opts), _point_metrics(task, y_pat, s_pat, **opts)
     cis, p_cis = _bootstrap(
@@ -359,13 +372,15 @@ def _aggregate(task, y, s, codes, how) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- point metrics (sklearn)
 
 
-def _point_metrics(task, y, s, *, threshold, referable_from) -> dict[str, float]:
+def _point_metrics(
+    task, y, s, *, threshold, referable_from, value_range=None, flag_below=None
+) -> dict:
     with warnings.catch_warnings():  # undefined metrics are NaN by design
         warnings.simplefilter("ignore")
         if task == "binary":
             return _binary_point(y, s, threshold)
         if task == "regression":
-            return _regression_point(y, s)
+            return _regression_point(y, s) | _binned(y, s, np.ones(len(y)), value_range, flag_below)
         return _class_point(task, y, s, referable_from)
 
 
@@ -478,7 +493,9 @@ def _class_scores(c: np.ndarray) -> tuple[float, float]:
     return _mean(tp[rows > 0] / rows[rows > 0]), _mean(2 * tp[f1_den > 0] / f1_den[f1_den > 0])
 
 
-def _kernel(task, y, s, *, threshold, referable_from) -> Callable[[np.ndarray], dict]:
+def _kernel(
+    task, y, s, *, threshold, referable_from, value_range=None, flag_below=None
+) -> Callable:
     """``metrics(w)``: :func:`_point_metrics` on the sample where scan i appears w[i] times."""
     if task == "binary":
         ranked = _Ranked.of(y == 1, s)
@@ -505,7 +522,7 @@ def _kernel(task, y, s, *, threshold, referable_from) -> Callable[[np.ndarray], 
 
         return binary
     if task == "regression":
-        return lambda w: _regression_kernel(y, s, w)
+        return lambda w: _regression_kernel(y, s, w) | _binned(y, s, w, value_range, flag_below)
     k = s.shape[1]
     pred = predicted_class(task, s)
     ranked = [_Ranked.of(y == c, s[:, c]) for c in range(k)]
@@ -547,6 +564,39 @@ def _regression_kernel(y, pred, w) -> dict[str, float]:
         "pearson": _NAN if flat else _wcorr(y, pred, w),
         "spearman": _NAN if flat else _wcorr(_wranks(y, w), _wranks(pred, w), w),
     }
+
+
+BIN_COUNTS = (3, 5, 10)
+
+
+def _value_range(given, y) -> tuple[float, float] | None:
+    """The binning range: ``given`` (checked), else the range of ``y`` (None if constant)."""
+    if given is None:
+        lo, hi = float(np.min(y)), float(np.max(y))
+        return (lo, hi) if hi > lo else None
+    lo, hi = map(float, given)
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise ConfigError(f"value_range must be (min, max) with min < max; got {(lo, hi)}")
+    return lo, hi
+
+
+def _binned(y, pred, w, value_range, flag_below=None) -> dict[str, float]:
+    """Residual mean and sd, the binned accuracies (NaN without a range) and the QA
+    gate's sensitivity and specificity (with ``flag_below``), on frequency weights ``w``."""
+    n, err = w.sum(), pred - y
+    mean = np.dot(w, err) / n
+    out = {"residual_mean": mean, "residual_sd": math.sqrt(np.dot(w, (err - mean) ** 2) / n)}
+    for k in BIN_COUNTS:
+        out[f"bin_accuracy_{k}"] = _NAN
+        if value_range is not None:
+            cut = np.linspace(*value_range, k + 1)[1:-1]
+            same = np.searchsorted(cut, y, "right") == np.searchsorted(cut, pred, "right")
+            out[f"bin_accuracy_{k}"] = np.dot(w, same) / n
+    if flag_below is not None:
+        below, flagged = y < flag_below, pred < flag_below
+        out["flag_sensitivity"] = _div(np.dot(w, below & flagged), np.dot(w, below))
+        out["flag_specificity"] = _div(np.dot(w, ~below & ~flagged), np.dot(w, ~below))
+    return out
 
 
 def _wcorr(a, b, w) -> float:

@@ -60,11 +60,12 @@ def metrics_table(evaluation: Evaluation) -> Table:
     table.add_column("scans (95% CI)", justify="right")
     table.add_column("patients (95% CI)", justify="right")
     for name, m in ev.metrics.items():
-        table.add_row(name, _fmt(m), _fmt(ev.patient_metrics.get(name)))
+        table.add_row(name, format_metric(m), format_metric(ev.patient_metrics.get(name)))
     return table
 
 
-def _fmt(m: MetricCI | None) -> str:
+def format_metric(m: MetricCI | None) -> str:
+    """``0.912 (0.880–0.940)``; ``n/a`` for a missing or undefined value."""
     if m is None or math.isnan(m.value):
         return "n/a"
     ci = "" if math.isnan(m.ci_low) else f" ({m.ci_low:.3f}–{m.ci_high:.3f})"
@@ -84,7 +85,7 @@ def _markdown(ev: Evaluation, title: str, plots: list[str], trust: TrustReport |
         "| metric | scans (95 % CI) | patients (95 % CI) |",
         "|---|---|---|",
         *(
-            f"| {k} | {_fmt(m)} | {_fmt(ev.patient_metrics.get(k))} |"
+            f"| {k} | {format_metric(m)} | {format_metric(ev.patient_metrics.get(k))} |"
             for k, m in ev.metrics.items()
         ),
     ]
@@ -93,7 +94,7 @@ def _markdown(ev: Evaluation, title: str, plots: list[str], trust: TrustReport |
         lines += ["", "## Per site", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
         for row in ev.per_site.itertuples(index=False):
             cells = [
-                _fmt(MetricCI(v, math.nan, math.nan)) if isinstance(v, float) else str(v)
+                format_metric(MetricCI(v, math.nan, math.nan)) if isinstance(v, float) else str(v)
                 for v in row
             ]
             lines.append("| " + " | ".join(cells) + " |")
@@ -104,12 +105,16 @@ def _markdown(ev: Evaluation, title: str, plots: list[str], trust: TrustReport |
             "",
             f"**{trust.sentence}**",
             "",
-            f"Conformal sets target {trust.coverage_target:.0%} coverage:",
+            f"By true class: conformal sets (target {trust.coverage_target:.0%} coverage), "
+            "accuracy, how uncertain the model was, and how often it referred:",
             "",
-            "| class | scans | coverage | mean set size |",
-            "|---|---|---|---|",
+            "| class | scans | coverage | mean set size | accuracy | mean confidence "
+            "| mean entropy | referred |",
+            "|---|---|---|---|---|---|---|---|",
             *(
-                f"| {r['class']} | {r['n']} | {r['coverage']:.3f} | {r['mean_set_size']:.2f} |"
+                f"| {r['class']} | {r['n']} | {r['coverage']:.3f} | {r['mean_set_size']:.2f} "
+                f"| {r['accuracy']:.3f} | {r['mean_confidence']:.3f} | {r['mean_entropy']:.3f} "
+                f"| {r['referral_rate']:.1%} |"
                 for r in trust.per_class.to_dict("records")
             ),
         ]
@@ -152,7 +157,7 @@ def _plot_risk(trust: TrustReport, ax) -> None:
     ax.set(
         xlabel="share of scans decided by the model",
         ylabel="error rate among them",
-        title=f"Risk–coverage (AURC {_fmt(trust.metrics['aurc'])})",
+        title=f"Risk–coverage (AURC {format_metric(trust.metrics['aurc'])})",
         xlim=(0, 1),
     )
     ax.legend(fontsize="small")
@@ -173,7 +178,7 @@ def _plot_roc(ev: Evaluation, ax) -> None:
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC", xlim=(0, 1), ylim=(0, 1))
     roc = ev.curves.get("roc") or {}
     if ev.task == "binary" and roc:
-        ax.plot(roc["fpr"], roc["tpr"], label=f"AUROC {_fmt(ev.metrics['auroc'])}")
+        ax.plot(roc["fpr"], roc["tpr"], label=f"AUROC {format_metric(ev.metrics['auroc'])}")
         op = ev.curves["operating_point"]
         ax.plot(op["fpr"], op["tpr"], "o", label=f"threshold {op['threshold']:.3f}")
     elif ev.task != "binary":
@@ -191,7 +196,7 @@ def _plot_pr(ev: Evaluation, ax) -> None:
     if pr is None:
         ax.text(0.5, 0.5, "undefined: no positives", ha="center")
         return
-    ax.plot(pr["recall"], pr["precision"], label=f"AUPRC {_fmt(ev.metrics['auprc'])}")
+    ax.plot(pr["recall"], pr["precision"], label=f"AUPRC {format_metric(ev.metrics['auprc'])}")
     ax.axhline(ev.curves["prevalence"], ls=":", color="grey", label="prevalence")
     ax.legend(loc="lower left", fontsize="small")
 
@@ -211,7 +216,7 @@ def _plot_scatter(ev: Evaluation, ax) -> None:
     ax.scatter(y, p, s=8, alpha=0.5)
     lo, hi = min(y.min(), p.min()), max(y.max(), p.max())
     ax.plot([lo, hi], [lo, hi], ls=":", color="grey")
-    ax.set(xlabel="true", ylabel="predicted", title=f"MAE {_fmt(ev.metrics['mae'])}")
+    ax.set(xlabel="true", ylabel="predicted", title=f"MAE {format_metric(ev.metrics['mae'])}")
 
 
 _PLOTS = {

@@ -29,7 +29,8 @@ class TrustReport:
     Attributes:
         metrics: ece, ece_uncalibrated, nll, nll_uncalibrated, brier, conformal_coverage,
             conformal_mean_set_size, aurc, referral_rate, accuracy_not_referred, ood_rate.
-        per_class: class, n, coverage, mean_set_size (conformal sets).
+        per_class: per true class: n, coverage and mean_set_size (conformal sets),
+            accuracy, mean_confidence (max probability), mean_entropy, referral_rate.
         curves: ``risk_coverage`` {score name: (coverage, risk)}; ``reliability``
             {"uncalibrated" | "calibrated": (N, K) probs} and ``targets`` (N,).
         sentence: "Referring X % of scans, the automated decisions reach Y % accuracy ...".
@@ -88,15 +89,7 @@ def trust_report(
     cis, _ = _bootstrap(codes, kernel, lambda w: {}, n_boot, seed)
     metrics = {k: MetricCI(float(v), *cis.get(k, (np.nan, np.nan))) for k, v in point.items()}
     per_class = pd.DataFrame(
-        [
-            {
-                "class": name,
-                "n": int((y == k).sum()),
-                "coverage": float(covered[y == k].mean()) if (y == k).any() else np.nan,
-                "mean_set_size": float(set_size[y == k].mean()) if (y == k).any() else np.nan,
-            }
-            for k, name in enumerate(classes)
-        ]
+        [_class_row(name, y == k, covered, set_size, correct, a) for k, name in enumerate(classes)]
     )
     curves = {
         "risk_coverage": {
@@ -108,6 +101,25 @@ def trust_report(
     }
     sentence = _sentence(metrics, float(correct.mean()))
     return TrustReport(metrics, per_class, curves, sentence, coverage_target)
+
+
+def _class_row(name, member, covered, set_size, correct, a: Assessment) -> dict:
+    """Per true class: conformal coverage and set size, accuracy, and how uncertain the
+    model was (mean max probability and entropy) and how often it referred."""
+
+    def mean(values) -> float:
+        return float(np.mean(values[member])) if member.any() else np.nan
+
+    return {
+        "class": name,
+        "n": int(member.sum()),
+        "coverage": mean(covered),
+        "mean_set_size": mean(set_size),
+        "accuracy": mean(correct),
+        "mean_confidence": mean(a.scores["max_prob"]),
+        "mean_entropy": mean(a.scores["entropy"]),
+        "referral_rate": mean(a.refer),
+    }
 
 
 def _sentence(m: dict[str, MetricCI], overall_accuracy: float) -> str:

@@ -52,6 +52,8 @@ class PredictOptions:
             second core).
         batch_size: scans per forward pass.
         chunk_size: prediction rows per crash-safe chunk on disk.
+        flag_below: regression only: refer every scan predicted below this value (a QA
+            gate, e.g. SSIM 0.9); None: the bundle's own ``flag_below``, if any.
     """
 
     ensemble: list[Path] = field(default_factory=list)
@@ -61,10 +63,14 @@ class PredictOptions:
     workers: int | None = None
     batch_size: int = 32
     chunk_size: int = 256
+    flag_below: float | None = None
 
     def contract(self) -> dict[str, Any]:
         """The options that change a prediction (a resumed run must repeat them)."""
-        return {"mc_samples": self.mc_samples, "tta": self.tta, "explain": self.explain}
+        contract = {"mc_samples": self.mc_samples, "tta": self.tta, "explain": self.explain}
+        if self.flag_below is not None:  # runs from before the QA gate existed stay resumable
+            contract["flag_below"] = self.flag_below
+        return contract
 
 
 @dataclass
@@ -203,6 +209,11 @@ class _Predictor:
         self.members, self.options, self.out = members, options, out
         first = members[0]
         self.info, self.trust = first.info, first.trust
+        self.flag_below = options.flag_below
+        if self.flag_below is None:
+            self.flag_below = first.manifest["training"].get("flag_below")
+        if self.flag_below is not None and self.info.task != "regression":
+            raise ConfigError(f"--flag-below applies to regression bundles; {first.path} is not")
         self.views = tta_views(first.spec) if options.tta else None
         native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
         trained = json.loads((first.path / "config.json").read_text()).get("precision")
@@ -250,6 +261,13 @@ class _Predictor:
             )
             for row, value in zip(rows, values, strict=True):
                 row["prediction"] = float(value)
+                if self.flag_below is not None:
+                    row["refer"] = bool(value < self.flag_below)
+                    row["refer_reason"] = (
+                        f"predicted {value:.3f} below the QA threshold {self.flag_below:g}"
+                        if row["refer"]
+                        else ""
+                    )
             shown = np.zeros(len(rows), int)
         else:
             assessment = self._assess(outputs, features)
