@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from medres.pipeline.results import machine
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("MEDRES_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
@@ -99,23 +100,6 @@ def run_one(name: str, seed: int, work: Path, extra: list[str]) -> dict:
     }
     result_file.write_text(json.dumps(result, indent=2))
     return result
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
-    )
 
 
 def write_markdown(results: list[dict], out: Path, command: str) -> None:

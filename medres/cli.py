@@ -181,6 +181,112 @@ def datasets_medmnist(
         console.print(f"[yellow]warning:[/] {escape(str(w))}")
 
 
+@datasets_app.command("slices")
+def datasets_slices(
+    folder: Annotated[
+        Path, typer.Argument(help="Folder of 3D volumes with labels.csv (path, label, ...).")
+    ],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder of 2D slices to write.")],
+    axis: Annotated[int, typer.Option(help="Voxel axis to cut along (2: axial in RAS).")] = 2,
+    min_fraction: Annotated[
+        float, typer.Option(help="Keep slices where this share of voxels is above the minimum.")
+    ] = 0.01,
+    per_volume: Annotated[
+        int | None, typer.Option(min=1, help="At most N evenly spaced slices per volume.")
+    ] = None,
+) -> None:
+    """Cut 3D volumes into 2D PNG slices that carry their volume's label, split and
+    patient (a volume without a patient id stands for its own patient), for slice-level
+    classifiers such as the PET/CT slice-triage study's.
+
+    Writes OUT/*.png, OUT/labels.csv (path, label, split, patient_id, volume,
+    slice_index) and OUT/SOURCE.md (counts, skipped volumes).
+
+    Example:
+
+        medres datasets medmnist adrenalmnist3d_64.npz -o adrenal
+        medres datasets slices adrenal -o adrenal_slices --per-volume 8
+    """
+    from medres.datasets.slices import export_slices
+
+    with user_errors():
+        s = export_slices(folder, out, axis=axis, min_fraction=min_fraction, per_volume=per_volume)
+    low, median, high = s.slice_stats
+    Console().print(
+        f"wrote {s.n_slices} slices of {s.n_volumes} volumes to {s.out_dir} in {s.seconds:.1f} s "
+        f"(per volume: {low}-{high}, median {median:g}; per split: {s.counts})"
+    )
+    if s.skipped or s.failed:
+        console.print(
+            f"[yellow]warning:[/] {len(s.skipped)} volume(s) had no slice above "
+            f"--min-fraction and {len(s.failed)} could not be read; see {s.out_dir}/SOURCE.md"
+        )
+
+
+@datasets_app.command("motion")
+def datasets_motion(
+    volumes: Annotated[
+        list[Path], typer.Argument(help="MR volumes: NIfTI files or DICOM series folders.")
+    ],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder of corrupted slices.")],
+    test: Annotated[
+        list[Path] | None,
+        typer.Option(help="A volume whose slices form the test set (repeatable)."),
+    ] = None,
+    per_slice: Annotated[
+        int, typer.Option(min=1, help="Versions of each slice (one motion-free).")
+    ] = 8,
+    size: Annotated[str, typer.Option(help="Slice size X,Y in pixels.")] = "96,96",
+    min_foreground: Annotated[
+        float, typer.Option(help="Keep slices whose head covers at least this share.")
+    ] = 0.15,
+    slab: Annotated[
+        int, typer.Option(min=1, help="Neighbouring slices kept on one side of a split.")
+    ] = 16,
+    seed: Annotated[int, typer.Option(help="The same seed gives the same images.")] = 0,
+) -> None:
+    """Simulate patient motion in k-space on real MR slices and label each with its SSIM
+    against the motion-free slice (the SSIM-regression study's training data).
+
+    VOLUMES are sliced along all three axes and shared between train and val by slabs;
+    --test volumes are sliced in-plane where they are thin and form the test split.
+    Writes OUT/<volume>/*.png, OUT/labels.csv (path, label = SSIM, patient_id, split,
+    source, axis, slice_index, severity) and OUT/SOURCE.md.
+
+    Example:
+
+        medres datasets motion mni152_t1.nii.gz --test subject2.nii.gz -o motion
+    """
+    from medres.datasets.motion import MotionSource, export_motion
+
+    with user_errors():
+        try:
+            shape = tuple(int(v) for v in size.split(","))
+        except ValueError:
+            shape = ()
+        if len(shape) != 2:
+            from medres.errors import ConfigError
+
+            raise ConfigError(f"--size expects X,Y such as 96,96; got {size!r}")
+        sources = [MotionSource(v) for v in volumes] + [MotionSource(v, "test") for v in test or []]
+        s = export_motion(
+            sources,
+            out,
+            per_slice=per_slice,
+            size=shape,
+            min_foreground=min_foreground,
+            slab=slab,
+            seed=seed,
+        )
+    Console().print(
+        f"wrote {s.n_images} images ({s.n_slices} slices x {per_slice}) to {s.out_dir} in "
+        f"{s.seconds:.1f} s; per split {s.counts}; SSIM {s.ssim_min:.3f} / "
+        f"{s.ssim_median:.3f} / {s.ssim_max:.3f} (min / median / max)"
+    )
+    for w in s.warnings:
+        console.print(f"[yellow]warning:[/] {escape(str(w))}")
+
+
 def _print_split_warnings(caught) -> None:
     """Print each distinct SplitWarning caught during a split or audit, in bold red."""
     from medres.split import SplitWarning
@@ -202,6 +308,17 @@ def split_command(
     holdout_site: Annotated[
         str | None, typer.Option(help="Make every scan of this site the test set.")
     ] = None,
+    keep_test_column: Annotated[
+        str | None,
+        typer.Option(help="Keep the test set in this column; draw train/val from the rest."),
+    ] = None,
+    unit: Annotated[
+        str,
+        typer.Option(
+            help="patient, or scan: draw train/val scan by scan (leaky on purpose; needs "
+            "--keep-test-column)."
+        ),
+    ] = "patient",
     seed: Annotated[int, typer.Option(help="The same seed gives the same split.")] = 0,
     out: Annotated[
         Path | None,
@@ -212,11 +329,16 @@ def split_command(
 
     Each patient's scans go to one split; label shares stay close to the cohort's.
     Scans without a patient id are split one by one, with a loud warning.
-    The result is audited, then written atomically.
+    --keep-test-column keeps a given (e.g. official, patient-level) test set and redraws
+    train / val; with --unit scan they are drawn slice by slice, so one patient sits in
+    both and validation figures are optimistic: the slice-level split of the PET/CT
+    study, for measuring how much it flatters a model. The result is audited, then
+    written atomically.
 
     Example:
 
         medres split cohort.parquet --fractions 0.8,0.1,0.1 --seed 1
+        medres split slices.parquet --keep-test-column split --unit scan -o leaky.parquet
     """
     import warnings
 
@@ -237,6 +359,8 @@ def split_command(
             seed=seed,
             keep_column=keep_column,
             holdout_site=holdout_site,
+            keep_test_column=keep_test_column,
+            unit=unit,
         )
         report = audit_cohort(result)
         path = result.save(out or cohort)
@@ -450,6 +574,10 @@ def predict_command(
     chunk_size: Annotated[
         int, typer.Option(help="Rows per crash-safe chunk (an interruption loses at most one).")
     ] = 256,
+    flag_below: Annotated[
+        float | None,
+        typer.Option(help="Regression QA gate: refer scans predicted below this value."),
+    ] = None,
 ) -> None:
     """Predict every scan under FOLDER with the bundle's own preprocessing, calibration,
     conformal sets, OOD model and referral rule.
@@ -460,11 +588,13 @@ def predict_command(
     OUT/run.json (counts, timings, scans/s). Rows are saved in crash-safe chunks: run
     the same command again after an interruption and it completes the rest, skipping
     scans already predicted. Files that are not scans (text, JSON, DICOMDIR) are skipped
-    and counted.
+    and counted. A regression bundle (e.g. predicted SSIM) refers the scans predicted
+    below --flag-below (default: the bundle's own flag_below, if it was trained with one).
 
     Example:
 
         medres predict bundles/pneumonia /data/tonight -o predictions/tonight --explain
+        medres predict bundles/mr_motion /data/mr -o qa/tonight --flag-below 0.9
     """
     from rich.progress import (
         BarColumn,
@@ -485,6 +615,7 @@ def predict_command(
         workers=workers,
         batch_size=batch_size,
         chunk_size=chunk_size,
+        flag_below=flag_below,
     )
     columns = (
         TextColumn("{task.description}"),
@@ -992,3 +1123,52 @@ def drift_command(
     for line in report.findings:
         Console().print(f"- {escape(line)}", soft_wrap=True)
     console.print(f"report: {path}  (numbers: {path.parent / 'drift.json'})")
+
+
+@app.command("run")
+def run_command(
+    pipeline: Annotated[
+        Path, typer.Argument(help="Pipeline folder with config.toml, e.g. pipelines/NAME.")
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="The pipeline's data: its file, or the folder holding it."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("-o", "--out", help="Run folder (default runs/NAME).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run in OUT, skipping finished steps.")
+    ] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a [train] key of every run: --set epochs=5."),
+    ] = None,
+) -> None:
+    """Run a domain pipeline end to end: prepare the data, ingest, split, train (with
+    calibration, conformal sets and OOD fitted on validation), evaluate on the test
+    split, and predict the test scans as `medres predict` would.
+
+    Writes OUT/results.md (the pipeline's results table, with the machine it ran on)
+    and OUT/results.json; each step's own output sits beside them (cohort, bundle,
+    report, predictions). --resume skips the steps already done.
+
+    Example:
+
+        medres run pipelines/chest_xray_pneumonia --data ../data/pneumoniamnist.npz
+        medres run pipelines/slice_triage --data ../data/medmnist -o runs/slices --resume
+    """
+    from medres.pipeline import load_pipeline, run_pipeline
+
+    with user_errors():
+        config, _ = load_pipeline(pipeline)
+        target = out or Path("runs") / config.name
+        run = run_pipeline(
+            pipeline,
+            data,
+            target,
+            resume=resume,
+            overrides=set_ or [],
+            log=lambda line: console.print(escape(line)),
+        )
+    console.print(f"results: {run.results_md} (whole run {sum(run.seconds.values()) / 60:.1f} min)")

@@ -21,6 +21,7 @@ from medres.bundle import Bundle, load_bundle, save_bundle, update_bundle
 from medres.cohort import Cohort, read_row
 from medres.errors import ConfigError, ScanError
 from medres.evaluate import Evaluation, choose_threshold, evaluate, write_report
+from medres.evaluate.report import format_metric
 from medres.evaluate.trust import trust_report
 from medres.files import write_text
 from medres.frozen import freeze
@@ -70,7 +71,13 @@ def train_bundle(
     )
     info = result.info
     trust, evaluations, threshold = _fit_trust_and_evaluate(
-        result.model, info, result.spec, cohort, config.trust, config.referable_from
+        result.model,
+        info,
+        result.spec,
+        cohort,
+        config.trust,
+        config.referable_from,
+        config.flag_below,
     )
     counts = _counts(cohort, result.info.task)
     card_facts = {
@@ -83,6 +90,7 @@ def train_bundle(
         "counts": counts,
         "patients_known": bool(cohort.ok["patient_id"].notna().any()),
         "split_by": cohort.meta.get("split_by"),
+        "split_unit": cohort.meta.get("split_unit"),
         "trust": trust,
     }
     bundle_json = save_bundle(
@@ -101,6 +109,7 @@ def train_bundle(
             "seconds": round(result.seconds, 1),
             "seed": config.seed,
             "referable_from": config.referable_from,
+            "flag_below": config.flag_below,
         },
         cohort={
             "path": str(Path(cohort_path).resolve()),
@@ -184,14 +193,16 @@ def _recalibrated_card(card: str, cohort_path, trust: Trust, evaluations) -> str
     for split, ev in evaluations.items():
         m = ev.metrics
         lines.append(
-            f"| {split} | {_ci(m['ece'])} ({_ci(m['ece_uncalibrated'])}) | "
-            f"{_ci(m['conformal_coverage'])} | {_ci(m['referral_rate'])} | "
-            f"{_ci(m['accuracy_not_referred'])} |"
+            f"| {split} | {format_metric(m['ece'])} ({format_metric(m['ece_uncalibrated'])}) | "
+            f"{format_metric(m['conformal_coverage'])} | {format_metric(m['referral_rate'])} | "
+            f"{format_metric(m['accuracy_not_referred'])} |"
         )
     return card.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
 
 
-def _fit_trust_and_evaluate(model, info, spec, cohort, trust_config, referable_from):
+def _fit_trust_and_evaluate(
+    model, info, spec, cohort, trust_config, referable_from, flag_below=None
+):
     """Trust layer (classifiers) fitted on validation, the binary operating point chosen
     on the calibrated validation probabilities, and val/test evaluations."""
     rows = {split: cohort.labelled(split) for split in ("val", "test")}
@@ -217,7 +228,7 @@ def _fit_trust_and_evaluate(model, info, spec, cohort, trust_config, referable_f
         threshold = choose_threshold(scored["val"].targets, assessed["val"][0][:, 1])
     referable = info.referable_index(referable_from)
     evaluations = {
-        split: _evaluate(info, s, assessed[split], threshold, referable)
+        split: _evaluate(info, s, assessed[split], threshold, referable, flag_below)
         for split, s in scored.items()
     }
     return trust, evaluations, threshold
@@ -243,7 +254,8 @@ def evaluate_bundle(
         raise ConfigError(f"none of the {len(rows)} '{split}' scans could be read; see the errors")
     referable = bundle.info.referable_index(bundle.manifest["training"].get("referable_from"))
     assessed = _assess(bundle.info, scored, bundle.trust)
-    evaluation = _evaluate(bundle.info, scored, assessed, bundle.threshold, referable)
+    flag_below = bundle.manifest["training"].get("flag_below")
+    evaluation = _evaluate(bundle.info, scored, assessed, bundle.threshold, referable, flag_below)
     extra = {
         "bundle_id": bundle.id,
         "split": split,
@@ -383,7 +395,7 @@ def model_card(facts: dict[str, Any], evaluations: dict[str, Evaluation]) -> str
         ]
         for name, m in ev.metrics.items():
             p = ev.patient_metrics.get(name)
-            lines.append(f"| {name} | {_ci(m)} | {_ci(p) if p else 'n/a'} |")
+            lines.append(f"| {name} | {format_metric(m)} | {format_metric(p) if p else 'n/a'} |")
         lines.append("")
     lines += ["## Limitations", "", *(f"- {x}" for x in _limitations(facts, evaluations)), ""]
     return "\n".join(lines)
@@ -391,7 +403,13 @@ def model_card(facts: dict[str, Any], evaluations: dict[str, Evaluation]) -> str
 
 def _limitations(facts, evaluations) -> list[str]:
     notes = []
-    if not facts["patients_known"] or facts["split_by"] == "scan":
+    if facts.get("split_unit") == "scan":
+        notes.append(
+            "Train and validation were split scan by scan on purpose (the test set is "
+            "patient-level): one patient's scans sit on both sides, so the validation "
+            "figures, and the epoch and calibration chosen on them, are optimistic."
+        )
+    elif not facts["patients_known"] or facts["split_by"] == "scan":
         notes.append(
             "The cohort has no patient ids: splits are by scan, so one patient's "
             "scans may sit in training and test, and the metrics may be optimistic."
@@ -421,13 +439,6 @@ def _limitations(facts, evaluations) -> list[str]:
                 "so every scan is referred for review."
             )
     return notes
-
-
-def _ci(m) -> str:
-    if m.value != m.value:
-        return "n/a"
-    ci = "" if m.ci_low != m.ci_low else f" ({m.ci_low:.3f}–{m.ci_high:.3f})"
-    return f"{m.value:.3f}{ci}"
 
 
 def _counts(cohort: Cohort, task: str) -> dict[str, Any]:
@@ -473,7 +484,9 @@ def _assess(info: TaskInfo, scored: Scored, trust: Trust | None):
     return assessment.probs, report
 
 
-def _evaluate(info: TaskInfo, scored: Scored, assessed, threshold, referable_index) -> Evaluation:
+def _evaluate(
+    info: TaskInfo, scored: Scored, assessed, threshold, referable_index, flag_below=None
+) -> Evaluation:
     scores, trust = assessed
     evaluation = evaluate(
         scored.targets,
@@ -484,6 +497,8 @@ def _evaluate(info: TaskInfo, scored: Scored, assessed, threshold, referable_ind
         sites=scored.rows["site"].to_numpy(),
         threshold=threshold,
         referable_from=referable_index,
+        value_range=info.value_range if info.task == "regression" else None,
+        flag_below=flag_below,
     )
     if trust is not None:
         evaluation.metrics.update(trust.metrics)
