@@ -116,6 +116,7 @@ def test_ordinal_uses_the_median_grade_and_quadratic_kappa():
     )
     assert got["kappa"] == pytest.approx(skm.cohen_kappa_score(y, median))
     assert got["mae"] == pytest.approx(skm.mean_absolute_error(y, median))
+    assert got["accuracy_argmax"] == pytest.approx(3 / 6)
     assert got["referable_auroc"] == pytest.approx(
         skm.roc_auc_score(y >= 2, probs[:, 2:].sum(axis=1))
     )

@@ -185,7 +185,8 @@ def evaluate(
       balanced_accuracy, f1 (macro), kappa (Cohen, unweighted) of the argmax class.
     - ordinal: the same plus kappa_quadratic and mae (in grades), all of the *median*
       grade (smallest k with cumulative probability >= 0.5, which minimises the expected
-      absolute grade error) instead of the argmax; referable_auroc if asked.
+      absolute grade error) instead of the argmax; accuracy_argmax (what MedMNIST
+      reports); referable_auroc if asked.
     - regression: mae, rmse, r2, pearson, spearman; residual_mean and residual_sd of
       prediction − truth; bin_accuracy_3 / _5 / _10, the share of scans whose predicted
       value falls in the same equal-width bin of ``value_range`` as the truth (values
@@ -420,6 +421,7 @@ def _class_point(task, y, probs, referable_from) -> dict[str, float]:
     if task == "ordinal":
         m["kappa_quadratic"] = skm.cohen_kappa_score(y, pred, labels=range(k), weights="quadratic")
         m["mae"] = skm.mean_absolute_error(y, pred)
+        m["accuracy_argmax"] = skm.accuracy_score(y, probs.argmax(axis=1))
         if referable_from is not None:
             ref = (y >= referable_from).astype(int)
             score = probs[:, referable_from:].sum(axis=1)
@@ -524,7 +526,7 @@ def _kernel(
     if task == "regression":
         return lambda w: _regression_kernel(y, s, w) | _binned(y, s, w, value_range, flag_below)
     k = s.shape[1]
-    pred = predicted_class(task, s)
+    pred, argmax = predicted_class(task, s), s.argmax(axis=1)
     ranked = [_Ranked.of(y == c, s[:, c]) for c in range(k)]
     ref = None
     if task == "ordinal" and referable_from is not None:
@@ -545,6 +547,7 @@ def _kernel(
         if task == "ordinal":
             m["kappa_quadratic"] = _kappa(c, quadratic=True)
             m["mae"] = np.dot(w, np.abs(pred - y)) / w.sum()
+            m["accuracy_argmax"] = np.dot(w, argmax == y) / w.sum()
             if ref is not None:
                 m["referable_auroc"] = ref.auc_ap(w)[0]
         return m
