@@ -71,7 +71,8 @@ def _heatmaps(predictions: Path, n: int = 4) -> list[str]:
     table = pd.read_parquet(predictions / "predictions.parquet")
     if "heatmap" not in table:
         return []
-    return [str(predictions / p) for p in table["heatmap"].dropna().head(n)]
+    run = predictions.parents[1]  # paths relative to the run folder, like results.md
+    return [str((predictions / p).relative_to(run)) for p in table["heatmap"].dropna().head(n)]
 
 
 def as_metric(m: dict | None) -> MetricCI | None:
