@@ -392,9 +392,7 @@ def _site_split(rows: pd.DataFrame, site: str, fractions: Sequence[float], seed:
     held = (rows["site"].notna() & (rows["site"].astype(str) == site)).to_numpy()
     if held.all():
         raise ConfigError(f"every readable scan is from site {site!r}; nothing is left to train on")
-    patients = _patient_ids(rows)
-    known = patients.notna().to_numpy()
-    both = sorted(set(patients[held & known]) & set(patients[~held & known]))
+    both = _patients_on_both_sides(rows, held)
     if both:
         raise LeakageError(
             f"{len(both)} patient(s) have scans at the held-out site {site!r} and at "
@@ -430,9 +428,7 @@ def _kept_test_split(
             f"column {column!r} marks every readable scan as test; nothing is left to "
             "draw train and val from"
         )
-    patients = _patient_ids(rows)
-    known = patients.notna().to_numpy()
-    both = sorted(set(patients[test & known]) & set(patients[~test & known]))
+    both = _patients_on_both_sides(rows, test)
     if both:
         raise LeakageError(
             f"{len(both)} patient(s) have scans in the kept test set of column {column!r} "
@@ -452,6 +448,13 @@ def _kept_test_split(
     else:
         names[~test] = _fold_split(_label_codes(pool), _groups(pool), (train, val, 0.0), seed)
     return names
+
+
+def _patients_on_both_sides(rows: pd.DataFrame, side: np.ndarray) -> list[str]:
+    """Sorted known patient ids with scans both where ``side`` (N,) bool is True and False."""
+    patients = _patient_ids(rows)
+    known = patients.notna().to_numpy()
+    return sorted(set(patients[side & known]) & set(patients[~side & known]))
 
 
 def _scan_split(rows: pd.DataFrame, val: float, seed: int) -> np.ndarray:
