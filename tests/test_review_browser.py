@@ -122,6 +122,23 @@ def _slider(page, label: str):
     return page.locator('[data-testid="stSlider"]').filter(has_text=label).get_by_role("slider")
 
 
+def _choose(page, combobox: str, option: str, attempts: int = 5) -> None:
+    """Open a Streamlit selectbox and pick `option`, retrying when a rerun re-rendered it."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    box = page.get_by_role("combobox", name=combobox)
+    choice = page.get_by_role("option", name=option, exact=True)
+    for _ in range(attempts):
+        box.focus()
+        box.press("ArrowDown")  # opens the list of classes
+        try:
+            choice.wait_for(state="visible", timeout=5_000)
+            break
+        except PlaywrightTimeout:  # the slider's rerun replaced the box while it opened
+            page.keyboard.press("Escape")
+    choice.click()
+
+
 def test_a_reviewer_signs_in_scrolls_a_case_and_records_a_disagreement(served, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -162,10 +179,7 @@ def test_a_reviewer_signs_in_scrolls_a_case_and_records_a_disagreement(served, t
                 expect(preset).to_have_value("manual")
 
             page.get_by_text("Disagree", exact=True).click()
-            label = page.get_by_role("combobox", name="Corrected label (when you disagree)")
-            label.focus()
-            label.press("ArrowDown")  # opens the list of classes
-            page.get_by_role("option", name=other, exact=True).click()
+            _choose(page, "Corrected label (when you disagree)", other)
             page.get_by_label("Notes").fill("seen in the browser test")
             page.get_by_role("button", name="Save decision").click()
             expect(page.get_by_text(f"Saved: disagree → {other} by dr_lee.")).to_be_visible()
