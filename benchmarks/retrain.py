@@ -29,7 +29,10 @@ under --work) are not repeated.
 
 Usage::
 
-    python benchmarks/retrain.py [--work /tmp/medres-bench-retrain]
+    python benchmarks/retrain.py [--work /tmp/medres-bench-retrain] [--seeds 0 1 2]
+
+Every challenger is trained once per seed (``--seed``; the champion is seed 0) and the
+site-shift figures are given per seed and as their mean.
 """
 
 from __future__ import annotations
@@ -215,6 +218,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/medres-bench-retrain"))
     parser.add_argument("--out", type=Path, default=HERE / "results" / "retrain.md")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -236,20 +240,34 @@ def main() -> None:
         "v2_noisy": [],
         "v2_reviewed": ["--reviews", reviews],
     }
-    for name, extra in challengers.items():
-        bundle = work / name / "bundle.json"
-        timed(bundle, "retrain", work / "v1", "--cohort", b, *extra, "-o", work / name)
-    for name, label in (("v1", "champion"), *((n, LABELS[n]) for n in challengers)):
-        training = json.loads((work / name / "bundle.json").read_text())["training"]
-        minutes[f"{label} ({training['epochs_run']} epochs)"] = training["seconds"] / 60
-    reports = {}
-    for name in challengers:
-        out = work / f"compare_{name}"
-        timed(out / "compare.json", "compare", work / "v1", work / name, "--cohort", b, "-o", out)
-        reports[name] = json.loads((out / "compare.json").read_text())
+    reports = {}  # (name, seed) -> compare.json
+    training = {"champion": json.loads((work / "v1" / "bundle.json").read_text())["training"]}
+    for seed in args.seeds:
+        for name, extra in challengers.items():
+            run = run_name(name, seed)
+            bundle = work / run / "bundle.json"
+            retrain = ("retrain", work / "v1", "--cohort", b, *extra, "--seed", seed)
+            timed(bundle, *retrain, "-o", work / run)
+            training[f"{LABELS[name]}, seed {seed}"] = json.loads(bundle.read_text())["training"]
+            out = work / f"compare_{run}"
+            compare = ("compare", work / "v1", work / run, "--cohort", b, "-o", out)
+            timed(out / "compare.json", *compare)
+            reports[name, seed] = json.loads((out / "compare.json").read_text())
+    for label, fit in training.items():
+        minutes[f"{label} ({fit['epochs_run']} epochs)"] = fit["seconds"] / 60
     leak = leakage_check(work)
     write_markdown(args.out, facts, minutes, lift, reviews, reports, leak, work)
     print(args.out.read_text())
+
+
+def run_name(name: str, seed: int) -> str:
+    """Seed 0 keeps the plain name (the first benchmark runs had one seed)."""
+    return name if seed == 0 else f"{name}_s{seed}"
+
+
+def auroc(report: dict, role: str) -> dict:
+    """AUC figures of one test set ("old": site A, "new": site B) of a compare.json."""
+    return next(t for t in report["test_sets"] if t["role"] == role)["metrics"]["auroc"]
 
 
 def write_markdown(out, facts, minutes, lift, reviews, reports, leak, work) -> None:
@@ -266,11 +284,16 @@ def write_markdown(out, facts, minutes, lift, reviews, reports, leak, work) -> N
     ]
     corrected = len(changed)
     corrected_flips = changed["path"].map(lambda p: str(Path(p).resolve())).isin(flipped).sum()
-    main = reports["v2_reviewed"]
-    old, new = (next(t for t in main["test_sets"] if t["role"] == r) for r in ("old", "new"))
-    a_auc, b_auc = old["metrics"]["auroc"], new["metrics"]["auroc"]
-    drop = a_auc["champion"] - b_auc["champion"]
-    recovered = b_auc["challenger"] - b_auc["champion"]
+    seeds = sorted({seed for _, seed in reports})
+    a_auc, b_auc = auroc(reports["v2_reviewed", 0], "old"), auroc(reports["v2_reviewed", 0], "new")
+    drop = a_auc["champion"] - b_auc["champion"]  # the champion's: the same for every seed
+
+    def across_seeds(name: str, role: str, key: str = "difference") -> str:
+        values = np.array([auroc(reports[name, s], role)[key] for s in seeds])
+        return f"{values.mean():+.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}"
+
+    recovered = np.array([auroc(reports["v2_reviewed", s], "new")["difference"] for s in seeds])
+    forgotten = np.array([auroc(reports["v2_reviewed", s], "old")["difference"] for s in seeds])
     lines = [
         "# Retraining on a new site: champion vs challenger",
         "",
@@ -292,16 +315,21 @@ def write_markdown(out, facts, minutes, lift, reviews, reports, leak, work) -> N
         "",
         "## Site shift (test portions; paired bootstrap over patients, 1000 replicates)",
         "",
-        "| challenger | test set | champion AUC | challenger AUC | Δ AUC (95 % CI) "
+        f"Each challenger trained with seeds {', '.join(map(str, seeds))}; "
+        "the champion is one model (seed 0).",
+        "",
+        "| challenger | seed | test set | champion AUC | challenger AUC | Δ AUC (95 % CI) "
         "| champion ACC | challenger ACC | Δ ECE |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, label in LABELS.items():
-        for t in reports[name]["test_sets"]:
+    order = [(name, seed) for name in LABELS for seed in seeds]
+    for name, seed in order:
+        report = reports[name, seed]
+        for t in report["test_sets"]:
             m = t["metrics"]
             site = "site A (old)" if t["role"] == "old" else "site B (new)"
             lines.append(
-                f"| {label} | {site} | {m['auroc']['champion']:.3f} | "
+                f"| {LABELS[name]} | {seed} | {site} | {m['auroc']['champion']:.3f} | "
                 f"{m['auroc']['challenger']:.3f} | {m['auroc']['difference']:+.3f} "
                 f"({m['auroc']['ci_low']:+.3f} to {m['auroc']['ci_high']:+.3f}) | "
                 f"{m['accuracy']['champion']:.3f} | {m['accuracy']['challenger']:.3f} | "
@@ -309,14 +337,31 @@ def write_markdown(out, facts, minutes, lift, reviews, reports, leak, work) -> N
             )
     lines += [
         "",
+        "Mean ± sd over seeds of the challenger's Δ AUC:",
+        "",
+        "| challenger | Δ AUC site A (old) | Δ AUC site B (new) | share of the drop recovered |",
+        "|---|---|---|---|",
+        *[
+            f"| {label} | {across_seeds(name, 'old')} | {across_seeds(name, 'new')} | "
+            + ", ".join(f"{auroc(reports[name, s], 'new')['difference'] / drop:.1%}" for s in seeds)
+            + " |"
+            for name, label in LABELS.items()
+        ],
+        "",
         f"- The champion's AUC drops by {drop:.3f} from site A to site B; the challenger "
-        f"(reviewed labels) recovers {recovered:+.3f} on site B "
-        f"({recovered / drop:.1%} of the drop) and changes site A's AUC by "
-        f"{a_auc['difference']:+.3f}.",
-        "- Verdicts: "
-        + ", ".join(f"{LABELS[n]} **{r['verdict']}**" for n, r in reports.items())
-        + ". Reviewed labels: "
-        + " ".join(main["reasons"]),
+        f"(reviewed labels) recovers {recovered.mean():+.3f} on site B on average over "
+        f"{len(seeds)} seeds (**{recovered.mean() / drop:.1%} of the drop**; per seed "
+        + ", ".join(f"{r / drop:.1%}" for r in recovered)
+        + f") and changes site A's AUC by {forgotten.mean():+.3f} on average (per seed "
+        + ", ".join(f"{f:+.3f}" for f in forgotten)
+        + ").",
+        "- Verdicts (`medres compare`, margin 0.01): "
+        + "; ".join(
+            f"{LABELS[n]}: " + ", ".join(f"seed {s} **{reports[n, s]['verdict']}**" for s in seeds)
+            for n in LABELS
+        )
+        + ". Reviewed labels, seed 0: "
+        + " ".join(reports["v2_reviewed", 0]["reasons"]),
         "",
         "## Reviewed labels and label issues",
         "",
@@ -330,14 +375,21 @@ def write_markdown(out, facts, minutes, lift, reviews, reports, leak, work) -> N
         f"{corrected} labels changed from the given one, {corrected_flips} of them truly "
         f"flipped ones (of {len(flipped)} flipped); the other flipped labels stay flipped.",
         "",
+        "Mean ± sd over seeds:",
+        "",
         "| challenger | site B AUC | site B ACC | site A AUC |",
         "|---|---|---|---|",
     ]
     for name, label in LABELS.items():
-        t = {x["role"]: x["metrics"] for x in reports[name]["test_sets"]}
+        tables = [{x["role"]: x["metrics"] for x in reports[name, s]["test_sets"]} for s in seeds]
+
+        def spread(role: str, metric: str, tables=tables) -> str:
+            values = np.array([t[role][metric]["challenger"] for t in tables])
+            return f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}"
+
         lines.append(
-            f"| {label} | {t['new']['auroc']['challenger']:.3f} | "
-            f"{t['new']['accuracy']['challenger']:.3f} | {t['old']['auroc']['challenger']:.3f} |"
+            f"| {label} | {spread('new', 'auroc')} | {spread('new', 'accuracy')} | "
+            f"{spread('old', 'auroc')} |"
         )
     lines += [
         "",

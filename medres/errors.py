@@ -59,3 +59,11 @@ class BundleError(MedresError):
 class ReviewError(MedresError):
     """A review-store request is invalid: unknown case, a label outside the run's
     classes, a folder that is not a ``medres predict`` output, a bad user name."""
+
+
+def quote_some(items, total: int | None = None, show: int = 5) -> str:
+    """The first ``show`` items for an error message, and how many more (of ``total``,
+    default ``len(items)``): ``"a, b, c, d, e ... and 7 more"``."""
+    total = len(items) if total is None else total
+    more = total - min(len(items), show)
+    return ", ".join(map(str, items[:show])) + (f" ... and {more} more" if more > 0 else "")

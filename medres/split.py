@@ -43,7 +43,7 @@ import pandas as pd
 from rich.table import Table
 
 from medres.cohort import SPLITS, Cohort
-from medres.errors import ConfigError, LeakageError, ManifestError
+from medres.errors import ConfigError, LeakageError, ManifestError, quote_some
 
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
 SPLIT_ALIASES: dict[str, str] = {
@@ -396,7 +396,7 @@ def _site_split(rows: pd.DataFrame, site: str, fractions: Sequence[float], seed:
     if both:
         raise LeakageError(
             f"{len(both)} patient(s) have scans at the held-out site {site!r} and at "
-            f"other sites: {_quote(both)}; a site hold-out needs every patient at one "
+            f"other sites: {quote_some(both)}; a site hold-out needs every patient at one "
             "site: remove their other-site scans, or split without --holdout-site",
             both,
         )
@@ -432,7 +432,7 @@ def _kept_test_split(
     if both:
         raise LeakageError(
             f"{len(both)} patient(s) have scans in the kept test set of column {column!r} "
-            f"and in its train/val rows: {_quote(both)}; the test set must be "
+            f"and in its train/val rows: {quote_some(both)}; the test set must be "
             "patient-disjoint: move those scans into one side, or split without "
             "keep_test_column",
             both,
@@ -500,14 +500,14 @@ def _kept_split(rows: pd.DataFrame, column: str, option: str = "keep_column") ->
         ids = rows["scan_id"][missing].astype(str).tolist()
         raise ManifestError(
             f"{len(ids)} of {len(rows)} readable scans have no value in column "
-            f"{column!r}: {_quote(ids)}; fill them with train/val/test, or drop "
+            f"{column!r}: {quote_some(ids)}; fill them with train/val/test, or drop "
             f"--{option.replace('_', '-')} to draw a split"
         )
     normal = raw.astype(str).str.strip().str.lower().map(SPLIT_ALIASES)
     if normal.isna().any():
         bad = sorted(raw[normal.isna()].astype(str).unique())
         raise ManifestError(
-            f"column {column!r} holds values that are not a split: {_quote(bad)}; "
+            f"column {column!r} holds values that are not a split: {quote_some(bad)}; "
             f"use one of {sorted(SPLIT_ALIASES)}"
         )
     return normal.to_numpy(dtype=object)
@@ -544,7 +544,7 @@ def audit_cohort(cohort: Cohort) -> AuditReport:
     shared = _train_val_patients(rows) if scan_level else []
     if shared:
         warnings.warn(
-            f"{len(shared)} patient(s) have scans in both train and val ({_quote(shared)}): "
+            f"{len(shared)} patient(s) have scans in both train and val ({quote_some(shared)}): "
             "this cohort was split scan by scan on purpose (split_unit='scan'), so "
             "validation figures will be optimistic; the test set stays patient-disjoint",
             SplitWarning,
@@ -554,7 +554,8 @@ def audit_cohort(cohort: Cohort) -> AuditReport:
     if duplicates:
         warnings.warn(
             f"{len(duplicates)} group(s) of scans have identical pixels but sit in "
-            f"different splits: {_quote(['[' + ', '.join(g) + ']' for g in duplicates])}; the same "
+            f"different splits: {quote_some(['[' + ', '.join(g) + ']' for g in duplicates])}; "
+            "the same "
             "image in training and test inflates the metrics: drop the copies or put "
             "them in one split",
             SplitWarning,
@@ -589,7 +590,7 @@ def _check_patients(rows: pd.DataFrame, allow_train_val: bool = False) -> None:
         names = sorted(set(known["split"][patient == pid]), key=SPLITS.index)
         shown.append(f"{pid} ({', '.join(names)})")
     raise LeakageError(
-        f"{len(ids)} patient(s) appear in more than one split: {_quote(shown, len(ids))}; "
+        f"{len(ids)} patient(s) appear in more than one split: {quote_some(shown, len(ids))}; "
         "a model tested on patients it trained on looks better than it is: re-split "
         "with `medres split COHORT.parquet`",
         ids,
@@ -621,14 +622,6 @@ def _counts(rows: pd.DataFrame) -> SplitCounts:
         patients=int(_patient_ids(rows).nunique()),
         labels={str(k): int(v) for k, v in sorted(labels.value_counts().items())},
     )
-
-
-def _quote(items: Sequence[str], total: int | None = None) -> str:
-    """The first few items, and how many more (of ``total``, default ``len(items)``)."""
-    total = len(items) if total is None else total
-    shown = ", ".join(map(str, items[:_SHOW]))
-    more = total - min(len(items), _SHOW)
-    return shown + (f" ... and {more} more" if more > 0 else "")
 
 
 def summary_table(report: AuditReport, title: str = "Cohort split") -> Table:

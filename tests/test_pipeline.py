@@ -83,10 +83,29 @@ def test_run_pipeline_end_to_end_then_resume(tmp_path):
     assert bundle_json.stat().st_mtime_ns == before  # not retrained
     assert again.results[0]["test"]["auroc"] == result["test"]["auroc"]
 
+    config = pipe / "config.toml"  # a typo'd headline metric: fixed by a resume, no retraining
+    config.write_text(config.read_text().replace('"accuracy"]', '"acuracy"]'))
+    run_pipeline(pipe, EXAMPLE, out, resume=True, log=lines.append, show_progress=False)
+    assert "**No run reported acuracy**" in run.results_md.read_text()
+    assert bundle_json.stat().st_mtime_ns == before
+    config.write_text(config.read_text().replace("epochs = 1", "epochs = 2"))
+    with pytest.raises(ConfigError, match="config differ"):
+        run_pipeline(pipe, EXAMPLE, out, resume=True, log=lines.append, show_progress=False)
+
 
 def test_pipeline_without_its_data_says_how_to_give_it(tmp_path):
+    chest = PROJECT / "pipelines" / "chest_xray_pneumonia"
     with pytest.raises(ConfigError, match="--data"):
-        run_pipeline(PROJECT / "pipelines" / "chest_xray_pneumonia", None, tmp_path / "o")
+        run_pipeline(chest, None, tmp_path / "o")
+    with pytest.raises(ConfigError, match="does not exist; check --data"):
+        run_pipeline(chest, tmp_path / "typo", tmp_path / "o")
+    assert not (tmp_path / "o").exists()  # nothing written: the corrected command just runs
+
+
+def test_run_names_must_be_plain_folder_names(tmp_path):
+    pipe = _pipeline(tmp_path, '[[variants]]\nname = ".."')
+    with pytest.raises(ConfigError, match="name"):
+        load_pipeline(pipe)
 
 
 def test_unknown_pipeline_key_names_the_close_one(tmp_path):
@@ -111,6 +130,9 @@ def test_gap_interval_widens_with_both_intervals():
     g = gap(val, {"value": 0.8, "ci_low": 0.77, "ci_high": 0.83})
     assert g.value == pytest.approx(-0.1)
     assert g.ci_high - g.ci_low == pytest.approx(2 * (0.05**2 + 0.03**2) ** 0.5)
+    certain = {"value": 1.0, "ci_low": 1.0, "ci_high": 1.0}  # a skewed test interval stays skewed
+    skewed = gap(certain, {"value": 0.14, "ci_low": 0.10, "ci_high": 0.20})
+    assert (skewed.ci_low, skewed.ci_high) == pytest.approx((-0.90, -0.80))
     undefined = gap(val, {"value": None, "ci_low": None, "ci_high": None})  # NaN in JSON
     assert np.isnan(undefined.value) and gap(val, None) is None
 

@@ -250,6 +250,19 @@ def test_rerun_replaces_the_export_and_an_interrupted_run_keeps_it(volumes, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no staging folder left
 
 
+def test_an_export_killed_between_its_two_renames_is_put_back_by_the_next_run(tmp_path):
+    from medres.datasets._export import staging_folder
+
+    out = tmp_path / "s"  # the state a kill leaves: the old export set aside, none in place
+    aside = tmp_path / ".s.slices-old-x1" / "s"
+    aside.mkdir(parents=True)
+    (aside / "labels.csv").write_text("path,label\n")
+    with pytest.raises(RuntimeError), staging_folder(out, "slices"):
+        raise RuntimeError("the next run fails too")
+    assert (out / "labels.csv").read_text() == "path,label\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
 def test_refuses_a_folder_that_is_not_a_slice_export_or_overlaps_the_input(volumes, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -271,9 +284,9 @@ def test_refuses_a_folder_that_is_not_a_slice_export_or_overlaps_the_input(volum
         ({"axis": -1}, "axis must be 0, 1 or 2"),
         ({"axis": True}, "axis must be 0, 1 or 2"),
         ({"axis": 2.0}, "axis must be 0, 1 or 2"),
-        ({"min_fraction": 1.5}, "min_fraction must be a share between 0 and 1"),
-        ({"min_fraction": "x"}, "min_fraction must be a share between 0 and 1"),
-        ({"per_volume": 0}, "per_volume must be a whole number >= 1"),
+        ({"min_fraction": 1.5}, r"min_fraction must be a number in \[0, 1\]"),
+        ({"min_fraction": "x"}, r"min_fraction must be a number in \[0, 1\]"),
+        ({"per_volume": 0}, r"per_volume \(or None\) must be a whole number >= 1"),
         ({"min_fraction": 1.0}, "no slice to write from 18 volume"),
     ],
 )

@@ -1,4 +1,4 @@
-"""Shared machinery of the dataset exports (:mod:`.medmnist`, :mod:`.slices`).
+"""Shared machinery of the dataset exports (:mod:`.medmnist`, :mod:`.slices`, :mod:`.motion`).
 
 An export writes a whole folder (scans + ``labels.csv`` + ``SOURCE.md``) and must
 never leave half of one behind:
@@ -95,6 +95,10 @@ def _make_staging(out_dir: Path, tag: str) -> Path:
         parent.mkdir(parents=True, exist_ok=True)
         for old in parent.glob(f"{prefix}*"):  # an interrupted earlier run's leftovers
             shutil.rmtree(old, ignore_errors=True)
+        for aside in parent.glob(f".{out_dir.name}.{tag}-old-*"):  # killed mid-swap
+            if not out_dir.exists() and (aside / out_dir.name).is_dir():
+                os.replace(aside / out_dir.name, out_dir)  # the previous export, back
+            shutil.rmtree(aside, ignore_errors=True)
         return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     except OSError as e:
         raise ConfigError(f"cannot write next to {out_dir}: {e}") from e
@@ -115,6 +119,24 @@ def _swap_into_place(staging: Path, out_dir: Path, tag: str) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def whole_number(name: str, value, *, minimum: int) -> int:
+    """``value`` as an int, or ConfigError when it is not a whole number >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ConfigError(f"{name} must be a whole number >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def unit_interval(name: str, value, meaning: str = "") -> float:
+    """``value`` as a float, or ConfigError when it is not a number in [0, 1]."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not 0.0 <= number <= 1.0:
+        raise ConfigError(f"{name} must be a number in [0, 1]{meaning}; got {value!r}")
+    return number
 
 
 def write_png(image: np.ndarray, path: str | os.PathLike[str]) -> None:

@@ -72,6 +72,7 @@ from medres.datasets._export import (
     Progress,
     check_out_dir,
     staging_folder,
+    whole_number,
     write_csv,
 )
 from medres.datasets._export import write_png as _write_png  # a global: tests patch it
@@ -287,8 +288,8 @@ def _check_args(splits: Sequence[str], limit: int | None, per_class: int | None)
     if len(set(splits)) != len(splits):
         raise ConfigError(f"splits are repeated: {list(splits)}")
     for name, value in (("limit", limit), ("per_class", per_class)):
-        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-            raise ConfigError(f"{name} must be a whole number >= 1; got {value!r}")
+        if value is not None:
+            whole_number(name, value, minimum=1)
     if limit is not None and per_class is not None:
         raise ConfigError("give either limit (first N per split) or per_class, not both")
     return [s for s in SPLITS if s in splits]  # always in train, val, test order

@@ -73,10 +73,12 @@ from medres.datasets._export import (
     Progress,
     check_out_dir,
     staging_folder,
+    unit_interval,
+    whole_number,
     write_csv,
 )
 from medres.datasets._export import write_png as _write_png  # a global: tests patch it
-from medres.errors import ConfigError, ManifestError, ScanError
+from medres.errors import ConfigError, ManifestError, ScanError, quote_some
 from medres.files import sha256_file
 from medres.io import read_scan
 
@@ -91,7 +93,6 @@ _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _PLANES = {"S": "axial", "I": "axial", "A": "coronal", "P": "coronal"}
 _PLANES |= {"R": "sagittal", "L": "sagittal"}
-_SHOW = 5  # names quoted in an error message before "..."
 
 
 @dataclass(frozen=True)
@@ -316,22 +317,10 @@ def _check_args(
             f"axis must be 0, 1 or 2 (a voxel axis of the 3D volume; 2 is axial in RAS "
             f"volumes); got {axis!r}"
         )
-    try:
-        fraction = float(min_fraction)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        fraction = float("nan")
-    if isinstance(min_fraction, bool) or not 0.0 <= fraction <= 1.0:
-        raise ConfigError(
-            f"min_fraction must be a share between 0 and 1 (0.01 = 1 % of a slice's "
-            f"voxels); got {min_fraction!r}"
-        )
-    if per_volume is not None and (
-        isinstance(per_volume, bool)
-        or not isinstance(per_volume, int | np.integer)
-        or per_volume < 1
-    ):
-        raise ConfigError(f"per_volume must be a whole number >= 1 or None; got {per_volume!r}")
-    return int(axis), fraction, None if per_volume is None else int(per_volume)
+    fraction = unit_interval("min_fraction", min_fraction, " (0.01 = 1 % of a slice's voxels)")
+    if per_volume is not None:
+        per_volume = whole_number("per_volume (or None)", per_volume, minimum=1)
+    return int(axis), fraction, per_volume
 
 
 def _read_labels(path: Path, folder: Path) -> pd.DataFrame:
@@ -367,11 +356,11 @@ def _read_labels(path: Path, folder: Path) -> pd.DataFrame:
     table["path"] = [_relative(p, folder, path) for p in table["path"]]
     repeated = sorted(table["path"][table["path"].duplicated()].unique())
     if repeated:
-        raise ManifestError(f"{path}: paths repeat ({_quote(repeated)}); list each volume once")
+        raise ManifestError(f"{path}: paths repeat ({quote_some(repeated)}); list each volume once")
     flat = table["path"][table["path"].str.lower().str.endswith(_IMAGE_SUFFIXES)].tolist()
     if flat:
         raise ConfigError(
-            f"{path} lists {len(flat)} 2D image(s) ({_quote(flat)}); slices need 3D "
+            f"{path} lists {len(flat)} 2D image(s) ({quote_some(flat)}); slices need 3D "
             "volumes (NIfTI): give the folder of a 3D dataset, e.g. adrenalmnist3d_64"
         )
     return table[list(CSV_COLUMNS[:4]) + [c for c in table.columns if c not in CSV_COLUMNS]]
@@ -462,12 +451,6 @@ def _split_groups(table: pd.DataFrame):
 
 def _by_split(series: pd.Series) -> dict[str, int]:
     return {str(k): int(series[k]) for k in sorted(series.index, key=_split_key)}
-
-
-def _quote(items: list[str], total: int | None = None) -> str:
-    total = len(items) if total is None else total
-    more = total - min(len(items), _SHOW)
-    return ", ".join(items[:_SHOW]) + (f" ... and {more} more" if more > 0 else "")
 
 
 def _call(folder: Path, labels: Path, out_dir: object, s: SliceExportSummary) -> str:

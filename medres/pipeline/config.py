@@ -38,6 +38,7 @@ from medres.config import apply_overrides, read_toml, validate
 from medres.errors import ConfigError
 
 RESERVED_NAMES = {"scans", "slices"}  # run folders already used by the data steps
+NAME = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"  # a folder name: no dots, slashes or spaces
 
 
 class _Strict(BaseModel):
@@ -124,7 +125,7 @@ class PredictConfig(_Strict):
 class Variant(_Strict):
     """One run of a comparison: overrides of the split and training settings."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NAME)
     label: str = ""
     split: dict[str, Any] = {}
     train: dict[str, Any] = {}
@@ -133,7 +134,7 @@ class Variant(_Strict):
 class PipelineConfig(_Strict):
     """A whole pipeline (see the module docstring)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NAME)
     question: str = ""
     headline: list[str] = ["auroc", "accuracy"]
     data: DataConfig
@@ -155,6 +156,12 @@ def merge_tables(base: dict, changes: dict) -> dict:
         both = isinstance(old, dict) and isinstance(value, dict)
         merged[key] = merge_tables(old, value) if both else value
     return merged
+
+
+def variant_split_config(config: PipelineConfig, variant: Variant) -> SplitConfig:
+    """The validated split options of one run: [split], then the variant's table."""
+    split = merge_tables(config.split.model_dump(), variant.split)
+    return validate(SplitConfig, split, f"[split] of {config.name}/{variant.name}")
 
 
 def variant_train_config(config: PipelineConfig, variant: Variant, overrides: list[str]):
@@ -186,7 +193,6 @@ def load_pipeline(
     if clash:
         raise ConfigError(f"{file}: run names must differ and not be scans/slices: {clash}")
     for variant in config.runs():
-        split = merge_tables(config.split.model_dump(), variant.split)
-        validate(SplitConfig, split, f"[split] of {config.name}/{variant.name}")
+        variant_split_config(config, variant)
         variant_train_config(config, variant, overrides or [])
     return config, file

@@ -3,8 +3,9 @@
 For each headline metric the table shows the model's own validation estimate beside
 its test result with the 95 % patient-bootstrap interval, and the gap test − val. The
 gap's interval treats the two estimates as independent (they come from disjoint
-scans): half-width sqrt(h_val² + h_test²) from each interval's half-width — an
-approximation, stated in the table's notes.
+scans) and combines each side of the two intervals separately (MOVER, Newcombe 1998),
+so a skewed interval stays skewed and a gap of bounded metrics stays within its bounds
+— an approximation, stated in the table's notes.
 """
 
 from __future__ import annotations
@@ -84,14 +85,16 @@ def as_metric(m: dict | None) -> MetricCI | None:
 
 
 def gap(val: dict | None, test: dict | None) -> MetricCI | None:
-    """test − val with an approximate 95 % interval (independent estimates); None when
-    either is missing."""
+    """test − val with an approximate 95 % interval for independent estimates (MOVER:
+    lower end from the test interval's lower and validation's upper distance, and vice
+    versa); None when either is missing; NaN ends when either interval is missing."""
     v, t = as_metric(val), as_metric(test)
     if v is None or t is None:
         return None
     diff = t.value - v.value
-    half = math.sqrt(sum(((m.ci_high - m.ci_low) / 2) ** 2 for m in (v, t)))  # NaN propagates
-    return MetricCI(diff, diff - half, diff + half)
+    down = math.hypot(t.value - t.ci_low, v.ci_high - v.value)  # NaN propagates
+    up = math.hypot(t.ci_high - t.value, v.value - v.ci_low)
+    return MetricCI(diff, diff - down, diff + up)
 
 
 def machine() -> str:
@@ -147,7 +150,9 @@ def results_markdown(config: PipelineConfig, facts: dict) -> str:
         "Test figures: the test split with 95 % patient-bootstrap intervals. *val* is the "
         "model's own validation estimate (what you would have believed without a test set); "
         "the gap's interval treats the two as independent samples (approximate). "
-        "Inference speed includes finding, reading and preprocessing the files.",
+        "Inference speed: `medres predict`'s prediction loop (reading, preprocessing, model, "
+        "calibration and uncertainty; finding the files and loading the bundle excluded).",
+        *_missing_headline(config.headline, runs),
         "",
         *_cost_table(runs),
     ]
@@ -177,6 +182,20 @@ def _headline_table(headline: list[str], runs: list[dict]) -> list[str]:
             cells += [format_metric(gap(val, test))]
         rows.append(f"| {' | '.join(cells)} |")
     return rows
+
+
+def _missing_headline(headline: list[str], runs: list[dict]) -> list[str]:
+    """A note naming the headline metrics no run reported, and the ones it could use."""
+    reported = {name for run in runs for name in (*run["val"], *run["test"])}
+    missing = [name for name in headline if name not in reported]
+    if not missing:
+        return []
+    return [
+        "",
+        f"**No run reported {', '.join(missing)}** (shown as n/a): fix `headline` in "
+        f"config.toml and run again with --resume (results are rebuilt, nothing retrains). "
+        f"Reported metrics: {', '.join(sorted(reported))}.",
+    ]
 
 
 def _cost_table(runs: list[dict]) -> list[str]:

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from medres.cohort import Cohort, build_cohort
-from medres.config import validate
 from medres.errors import ConfigError
 from medres.files import write_text
 from medres.pipeline.config import (
@@ -33,7 +32,7 @@ from medres.pipeline.config import (
     SplitConfig,
     Variant,
     load_pipeline,
-    merge_tables,
+    variant_split_config,
     variant_train_config,
 )
 from medres.pipeline.results import collect, write_results
@@ -78,6 +77,7 @@ def run_pipeline(
         ConfigError: bad configuration, missing data, or ``out`` already used.
     """
     config, file = load_pipeline(pipeline, overrides or [])
+    _check_data(config, data)  # before anything is written: a wrong --data can be retried
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise ConfigError(f"{out} is not empty; add --resume to continue that run, or pick -o")
@@ -98,9 +98,25 @@ def run_pipeline(
     return PipelineRun(out, results, timer.seconds)
 
 
+def _check_data(config: PipelineConfig, data) -> None:
+    """Raise :class:`ConfigError` unless ``data`` holds what the pipeline reads."""
+    spec = config.data
+    if spec.source == "medmnist":
+        _data_file(data, config)
+    elif spec.source == "folder":
+        if not _need_data(data, config).is_dir():
+            raise ConfigError(f"--data {data} must be a folder of scans with {spec.labels}")
+    else:
+        root = _need_data(data, config)
+        for source in spec.motion.sources:
+            _exists(root / source.path)
+
+
 def _record_settings(config: PipelineConfig, data, overrides: list[str], out: Path) -> None:
     """Write ``out/settings.json`` (the resolved configuration, data path and overrides);
-    on a resumed run, refuse when they differ from the recorded ones."""
+    on a resumed run, refuse when they differ from the recorded ones in anything a step
+    reads. The question, headline metrics, data description and run labels may change
+    (results.md is rebuilt from them)."""
     settings = {
         "config": config.model_dump(mode="json"),
         "data": str(Path(data).resolve()) if data is not None else None,
@@ -109,7 +125,9 @@ def _record_settings(config: PipelineConfig, data, overrides: list[str], out: Pa
     path = out / "settings.json"
     if path.is_file():
         before = json.loads(path.read_text())
-        changed = sorted(k for k in settings if before.get(k) != settings[k])
+        before["config"] = _what_steps_read(before.get("config") or {})
+        now = {**settings, "config": _what_steps_read(settings["config"])}
+        changed = sorted(k for k in now if before.get(k) != now[k])
         if changed:
             raise ConfigError(
                 f"{out} was run with other settings ({', '.join(changed)} differ from "
@@ -118,13 +136,21 @@ def _record_settings(config: PipelineConfig, data, overrides: list[str], out: Pa
     write_text(path, json.dumps(settings, indent=2) + "\n")
 
 
+def _what_steps_read(config: dict) -> dict:
+    """A dumped :class:`PipelineConfig` without the keys only results.md shows."""
+    kept = {k: v for k, v in config.items() if k not in ("question", "headline")}
+    kept["data"] = {k: v for k, v in config.get("data", {}).items() if k != "about"}
+    kept["variants"] = [
+        {k: v for k, v in variant.items() if k != "label"} for variant in config.get("variants", [])
+    ]
+    return kept
+
+
 def _prepare(config: PipelineConfig, data, out: Path, show_progress: bool) -> tuple[Path, Path]:
     """The scan folder to ingest and its labels CSV (written under ``out`` if derived)."""
     spec, scans = config.data, out / "scans"
     if spec.source == "folder":
         scans = _need_data(data, config)
-        if not scans.is_dir():
-            raise ConfigError(f"--data {scans} must be a folder of scans with {spec.labels}")
         if spec.slices is None:
             return scans, scans / spec.labels
     elif not (scans / "labels.csv").is_file():
@@ -138,7 +164,9 @@ def _prepare(config: PipelineConfig, data, out: Path, show_progress: bool) -> tu
 
             root, motion = _need_data(data, config), spec.motion
             sources = [
-                MotionSource(_exists(root / s.path), s.split, tuple(s.axes) if s.axes else None)
+                MotionSource(
+                    _exists(root / s.path), s.split, None if s.axes is None else tuple(s.axes)
+                )
                 for s in motion.sources
             ]
             export_motion(
@@ -213,7 +241,7 @@ def _run_variant(
     split_path = here / "cohort_split.parquet"
     with timer(f"{variant.name}: split"):
         if not split_path.is_file():
-            _split(config.split, variant.split, cohort_path, split_path)
+            _split(variant_split_config(config, variant), cohort_path, split_path)
     bundle = here / "bundle"
     train_config = variant_train_config(config, variant, overrides)
     with timer(f"{variant.name}: train"):
@@ -238,10 +266,9 @@ def _run_variant(
     return collect(variant, here)
 
 
-def _split(base: SplitConfig, changes: dict, cohort_path: Path, path: Path) -> None:
+def _split(options: SplitConfig, cohort_path: Path, path: Path) -> None:
     from medres.split import split_cohort
 
-    options = validate(SplitConfig, merge_tables(base.model_dump(), changes), "[split] settings")
     result = split_cohort(
         Cohort.load(cohort_path),
         fractions=options.fractions,

@@ -12,7 +12,8 @@ the SSIM are in :mod:`medres.datasets.motion.simulate`)::
 
 ``<stem>`` names the source (the file name without ``.nii.gz`` / ``.nii``, or the DICOM
 series folder's name, lengthened with its parent folders when two sources would share
-it). Files do not depend on the split, so changing the seed only changes ``labels.csv``.
+it). Files do not depend on the split, so changing a source's split only changes
+``labels.csv`` (the seed changes the corruptions, so the images too).
 
 Slices: along axis ``a`` slice ``i`` is ``volume.array[0].take(i, axis=a)``, which keeps
 the two other voxel axes in order, no flips. It is written the way medres reads images
@@ -64,6 +65,8 @@ from medres.datasets._export import (
     Progress,
     check_out_dir,
     staging_folder,
+    unit_interval,
+    whole_number,
     write_csv,
     write_png,
 )
@@ -77,10 +80,9 @@ from medres.datasets.motion.simulate import (
     SSIM_K2,
     SSIM_SIGMA,
     SSIM_WINDOW,
-    _one_torch_thread,
-    _ssim_batch,
-    _unit_interval,
+    one_torch_thread,
     simulate_motion,
+    ssim_batch,
 )
 from medres.errors import ConfigError, ScanContentError
 
@@ -196,18 +198,18 @@ def export_motion(
     """
     t0 = time.perf_counter()
     srcs = _check_sources(sources, axes)
-    per_slice = _whole("per_slice", per_slice, minimum=1)
+    per_slice = whole_number("per_slice", per_slice, minimum=1)
     size = _check_size(size)
-    min_foreground = _unit_interval("min_foreground", min_foreground)
-    slab = _whole("slab", slab, minimum=1)
-    seed = _whole("seed", seed, minimum=0)
+    min_foreground = unit_interval("min_foreground", min_foreground)
+    slab = whole_number("slab", slab, minimum=1)
+    seed = whole_number("seed", seed, minimum=0)
     out_dir = check_out_dir(out_dir, _MARKER, "motion export")
     stems = _unique_stems([s.path for s in srcs])
 
     warnings: list[str] = []
     if per_slice == 1:
         warnings.append("per_slice=1 writes only clean slices: every label is 1.0")
-    with _one_torch_thread():
+    with one_torch_thread():
         prepared = [
             _prepare(s, stem, size, min_foreground, warnings)
             for s, stem in zip(srcs, stems, strict=True)
@@ -215,7 +217,7 @@ def export_motion(
     n_slices = sum(len(p.indices) for p in prepared)
     total = n_slices * per_slice
 
-    with staging_folder(out_dir, "motion") as staging, _one_torch_thread():
+    with staging_folder(out_dir, "motion") as staging, one_torch_thread():
         rows: list[dict[str, object]] = []
         with Progress(show_progress, total, f"motion → {out_dir.name}") as advance:
             for src, prep in zip(srcs, prepared, strict=True):
@@ -300,12 +302,6 @@ def _check_axes(axes, path: Path) -> tuple[int, ...]:
     return axes
 
 
-def _whole(name: str, value, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ConfigError(f"{name} must be a whole number >= {minimum}; got {value!r}")
-    return int(value)
-
-
 def _check_size(size) -> tuple[int, int]:
     if isinstance(size, int | np.integer) and not isinstance(size, bool):
         size = (size, size)
@@ -313,7 +309,7 @@ def _check_size(size) -> tuple[int, int]:
         rows, cols = size
     except (TypeError, ValueError):
         raise ConfigError(f"size must be (X, Y) or one number; got {size!r}") from None
-    return (_whole("size", rows, minimum=16), _whole("size", cols, minimum=16))
+    return (whole_number("size", rows, minimum=16), whole_number("size", cols, minimum=16))
 
 
 def _unique_stems(paths: list[Path]) -> list[str]:
@@ -471,7 +467,7 @@ def _write_slice(
             for s in severities
         ]
     ).astype(np.uint8)
-    labels = _ssim_batch(clean_u8, copies, 255.0)
+    labels = ssim_batch(clean_u8, copies, 255.0)
     rows = []
     for j, (copy, severity, label) in enumerate(zip(copies, severities, labels, strict=True)):
         rel = f"{stem}/ax{axis}_s{index:03d}_m{j}.png"

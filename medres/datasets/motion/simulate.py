@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from medres.datasets._export import unit_interval
 from medres.errors import ConfigError
 
 # Motion model defaults (see simulate_motion); tuned so that on a 96x96 MNI slice the
@@ -88,7 +89,7 @@ def simulate_motion(
             f"simulate_motion needs a magnitude image (>= 0); its minimum is {image.min():g}. "
             "Shift or clip it first (e.g. percentile-normalise to [0, 1])"
         )
-    severity = _unit_interval("severity", severity)
+    severity = unit_interval("severity", severity)
     if pe_axis not in (0, 1):
         raise ConfigError(f"pe_axis must be 0 or 1; got {pe_axis!r}")
     rng = np.random.default_rng(rng)
@@ -142,10 +143,10 @@ def ssim(clean: np.ndarray, corrupted: np.ndarray, data_range: float) -> float:
         raise ConfigError(
             f"ssim needs two 2D images of the same shape; got {clean.shape} and {corrupted.shape}"
         )
-    return float(_ssim_batch(clean, corrupted[None], data_range)[0])
+    return float(ssim_batch(clean, corrupted[None], data_range)[0])
 
 
-def _ssim_batch(clean: np.ndarray, corrupted: np.ndarray, data_range: float) -> np.ndarray:
+def ssim_batch(clean: np.ndarray, corrupted: np.ndarray, data_range: float) -> np.ndarray:
     """SSIM of one (X, Y) image against each of (N, X, Y): (N,) float64."""
     import torch
     from monai.metrics.regression import compute_ssim_and_cs
@@ -162,7 +163,7 @@ def _ssim_batch(clean: np.ndarray, corrupted: np.ndarray, data_range: float) -> 
     # 8x faster than as a batch of N one-channel images.
     x = torch.from_numpy(np.asarray(corrupted, dtype=np.float64) / data_range)[None]
     y = torch.from_numpy(np.asarray(clean, dtype=np.float64) / data_range)[None, None]
-    with _one_torch_thread():
+    with one_torch_thread():
         ssim_map, _ = compute_ssim_and_cs(
             x,
             y.expand_as(x),
@@ -178,7 +179,7 @@ def _ssim_batch(clean: np.ndarray, corrupted: np.ndarray, data_range: float) -> 
 
 
 @contextmanager
-def _one_torch_thread() -> Iterator[None]:
+def one_torch_thread() -> Iterator[None]:
     """Run torch on one thread: its ops here are tiny, and on 2 busy cores two threads
     were measured 4x slower (SSIM of 8 slices of 96x96: 11.7 vs 3.0 ms)."""
     import torch
@@ -189,13 +190,3 @@ def _one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _unit_interval(name: str, value) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not 0.0 <= number <= 1.0:
-        raise ConfigError(f"{name} must be a number in [0, 1]; got {value!r}")
-    return number
