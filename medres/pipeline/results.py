@@ -142,7 +142,7 @@ def results_markdown(config: PipelineConfig, facts: dict) -> str:
         "",
         *([f"**Question.** {config.question}", ""] if config.question else []),
         *([f"**Data.** {config.data.about}", ""] if config.data.about else []),
-        f"Machine: {facts['machine']}. Finished {facts['finished']}; "
+        f"Machine: {facts['machine']}. Results written {facts['finished']}; "
         f"whole pipeline {facts['total_minutes']} min (all sessions of the run).",
         "",
         *_headline_table(config.headline, runs),
@@ -152,6 +152,7 @@ def results_markdown(config: PipelineConfig, facts: dict) -> str:
         "the gap's interval treats the two as independent samples (approximate). "
         "Inference speed: `medres predict`'s prediction loop (reading, preprocessing, model, "
         "calibration and uncertainty; finding the files and loading the bundle excluded).",
+        *_threshold_note(runs),
         *_missing_headline(config.headline, runs),
         "",
         *_cost_table(runs),
@@ -182,6 +183,19 @@ def _headline_table(headline: list[str], runs: list[dict]) -> list[str]:
             cells += [format_metric(gap(val, test))]
         rows.append(f"| {' | '.join(cells)} |")
     return rows
+
+
+def _threshold_note(runs: list[dict]) -> list[str]:
+    """Binary runs mix two decisions; say which figure uses which."""
+    if not any("sensitivity" in run["test"] for run in runs):
+        return []
+    return [
+        "",
+        "Binary runs: sensitivity, specificity, F1, PPV, NPV and accuracy_at_threshold use the "
+        "decision threshold chosen on validation; accuracy and balanced_accuracy use argmax "
+        "(probability ≥ 0.5, as the MedMNIST paper), so balanced accuracy is not the mean of "
+        "the sensitivity and specificity shown.",
+    ]
 
 
 def _missing_headline(headline: list[str], runs: list[dict]) -> list[str]:
