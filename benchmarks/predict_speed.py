@@ -303,7 +303,7 @@ def measure(folder: Folder, args: argparse.Namespace) -> dict:
     of (a), (b), then (c) per worker setting. Returns scans/s of every round."""
     from medres.bundle import load_bundle
     from medres.io import discover
-    from medres.train import auto_workers
+    from medres.predict.job import default_workers
 
     bundle = load_bundle(folder.bundle)
     size = tuple(bundle.spec.spatial_size)
@@ -326,7 +326,7 @@ def measure(folder: Folder, args: argparse.Namespace) -> dict:
     prep_attempts = attempts(prep)
     batches = inputs.pop("batches")
     naive_files = files[: args.naive_limit] if bundle.spec.spatial_dims == 2 else files
-    default = auto_workers()
+    default = default_workers()
     settings = {f"default (workers={default})": None}
     settings |= {f"workers={w}": w for w in args.workers if w != default}
     result = {
@@ -475,9 +475,9 @@ def write_markdown(results: list[dict], out: Path, args: argparse.Namespace, con
         "whole `predict_folder` call (bundle load, discovery, hashing, decoding, model, "
         "trust layer, writing parquet/CSV) and by run.json's "
         "`scans_per_second` (its prediction loop only), a fresh output folder each time. "
-        "`default` is `PredictOptions()` (workers = `auto_workers()`). The ceiling row is "
-        "what a perfect pipeline could reach if the model used every core at speed (a) and "
-        "each scan's decoding took one core for 1/prep s. "
+        "`default` is `PredictOptions()` (workers = `default_workers()`: 2 on 2+ cores). "
+        "The ceiling row is what a perfect pipeline could reach if the model used every "
+        "core at speed (a) and each scan's decoding took one core for 1/prep s. "
         f"Targets: (c) ≥ {TARGET_NAIVE:.0f}× (b) and (c) ≥ {TARGET_MODEL:.0%} of (a).",
         "",
     ]

@@ -568,7 +568,7 @@ def predict_command(
         bool, typer.Option(help="Exit 1 when any scan could not be predicted.")
     ] = False,
     workers: Annotated[
-        int | None, typer.Option(help="Worker processes decoding scans (default: 1 on 2+ cores).")
+        int | None, typer.Option(help="Worker processes decoding scans (default: 2 on 2+ cores).")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Scans per forward pass.")] = 32,
     chunk_size: Annotated[
