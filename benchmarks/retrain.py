@@ -407,6 +407,8 @@ def write_markdown(out, facts, minutes, lift, reviews, reports, leak, work) -> N
         "",
         "## Time (minutes, 2 cores; training: the fit recorded in each bundle.json)",
         "",
+        "Other work on the machine overlapped some of these runs: upper bounds.",
+        "",
         "| step | minutes |",
         "|---|---|",
         *[f"| {k} | {v:.1f} |" for k, v in minutes.items()],
