@@ -28,6 +28,8 @@ import numpy as np
 from medres.errors import ConfigError
 
 SOURCE_MD = "SOURCE.md"
+LABELS_CSV = "labels.csv"
+SPLITS: tuple[str, ...] = ("train", "val", "test")  # the order exports write and list
 
 
 def check_out_dir(out_dir: str | os.PathLike[str], marker: str, what: str) -> Path:

@@ -68,7 +68,9 @@ from pathlib import Path
 import numpy as np
 
 from medres.datasets._export import (
+    LABELS_CSV,
     SOURCE_MD,
+    SPLITS,
     Progress,
     check_out_dir,
     staging_folder,
@@ -78,8 +80,6 @@ from medres.datasets._export import (
 from medres.datasets._export import write_png as _write_png  # a global: tests patch it
 from medres.errors import ConfigError
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-LABELS_CSV = "labels.csv"
 CSV_COLUMNS: tuple[str, ...] = ("path", "label", "split", "patient_id")
 PROGRESS_THRESHOLD = 1000  # show a progress bar above this many images
 

@@ -69,7 +69,9 @@ import numpy as np
 import pandas as pd
 
 from medres.datasets._export import (
+    LABELS_CSV,
     SOURCE_MD,
+    SPLITS,
     Progress,
     check_out_dir,
     staging_folder,
@@ -82,10 +84,8 @@ from medres.errors import ConfigError, ManifestError, ScanError, quote_some
 from medres.files import sha256_file
 from medres.io import read_scan
 
-LABELS_CSV = "labels.csv"
 SOURCE_VOLUMES_MD = "SOURCE-volumes.md"
 CSV_COLUMNS: tuple[str, ...] = ("path", "label", "split", "patient_id", "volume", "slice_index")
-SPLIT_ORDER: tuple[str, ...] = ("train", "val", "test")
 
 # First line of SOURCE.md: marks a folder this module may replace on a re-run.
 _MARKER = "<!-- medres slice export: export_slices replaces this folder -->"
@@ -442,7 +442,7 @@ def _check_out_dir(out_dir: str | os.PathLike[str], folder: Path) -> Path:
 
 
 def _split_key(split: str) -> tuple[int, str]:
-    return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
+    return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split)
 
 
 def _split_groups(table: pd.DataFrame):

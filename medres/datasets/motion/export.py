@@ -61,7 +61,9 @@ from pathlib import Path
 import numpy as np
 
 from medres.datasets._export import (
+    LABELS_CSV,
     SOURCE_MD,
+    SPLITS,
     Progress,
     check_out_dir,
     staging_folder,
@@ -86,9 +88,7 @@ from medres.datasets.motion.simulate import (
 )
 from medres.errors import ConfigError, ScanContentError
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 AUTO = "auto"
-LABELS_CSV = "labels.csv"
 CSV_COLUMNS: tuple[str, ...] = (
     "path",
     "label",
