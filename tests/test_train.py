@@ -26,6 +26,7 @@ from medres.train import (
     infer,
     make_loader,
     selects,
+    weight_average,
 )
 from tests.conftest import PROJECT, small_cohort
 
@@ -123,6 +124,24 @@ def test_training_killed_mid_epoch_resumes_to_the_same_result(example_cohort, tm
     resumed = pd.read_csv(metrics).drop(columns="seconds")
     pd.testing.assert_frame_equal(whole, resumed, atol=1e-6, rtol=0)
     assert (killed / "bundle.json").is_file() and not (killed / CHECKPOINT).exists()
+
+
+def test_weight_average_follows_the_weights_with_the_stated_time_constant():
+    """Weights that jump from 0 to 1 and stay: after ``ema_epochs`` epochs of steps the
+    average has covered 1 - 1/e of the jump (within 0.01); ema_epochs=0 is the latest."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    steps_per_epoch = 50
+    averaged = weight_average(model, 2.0, steps_per_epoch)
+    latest = weight_average(model, 0.0, steps_per_epoch)
+    for average in (averaged, latest):
+        average.update_parameters(model)  # the first update copies the weights (0)
+    torch.nn.init.ones_(model.weight)
+    for _ in range(2 * steps_per_epoch):
+        averaged.update_parameters(model)
+        latest.update_parameters(model)
+    assert float(averaged.module.weight) == pytest.approx(1 - 1 / math.e, abs=0.01)
+    assert float(latest.module.weight) == 1.0
 
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(example_cohort, tmp_path):
