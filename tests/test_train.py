@@ -140,8 +140,8 @@ def test_weight_average_follows_the_weights_with_the_stated_time_constant():
     for _ in range(2 * steps_per_epoch):
         averaged.update_parameters(model)
         latest.update_parameters(model)
-    assert float(averaged.module.weight) == pytest.approx(1 - 1 / math.e, abs=0.01)
-    assert float(latest.module.weight) == 1.0
+    assert averaged.module.weight.item() == pytest.approx(1 - 1 / math.e, abs=0.01)
+    assert latest.module.weight.item() == 1.0
 
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(example_cohort, tmp_path):
