@@ -220,6 +220,7 @@ def fit(
     val_set = ScanDataset(val_rows, info.encode(val_rows["label"]), spec, train=False)
     some_train = train_rows.sample(min(len(train_rows), NORM_SCANS), random_state=config.seed)
     norm_set = ScanDataset(some_train, info.encode(some_train["label"]), spec, train=False)
+    norm_loader = make_loader(norm_set, config.batch_size, 0, shuffle=False, seed=0)
     _require_every_class(info, val_set.targets, "val")
     loss_fn = _loss(info, config, train_set.targets)
     optimizer = _optimizer(model, config)
@@ -273,7 +274,6 @@ def fit(
             )
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
-            norm_loader = make_loader(norm_set, config.batch_size, 0, shuffle=False, seed=0)
             update_bn(norm_loader, averaged.module)
             val_loader = make_loader(
                 val_set, config.batch_size, workers, shuffle=False, seed=epoch_seed
