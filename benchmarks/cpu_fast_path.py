@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -21,9 +22,10 @@ import torch
 
 from medres.models import create_model
 
-CASES = [  # (label, spatial size, batch, stem stride)
+CASES = [  # (label, spatial size, batch, stem stride); 64 is medres train's default batch
     ("2D 28 px", (28, 28), 64, 2),
     ("3D 28³", (28, 28, 28), 16, 4),
+    ("3D 28³", (28, 28, 28), 64, 4),
 ]
 MODES = {"fp32": (False, False), "channels_last": (True, False), "channels_last+bf16": (True, True)}
 
@@ -66,7 +68,7 @@ def main() -> None:
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {native}.",
-        "Command: `python benchmarks/cpu_fast_path.py`; best of "
+        f"Command: `{' '.join(['python benchmarks/cpu_fast_path.py', *sys.argv[1:]])}`; best of "
         f"{args.repeats} interleaved repeats of {args.steps} steps.",
         "",
         "| case | batch | mode | s/step | speed vs fp32 |",
