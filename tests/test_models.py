@@ -163,6 +163,49 @@ def test_mixed_conv_keeps_the_slice_axis_after_layer1_and_2p1d_does_not():
     assert r2p1d["layer4"] == (4, 4, 1)
 
 
+# ---- 3D convs that skip kernel taps reading only padding --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride"),
+    [(1, 3, 1), (2, 3, 2), (2, 3, 1), (3, 3, 2), (1, 7, 4), (5, 7, 2), (4, 1, 2), (9, 3, 1)],
+)
+def test_padding_aware_conv_matches_nn_conv3d_in_outputs_and_gradients(size, kernel, stride):
+    torch.manual_seed(0)
+    plain = nn.Conv3d(4, 6, kernel, stride, padding=kernel // 2, bias=True)
+    aware = models.PaddingAwareConv3d(4, 6, kernel, stride, padding=kernel // 2, bias=True)
+    aware.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 4, size, size + 1, max(size - 1, 1), requires_grad=True)
+    outputs = [conv(x) for conv in (plain, aware)]
+    torch.testing.assert_close(outputs[1], outputs[0])
+    grads = [
+        torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
+                            (x, conv.weight, conv.bias))
+        for out, conv in zip(outputs, (plain, aware), strict=True)
+    ]  # fmt: skip
+    for got, want in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_live_taps_of_a_3x3x3_kernel_on_the_last_stage_grids():
+    assert models.live_taps(1, 3, 1, 1) == (1, 1, 0, 0)  # 1³: the centre tap alone
+    assert models.live_taps(2, 3, 2, 1) == (1, 2, 0, 0)  # 2³ -> 1³: 8 of 27 taps
+    assert models.live_taps(7, 3, 1, 1) == (0, 2, 1, 1)  # every tap reads data
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if 3 in supported_spatial_dims(n)])
+def test_3d_models_use_padding_aware_convs_with_the_same_initial_weights(name):
+    torch.manual_seed(0)
+    model = create_model(name, in_channels=1, num_classes=2, spatial_dims=3, stem_stride=4)
+    torch.manual_seed(0)
+    raw, _ = models._MODELS[name](in_channels=1, spatial_dims=3, stem_stride=4)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv3d)]
+    assert convs and all(isinstance(m, models.PaddingAwareConv3d) for m in convs)
+    for (key, got), want in zip(model.backbone.state_dict().items(),
+                                raw.state_dict().values(), strict=True):  # fmt: skip
+        assert torch.equal(got, want), key
+
+
 # the two stem implementations: MONAI's (resnet18/50, 2D and 3D) and the hand-written 3D one
 STEM_CASES = [("resnet18", 2), ("resnet18", 3), ("resnet18_mc", 3)]
 
