@@ -1,12 +1,16 @@
 """Training-step speed of medres's ResNet-18 on this CPU: fp32 vs channels-last vs bf16.
 
 Decides the CPU fast path of ``medres.train`` (channels-last always; bf16 autocast only
-where the CPU has native bf16). Ratios are against fp32 / default layout measured in the
-same run, interleaved, best of ``--repeats``. Writes ``benchmarks/results/cpu_fast_path.md``.
+where the CPU has native bf16) and measures what 3D models gain from convolving without
+the kernel taps that read only zero padding (``models.PaddingAwareConv3d``; mode "every
+tap" puts plain ``nn.Conv3d`` back). Ratios are against the first of ``--modes`` (fp32,
+default layout, unless chosen), measured in the same run, interleaved, best of
+``--repeats``. Writes ``benchmarks/results/cpu_fast_path.md`` or ``--out``.
 
 Usage::
 
     python benchmarks/cpu_fast_path.py
+    python benchmarks/cpu_fast_path.py --modes channels_last "channels_last, every tap"
 """
 
 from __future__ import annotations
@@ -14,29 +18,38 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from medres.models import create_model
+from medres.models import PaddingAwareConv3d, create_model
 
 CASES = [  # (label, spatial size, batch, stem stride); 64 is medres train's default batch
     ("2D 28 px", (28, 28), 64, 2),
     ("3D 28³", (28, 28, 28), 16, 4),
     ("3D 28³", (28, 28, 28), 64, 4),
 ]
-MODES = {"fp32": (False, False), "channels_last": (True, False), "channels_last+bf16": (True, True)}
+MODES = {  # (channels_last, bf16, every tap)
+    "fp32": (False, False, False),
+    "channels_last": (True, False, False),
+    "channels_last+bf16": (True, True, False),
+    "channels_last, every tap": (True, False, True),
+}
 
 
-def step_time(size, batch, stride, channels_last, bf16, steps) -> float:
+def step_time(size, batch, stride, channels_last, bf16, every_tap, steps) -> float:
     """Seconds per training step (forward, backward, AdamW update)."""
     torch.manual_seed(0)
     dims = len(size)
     model = create_model(
         "resnet18", in_channels=1, num_classes=2, spatial_dims=dims, stem_stride=stride
     )
+    for conv in model.modules():
+        if every_tap and isinstance(conv, PaddingAwareConv3d):
+            conv.__class__ = torch.nn.Conv3d  # back to the plain convolution, same weights
     x, y = torch.randn(batch, 1, *size), torch.randint(0, 2, (batch,))
     if channels_last:
         layout = torch.channels_last if dims == 2 else torch.channels_last_3d
@@ -58,6 +71,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument(
+        "--modes", nargs="+", choices=list(MODES), default=list(MODES), help="default: all"
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "cpu_fast_path.md"
     )
     args = parser.parse_args()
@@ -68,20 +84,22 @@ def main() -> None:
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {native}.",
-        f"Command: `{' '.join(['python benchmarks/cpu_fast_path.py', *sys.argv[1:]])}`; best of "
+        f"Command: `python {shlex.join(['benchmarks/cpu_fast_path.py', *sys.argv[1:]])}`; best of "
         f"{args.repeats} interleaved repeats of {args.steps} steps.",
         "",
-        "| case | batch | mode | s/step | speed vs fp32 |",
+        f"| case | batch | mode | s/step | speed vs {args.modes[0]} |",
         "|---|---|---|---|---|",
     ]
     for label, size, batch, stride in CASES:
-        best = {m: float("inf") for m in MODES}
+        modes = {m: MODES[m] for m in args.modes if len(size) == 3 or not MODES[m][2]}
+        best = {m: float("inf") for m in modes}
         for _ in range(args.repeats):
-            for mode, (cl, bf16) in MODES.items():
-                best[mode] = min(best[mode], step_time(size, batch, stride, cl, bf16, args.steps))
+            for mode, flags in modes.items():
+                best[mode] = min(best[mode], step_time(size, batch, stride, *flags, args.steps))
+        baseline = best[args.modes[0]]
         for mode, seconds in best.items():
             lines.append(
-                f"| {label} | {batch} | {mode} | {seconds:.3f} | {best['fp32'] / seconds:.2f}× |"
+                f"| {label} | {batch} | {mode} | {seconds:.3f} | {baseline / seconds:.2f}× |"
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
