@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -166,25 +168,53 @@ def test_mixed_conv_keeps_the_slice_axis_after_layer1_and_2p1d_does_not():
 # ---- 3D convs that skip kernel taps reading only padding --------------------------------
 
 
-@pytest.mark.parametrize(
-    ("size", "kernel", "stride"),
-    [(1, 3, 1), (2, 3, 2), (2, 3, 1), (3, 3, 2), (1, 7, 4), (5, 7, 2), (4, 1, 2), (9, 3, 1)],
-)
-def test_padding_aware_conv_matches_nn_conv3d_in_outputs_and_gradients(size, kernel, stride):
+PADDING_CASES = [  # (input side, kernel, stride, padding, groups)
+    (1, 3, 1, 1, 1),  # the last stage at 1³: the centre tap alone reads data
+    (2, 3, 2, 1, 1),  # 2³ -> 1³
+    (2, 3, 1, 1, 2),
+    (3, 3, 2, 1, 1),
+    (1, 7, 4, 3, 1),
+    (5, 7, 2, 3, 1),  # the cut kernel still needs padding on both sides
+    (4, 1, 2, 0, 1),
+    (9, 3, 1, 1, 1),  # every tap reads data
+    (2, 3, 1, 0, 1),  # no padding: input smaller than the kernel along the last axis
+    (1, 1, 3, 1, 1),  # padding wider than the kernel: no tap reads data
+    (1, (3, 3, 1), (2, 2, 1), (1, 1, 0), 1),  # resnet18_mc's in-plane conv
+    (2, (1, 1, 3), 1, (0, 0, 1), 1),  # resnet18_2p1d's through-plane conv
+]
+
+
+@pytest.mark.parametrize(("size", "kernel", "stride", "padding", "groups"), PADDING_CASES)
+def test_padding_aware_conv_matches_nn_conv3d(size, kernel, stride, padding, groups):
     torch.manual_seed(0)
-    plain = nn.Conv3d(4, 6, kernel, stride, padding=kernel // 2, bias=True)
-    aware = models.PaddingAwareConv3d(4, 6, kernel, stride, padding=kernel // 2, bias=True)
+    args = (4, 6, kernel, stride, padding)
+    plain = nn.Conv3d(*args, groups=groups, bias=True)
+    aware = models.PaddingAwareConv3d(*args, groups=groups, bias=True)
     aware.load_state_dict(plain.state_dict())
-    x = torch.randn(3, 4, size, size + 1, max(size - 1, 1), requires_grad=True)
-    outputs = [conv(x) for conv in (plain, aware)]
-    torch.testing.assert_close(outputs[1], outputs[0])
+    x = torch.randn(3, 4, size + 1, size, size, requires_grad=True)
+    try:
+        want = plain(x)
+    except RuntimeError as error:  # too small for the kernel: the same error, not a result
+        with pytest.raises(RuntimeError, match=re.escape(str(error)[:30])):
+            aware(x)
+        return
+    got = aware(x)
+    torch.testing.assert_close(got, want)
+    weights = torch.linspace(-1, 1, want.numel()).view_as(want)
     grads = [
-        torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
-                            (x, conv.weight, conv.bias))
-        for out, conv in zip(outputs, (plain, aware), strict=True)
-    ]  # fmt: skip
-    for got, want in zip(grads[1], grads[0], strict=True):
-        torch.testing.assert_close(got, want)
+        torch.autograd.grad((out * weights).sum(), (x, conv.weight, conv.bias))
+        for out, conv in ((want, plain), (got, aware))
+    ]
+    for mine, theirs in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(mine, theirs)
+
+
+@pytest.mark.parametrize(
+    "change", [{"padding": "same"}, {"dilation": 2}, {"padding_mode": "reflect"}]
+)
+def test_padding_aware_conv_refuses_what_it_cannot_cut(change):
+    with pytest.raises(ValueError, match="zero padding and dilation 1"):
+        models.PaddingAwareConv3d(2, 2, 3, **{"padding": 1, **change})
 
 
 def test_live_taps_of_a_3x3x3_kernel_on_the_last_stage_grids():
@@ -198,11 +228,15 @@ def test_3d_models_use_padding_aware_convs_with_the_same_initial_weights(name):
     torch.manual_seed(0)
     model = create_model(name, in_channels=1, num_classes=2, spatial_dims=3, stem_stride=4)
     torch.manual_seed(0)
-    raw, _ = models._MODELS[name](in_channels=1, spatial_dims=3, stem_stride=4)
+    raw, features = models._MODELS[name](in_channels=1, spatial_dims=3, stem_stride=4)
+    plain = Classifier(
+        raw, features, 2, 0.2
+    )  # the head drawn after the backbone, as in create_model
     convs = [m for m in model.modules() if isinstance(m, nn.Conv3d)]
     assert convs and all(isinstance(m, models.PaddingAwareConv3d) for m in convs)
-    for (key, got), want in zip(model.backbone.state_dict().items(),
-                                raw.state_dict().values(), strict=True):  # fmt: skip
+    assert not any(isinstance(m, models.PaddingAwareConv3d) for m in plain.modules())
+    for (key, got), want in zip(model.state_dict().items(),
+                                plain.state_dict().values(), strict=True):  # fmt: skip
         assert torch.equal(got, want), key
 
 
