@@ -140,3 +140,28 @@ def test_a_multi_volume_3d_scan_is_refused_not_averaged():
     spec = PreprocessSpec(preset="mr_3d", spatial_size=(4, 4, 4), percentiles=(0, 100))
     with pytest.raises(ScanContentError, match="2 volumes"):
         build_transform(spec)(volume)
+
+
+@pytest.mark.parametrize("size", [(28, 28), (16, 20, 24)])
+def test_cached_affine_grid_changes_no_voxel(size):
+    """The augmentation reuses its sampling grid; every draw must equal MONAI's uncached
+    RandAffine with the same random state (a changed grid would shift every scan)."""
+    from monai.transforms import RandAffine
+
+    spec = PreprocessSpec(preset="mr_3d" if len(size) == 3 else "xray_2d", spatial_size=size)
+    cached = next(
+        t for t in build_transform(spec, train=True).transforms if isinstance(t, RandAffine)
+    )
+    plain = RandAffine(
+        prob=cached.prob,
+        rotate_range=cached.rand_affine_grid.rotate_range,
+        scale_range=cached.rand_affine_grid.scale_range,
+        translate_range=cached.rand_affine_grid.translate_range,
+        padding_mode="border",
+    )
+    cached.set_random_state(5)
+    plain.set_random_state(5)
+    image = torch.rand(1, *size)
+    outputs = [(cached(image), plain(image)) for _ in range(12)]
+    assert sum(not torch.equal(a, image) for a, _ in outputs) >= 3  # the affine fired
+    assert all(torch.equal(a, b) for a, b in outputs)
