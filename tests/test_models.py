@@ -229,9 +229,7 @@ def test_3d_models_use_padding_aware_convs_with_the_same_initial_weights(name):
     model = create_model(name, in_channels=1, num_classes=2, spatial_dims=3, stem_stride=4)
     torch.manual_seed(0)
     raw, features = models._MODELS[name](in_channels=1, spatial_dims=3, stem_stride=4)
-    plain = Classifier(
-        raw, features, 2, 0.2
-    )  # the head drawn after the backbone, as in create_model
+    plain = Classifier(raw, features, 2, 0.2)  # head drawn after the backbone, as in create_model
     convs = [m for m in model.modules() if isinstance(m, nn.Conv3d)]
     assert convs and all(isinstance(m, models.PaddingAwareConv3d) for m in convs)
     assert not any(isinstance(m, models.PaddingAwareConv3d) for m in plain.modules())

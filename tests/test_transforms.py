@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.transforms import RandAffine
 
 from medres.errors import ConfigError, ScanContentError
 from medres.io import Volume, read_scan
@@ -146,8 +147,6 @@ def test_a_multi_volume_3d_scan_is_refused_not_averaged():
 def test_cached_affine_grid_changes_no_voxel(size):
     """The augmentation reuses its sampling grid; every draw must equal MONAI's uncached
     RandAffine with the same random state (a changed grid would shift every scan)."""
-    from monai.transforms import RandAffine
-
     spec = PreprocessSpec(preset="mr_3d" if len(size) == 3 else "xray_2d", spatial_size=size)
     cached = next(
         t for t in build_transform(spec, train=True).transforms if isinstance(t, RandAffine)
