@@ -95,6 +95,7 @@ def run_one(name: str, seed: int, work: Path, extra: list[str]) -> dict:
         "train_minutes": round(train_s / 60, 1),
         "epochs_run": bundle["training"]["epochs_run"],
         "best_epoch": bundle["training"]["best_epoch"],
+        "stopped_by": bundle["training"]["stopped_by"],
         "model_args": bundle["model"]["args"],
         "preset": bundle["preprocess"]["preset"],
     }
@@ -146,7 +147,8 @@ def write_markdown(results: list[dict], out: Path, command: str) -> None:
 
 
 def _epochs(run: dict) -> str:
-    return f"{run['epochs_run']} ({run['best_epoch']})"
+    limit = ", time limit" if run.get("stopped_by") == "the time limit" else ""
+    return f"{run['epochs_run']} ({run['best_epoch']}{limit})"
 
 
 def _mean_sd(values: list[float]) -> str:

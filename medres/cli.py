@@ -425,10 +425,11 @@ def train_command(
 
     With --cohort alone every choice comes from the cohort: 2D or 3D, channels, classes
     (two → binary, more → multiclass, non-integer numbers → regression) and a preset;
-    the documented defaults (ResNet-18, AdamW 1e-3, cosine schedule, 30 epochs, an
-    average of the weights, early stopping on validation AUROC) are meant to be used as
-    is. The operating point is chosen on the validation split; the model card reports
-    validation and test metrics with patient-level 95 % CIs.
+    the documented defaults (ResNet-18, AdamW 1e-3, cosine schedule, 30 epochs within a
+    25-minute limit, an average of the weights, early stopping on validation AUROC) are
+    meant to be used as is; --set time_limit_minutes=0 lifts the limit. The operating
+    point is chosen on the validation split; the model card reports validation and test
+    metrics with patient-level 95 % CIs.
 
     Example:
 

@@ -50,11 +50,14 @@ class TrainConfig(BaseModel):
     The defaults are the documented ``medres train --cohort`` defaults, the same for
     every dataset: ResNet-18, AdamW (lr 1e-3, weight decay 1e-4), batch 64, 30 epochs
     with one warm-up epoch and a cosine schedule, dropout 0.2, early stopping after 10
-    epochs without a better validation score; validation, selection and the bundle use an
-    exponential moving average of the weights with a time constant of ``ema_epochs``
-    (2 epochs; 0 = the raw weights); ``trust`` (calibration, conformal sets,
-    referral, OOD) is fitted on validation after training. Scores within ``selection_tolerance`` of
-    the best seen count as ties, decided by the lower validation loss.
+    epochs without a better validation score, and a time limit of ``time_limit_minutes``
+    (25; 0 = none): no epoch starts that would, at the run's mean epoch time so far, end
+    past it, so a run that fits is unchanged by it; validation, selection and the bundle
+    use an exponential moving average of the weights with a time constant of
+    ``ema_epochs`` (2 epochs; 0 = the raw weights); ``trust`` (calibration, conformal
+    sets, referral, OOD) is fitted on validation after training. Scores within
+    ``selection_tolerance`` of the best seen count as ties, decided by the lower
+    validation loss.
 
     Regression only: ``value_range`` (min, max) of the target for the binned accuracies
     (default: the training targets' range); ``flag_below`` turns a prediction below it
@@ -78,6 +81,7 @@ class TrainConfig(BaseModel):
     dropout: float = Field(0.2, ge=0, lt=1)
     ema_epochs: float = Field(2.0, ge=0)
     patience: int = Field(10, ge=1)
+    time_limit_minutes: float = Field(25.0, ge=0)
     selection_tolerance: float = Field(1e-3, ge=0)
     seed: int = 0
     num_workers: int | None = Field(None, ge=0)
@@ -149,6 +153,7 @@ class FitResult:
     metric: str
     best_score: float
     seconds: float
+    stopped_by: str  # "the last epoch", "early stopping" or "the time limit"
 
 
 def fit(
@@ -237,10 +242,14 @@ def fit(
         "best_epoch": 0,
         "best_model": None,
         "history": [],
+        "seconds": 0.0,
+        "stopped_by": "the last epoch",
     }
     fingerprint = _config_fingerprint(resolved, cohort) + init_id
     if resume:
         state = _load_checkpoint(checkpoint, fingerprint, model, averaged, optimizer, scheduler)
+    spent_before = state["seconds"]  # earlier sessions of a resumed run
+    loop_start, epochs_here = time.perf_counter(), 0
 
     columns = [
         TextColumn("{task.description}"),
@@ -254,6 +263,15 @@ def fit(
         batches_bar = progress.add_task("batches", total=None)
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
             if epoch - state["best_epoch"] > config.patience and state["best_epoch"]:
+                state["stopped_by"] = "early stopping"
+                break
+            now = time.perf_counter()
+            if epochs_here:
+                epoch_s = (now - loop_start) / epochs_here
+            else:  # none yet in this session: a resumed run's earlier mean, if any
+                epoch_s = spent_before / (epoch - 1) if epoch > 1 else None
+            if not within_time_limit(config, spent_before + now - start, epoch_s):
+                state["stopped_by"] = "the time limit"
                 break
             tick = time.perf_counter()
             epoch_seed = config.seed * 100_003 + epoch
@@ -301,6 +319,7 @@ def fit(
             }
             state["history"].append(row)
             state["epoch"] = epoch
+            state["seconds"] = spent_before + time.perf_counter() - start
             _save_checkpoint(checkpoint, fingerprint, model, averaged, optimizer, scheduler, state)
             _write_history(out_dir / "metrics.csv", state["history"])
             progress.update(
@@ -312,6 +331,7 @@ def fit(
                     f"@ {state['best_epoch']})"
                 ),
             )
+            epochs_here += 1
     if state["best_model"] is None:
         raise ConfigError("training ended before any epoch completed")
     model.load_state_dict(state["best_model"])
@@ -326,8 +346,17 @@ def fit(
         state["best_epoch"],
         metric,
         _shown(metric, state["best_score"]),
-        time.perf_counter() - start,
+        spent_before + time.perf_counter() - start,
+        state["stopped_by"],
     )
+
+
+def within_time_limit(config: TrainConfig, spent_s: float, epoch_s: float | None) -> bool:
+    """Whether an epoch of about ``epoch_s`` seconds, started after ``spent_s`` seconds
+    of the run, ends within ``config.time_limit_minutes`` (0 = no limit). With no epoch
+    timed yet (``epoch_s`` None) the epoch runs, so every run trains at least one."""
+    limit_s = config.time_limit_minutes * 60
+    return not limit_s or epoch_s is None or spent_s + epoch_s <= limit_s
 
 
 def weight_average(model, ema_epochs: float, steps_per_epoch: int) -> AveragedModel:

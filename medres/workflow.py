@@ -87,6 +87,8 @@ def train_bundle(
         "info": result.info,
         "best_epoch": result.best_epoch,
         "metric": result.metric,
+        "epochs_run": len(result.history),
+        "stopped_by": result.stopped_by,
         "counts": counts,
         "patients_known": bool(cohort.ok["patient_id"].notna().any()),
         "split_by": cohort.meta.get("split_by"),
@@ -106,6 +108,7 @@ def train_bundle(
             "metric": result.metric,
             "best_score": result.best_score,
             "epochs_run": len(result.history),
+            "stopped_by": result.stopped_by,
             "seconds": round(result.seconds, 1),
             "seed": config.seed,
             "referable_from": config.referable_from,
@@ -383,7 +386,8 @@ def model_card(facts: dict[str, Any], evaluations: dict[str, Evaluation]) -> str
         "",
         "## Training",
         "",
-        f"Selected epoch {facts['best_epoch']} by validation {facts['metric']}.",
+        f"Trained {facts['epochs_run']} epochs (ended by {facts['stopped_by']}); selected "
+        f"epoch {facts['best_epoch']} by validation {facts['metric']}.",
         "",
     ]
     for split, ev in evaluations.items():

@@ -27,6 +27,7 @@ from medres.train import (
     make_loader,
     selects,
     weight_average,
+    within_time_limit,
 )
 from tests.conftest import PROJECT, small_cohort
 
@@ -84,6 +85,7 @@ def test_fit_writes_history_and_checkpoint_and_is_deterministic(example_cohort, 
     assert {"train_loss", "val_loss", "val_auroc", "lr"} <= set(history.columns)
     assert (tmp_path / "a" / CHECKPOINT).is_file()
     assert first.metric == "auroc" and 1 <= first.best_epoch <= 2
+    assert first.stopped_by == "the last epoch"
     again = fit(cohort, TrainConfig(**FAST), tmp_path / "b", show_progress=False)
     pd.testing.assert_frame_equal(
         first.history.drop(columns="seconds"), again.history.drop(columns="seconds")
@@ -124,6 +126,20 @@ def test_training_killed_mid_epoch_resumes_to_the_same_result(example_cohort, tm
     resumed = pd.read_csv(metrics).drop(columns="seconds")
     pd.testing.assert_frame_equal(whole, resumed, atol=1e-6, rtol=0)
     assert (killed / "bundle.json").is_file() and not (killed / CHECKPOINT).exists()
+
+
+def test_time_limit_stops_before_an_epoch_that_would_end_past_it(example_cohort, tmp_path):
+    limit = TrainConfig(time_limit_minutes=25)
+    assert within_time_limit(limit, 24 * 60, 60.0)  # ends at exactly 25 min
+    assert not within_time_limit(limit, 24 * 60, 61.0)
+    assert within_time_limit(limit, 99 * 60, None)  # nothing timed yet: the epoch runs
+    assert within_time_limit(TrainConfig(time_limit_minutes=0), 99 * 60, 61.0)  # 0 = none
+
+    cohort = Cohort.load(small_cohort(example_cohort, tmp_path / "c.parquet"))
+    config = TrainConfig(**{**FAST, "epochs": 3}, time_limit_minutes=1e-4)  # 6 ms
+    result = fit(cohort, config, tmp_path / "a", show_progress=False)
+    assert list(result.history["epoch"]) == [1] and result.stopped_by == "the time limit"
+    assert result.best_epoch == 1
 
 
 def test_weight_average_follows_the_weights_with_the_stated_time_constant():
