@@ -436,6 +436,8 @@ def train_command(
         medres train --cohort cohort_split.parquet -o bundles/pneumonia
         medres train pipeline.toml --set task=ordinal --set epochs=50 -o bundles/dr
     """
+    import json
+
     from medres.config import apply_overrides, read_toml, validate
     from medres.errors import ConfigError
     from medres.evaluate import metrics_table
@@ -459,6 +461,13 @@ def train_command(
         train = apply_overrides(train, set_ or [])
         settings = validate(TrainConfig, train, f"[train] settings of {config or 'command line'}")
         bundle_json, evaluations = train_bundle(cohort_path, settings, out, resume=resume)
+    training = json.loads(bundle_json.read_text())["training"]
+    if training["stopped_by"] == "the time limit":
+        console.print(
+            f"[yellow]training reached its {settings.time_limit_minutes:g}-minute limit after "
+            f"{training['epochs_run']} of {settings.epochs} epochs[/] (the best of them is "
+            "bundled); --set time_limit_minutes=0 lifts the limit"
+        )
     for split, evaluation in evaluations.items():
         table = metrics_table(evaluation)
         table.title = f"{split}: {table.title}"

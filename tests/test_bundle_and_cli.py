@@ -49,7 +49,24 @@ def test_train_writes_a_complete_bundle(trained):
     for section in ("## Intended use", "## Data", "## Metrics — val", "## Limitations"):
         assert section in card
     assert "no patient ids" in card.lower() or "patients" in card
-    assert "bundle:" in output and "auroc" in output
+    assert manifest["training"]["stopped_by"] == "the last epoch"
+    assert "Trained 2 epochs (ended by the last epoch)" in card
+    assert "bundle:" in output and "auroc" in output and "limit" not in output
+
+
+def test_train_past_its_time_limit_keeps_the_best_epoch_and_says_so(example_cohort, tmp_path):
+    cohort = small_cohort(example_cohort, tmp_path / "c.parquet")
+    limit = ["--set", "time_limit_minutes=1e-4"]
+    result = runner.invoke(
+        app, ["train", "--cohort", str(cohort), *QUICK, *limit, "-o", str(tmp_path / "b")]
+    )
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert "reached its 0.0001-minute limit after 1 of 2 epochs" in said
+    assert "time_limit_minutes=0 lifts the limit" in said
+    training = verify_bundle(tmp_path / "b")["training"]
+    assert training["stopped_by"] == "the time limit" and training["epochs_run"] == 1
+    assert "ended by the time limit" in (tmp_path / "b" / "model_card.md").read_text()
 
 
 def test_loaded_bundle_predicts_like_the_trained_model(trained):
