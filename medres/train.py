@@ -248,8 +248,8 @@ def fit(
     fingerprint = _config_fingerprint(resolved, cohort) + init_id
     if resume:
         state = _load_checkpoint(checkpoint, fingerprint, model, averaged, optimizer, scheduler)
-    spent_before = state["seconds"]  # earlier sessions of a resumed run
-    loop_start, epochs_here = time.perf_counter(), 0
+    spent_before, resumed_at = state["seconds"], state["epoch"]  # 0, 0 unless resumed
+    loop_start = time.perf_counter()
 
     columns = [
         TextColumn("{task.description}"),
@@ -261,15 +261,15 @@ def fit(
     with Progress(*columns, disable=not show_progress) as progress:
         epochs_bar = progress.add_task("epochs", total=config.epochs, completed=state["epoch"])
         batches_bar = progress.add_task("batches", total=None)
-        for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        for epoch in range(resumed_at + 1, config.epochs + 1):
             if epoch - state["best_epoch"] > config.patience and state["best_epoch"]:
                 state["stopped_by"] = "early stopping"
                 break
             now = time.perf_counter()
-            if epochs_here:
-                epoch_s = (now - loop_start) / epochs_here
+            if epoch - 1 > resumed_at:  # the mean epoch of this session
+                epoch_s = (now - loop_start) / (epoch - 1 - resumed_at)
             else:  # none yet in this session: a resumed run's earlier mean, if any
-                epoch_s = spent_before / (epoch - 1) if epoch > 1 else None
+                epoch_s = spent_before / resumed_at if resumed_at else None
             if not within_time_limit(config, spent_before + now - start, epoch_s):
                 state["stopped_by"] = "the time limit"
                 break
@@ -331,7 +331,6 @@ def fit(
                     f"@ {state['best_epoch']})"
                 ),
             )
-            epochs_here += 1
     if state["best_model"] is None:
         raise ConfigError("training ended before any epoch completed")
     model.load_state_dict(state["best_model"])
