@@ -6,7 +6,7 @@ with case data; every page also checks the reviewer itself (``ui.require_reviewe
 
 import streamlit as st
 
-from medres.review import ui
+from medres.review import render, ui
 
 st.set_page_config(page_title="medres review", page_icon=":material/radiology:", layout="wide")
 
@@ -22,7 +22,7 @@ else:
         ]
     )
     with st.sidebar:
-        st.caption(f"Signed in as **{ui.reviewer()}**")
+        st.caption(f"Signed in as **{render.literal(ui.reviewer())}**")
         if st.button("Sign out", key="sign_out"):
             ui.sign_out()
             st.rerun()

@@ -8,6 +8,7 @@ distribution); each test loads it into its own store and signs in as a real acco
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -92,7 +93,7 @@ def test_worklist_shows_the_most_urgent_cases_first_with_counts(store):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["In this list"] == "21" and metrics["Pending"] == "21"
     assert metrics["Reviewed"] == "0"
-    assert "Signed in as **dr_lee**" in [c.value for c in at.sidebar.caption]
+    assert "Signed in as **dr\\_lee**" in [c.value for c in at.sidebar.caption]
 
 
 def test_worklist_filters_by_status_class_site_and_reason(store):
@@ -134,7 +135,7 @@ def test_decision_flow_saves_shows_history_and_audits(store):
     assert not at.exception
     first = store.worklist()
     case_id = int(first["case_id"].iloc[0])
-    assert at.title[0].value == "Case zz_black.png" and at.session_state["case_id"] == case_id
+    assert at.title[0].value == "Case zz\\_black\\.png" and at.session_state["case_id"] == case_id
     assert at.get("image"), "the scan is drawn"
     assert any("Out of distribution" in m.value for m in at.markdown)  # the OOD badge
     assert at.slider(key=f"case{case_id}_opacity").value == 0.4  # it has a Grad-CAM map
@@ -153,7 +154,7 @@ def test_decision_flow_saves_shows_history_and_audits(store):
     at.text_area(key=f"{key}_notes").input("no lung fields: blank export")
     at.button(key=f"{key}_save").click().run()
     assert not at.exception and not at.error
-    assert at.success[0].value == f"Saved: disagree → {other} by dr_lee."
+    assert at.success[0].value == f"Saved: disagree → {other} by dr\\_lee."
     history = next(f.value for f in at.dataframe if "decided_at" in f.value.columns)
     assert history[["reviewer", "decision", "corrected_label", "current"]].values.tolist() == [
         ["dr_lee", "disagree", other, True]
@@ -251,3 +252,154 @@ def test_serve_runs_streamlit_on_localhost_and_refuses_a_missing_store_or_no_rev
     assert PASSWORD not in " ".join(argv)
     help_text = runner.invoke(app, ["review", "serve", "--help"]).output
     assert "Example" in help_text and "127.0.0.1" in help_text
+
+
+# Markdown in data: a DICOM SeriesInstanceUID that became a scan id, a class name, a
+# site, a refer reason, a bundle id, a file path, notes and a reviewer's (OIDC) name.
+LINKED = "![u](http://example.invalid/x.png)[Open the full report](http://example.invalid/r)"
+HOSTILE = {
+    "scan_id": LINKED,
+    "site": f"<b>St</b> :red[Elsewhere] $x^2$ {LINKED}",
+    "patient_id": f"# **p** `c` ~~s~~ :material/home: :smile: p@example.invalid {LINKED}",
+    "modality": f"_MR_ {LINKED}",
+    "refer_reason": f"out of distribution; [see](http://example.invalid/why) <i>now</i> {LINKED}",
+    "bundle_id": f"[bundle](http://example.invalid/b) www.example.invalid {LINKED}",
+    "predicted_at": f"2026 | x | {LINKED}",
+    "heatmap_map": f"/nonexistent/{LINKED}.npy",
+}
+CLASS_P = f"**P** {LINKED}"
+CLASS_Q = f"`Q` :blue[q] {LINKED}"
+REVIEWER = f"dr.lee@example.invalid {LINKED}"
+
+
+def _make_hostile(store: ReviewStore, case_id: int, **values) -> None:
+    """Overwrite a case's data (and its run's classes) with Markdown-laden values."""
+    from sqlalchemy import update
+
+    from medres.review.schema import cases, runs
+
+    with store.engine.begin() as conn:
+        conn.execute(update(cases).where(cases.c.id == case_id).values(**values))
+    run_id = store.case(case_id)["run_id"]
+    with store.engine.begin() as conn:
+        conn.execute(update(runs).where(runs.c.id == run_id).values(classes=[CLASS_P, CLASS_Q]))
+
+
+def _markdown_bodies(at: AppTest) -> list[str]:
+    """The body of every element Streamlit renders as Markdown, with radio options."""
+    bodies = []
+    for kind in ("title", "header", "subheader", "markdown", "caption"):
+        bodies += [e.value for e in at.get(kind)]
+    for kind in ("error", "warning", "info", "success"):
+        bodies += [e.value for e in at.get(kind)]
+    for radio in at.radio:
+        bodies += [radio.label, *radio.options]
+    return bodies
+
+
+def _columns(frame) -> list[dict]:
+    import json
+
+    return list(json.loads(frame.proto.columns or "{}").values())
+
+
+def _live_markup(body: str) -> list[str]:
+    """Links, images and raw HTML a CommonMark + GFM-table parser finds in ``body``, and
+    the LaTeX and emoji shortcodes Streamlit's own checks (its StreamlitMarkdown
+    component, 1.67) would render."""
+    from markdown_it import MarkdownIt
+
+    parser = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+    found = []
+    for token in parser.parse(body):
+        for t in [token, *(token.children or [])]:
+            if t.type in ("link_open", "image", "html_inline", "html_block"):
+                found.append(f"{t.type}: {t.attrs or t.content}")
+    unescaped = re.sub(r"(?<!`)(`+)[^`\n]+\1(?!`)|\\[\\$`]", "_", body)
+    inline_math = r"(?<!\$)\$(?![\s$])[^$\n]*?[^\s$]\$(?!\d)"
+    if re.search(inline_math + r"|(?<!\$)\$\$+(?!\$)[\s\S]*?\$\$", unescaped):
+        found.append("latex")
+    if re.search(r":(?!material/|streamlit:)[\w+-][\w_+-]*:", body, re.ASCII):
+        found.append("emoji shortcode")
+    return found
+
+
+def _assert_plain(bodies: list[str]) -> None:
+    """No body holds live markup from the data, and the data does show."""
+    from medres.review.render import literal
+
+    for body in bodies:
+        assert _live_markup(body) == [], body
+        assert "](http" not in body and "<b>" not in body and "<i>" not in body, body
+        assert ":material/" not in body and ":red[" not in body and ":blue[" not in body, body
+    assert any(literal("http://example.invalid/") in body for body in bodies)
+
+
+def test_data_shows_as_plain_text_never_as_markdown_links_or_images(store):
+    from medres.review.render import literal
+
+    work = store.worklist()
+    case_id, broken_id = int(work["case_id"].iloc[0]), int(work["case_id"].iloc[1])
+    _make_hostile(
+        store,
+        case_id,
+        **HOSTILE,
+        refer=True,
+        predicted_class=CLASS_P,
+        probabilities={CLASS_P: 0.7, CLASS_Q: 0.3},
+        conformal_set=[CLASS_P, CLASS_Q],
+    )
+    _make_hostile(store, broken_id, path=f"/nonexistent/{LINKED}/scan.png")
+    store.decide(case_id, REVIEWER, "disagree", CLASS_Q, notes=LINKED)
+
+    at = AppTest.from_file(str(APP / "Home.py"), default_timeout=TIMEOUT)
+    at.session_state["reviewer"] = REVIEWER  # as an OpenID Connect e-mail would be
+    at.session_state["case_id"] = case_id
+    at.run()
+    at.switch_page(CASE_PAGE).run()
+    assert not at.exception
+    key = f"case{case_id}"
+    at.radio(key=f"{key}_choice").set_value("disagree")
+    at.button(key=f"{key}_save").click().run()  # refused: the message names the classes
+    assert not at.exception and at.error
+    _assert_plain(_markdown_bodies(at))
+    at.radio(key=f"{key}_choice").set_value("disagree")
+    at.selectbox(key=f"{key}_label").set_value(CLASS_Q)
+    at.button(key=f"{key}_save").click().run()
+    assert not at.exception and not at.error
+    _assert_plain(_markdown_bodies(at))
+
+    # the values are there, escaped, where the reviewer reads them
+    assert at.title[0].value == f"Case {literal(LINKED)}"
+    assert at.subheader[0].value == f"Model says: {literal(CLASS_P)}"
+    facts = next(c.value for c in at.caption if c.value.startswith("patient"))
+    for name in ("patient_id", "site", "modality"):
+        assert literal(HOSTILE[name]) in facts
+    assert any(literal(HOSTILE["refer_reason"]) in m.value for m in at.markdown)
+    assert any(literal(HOSTILE["bundle_id"]) in c.value for c in at.caption)
+    assert any(literal(CLASS_P) in m.value for m in at.markdown)  # the conformal badge
+    assert f"Agree ({literal(CLASS_P)})" in at.radio(key=f"{key}_choice").options
+    assert at.success[0].value == f"Saved: disagree → {literal(CLASS_Q)} by {literal(REVIEWER)}."
+    assert f"Signed in as **{literal(REVIEWER)}**" in [c.value for c in at.sidebar.caption]
+    assert any(literal(Path(HOSTILE["heatmap_map"])) in w.value for w in at.warning)
+    # tables show data as it is: no escaping, no link columns
+    history = next(f.value for f in at.dataframe if "decided_at" in f.value.columns)
+    assert history["notes"].tolist() == ["", LINKED]
+    assert set(history["reviewer"]) == {REVIEWER}
+
+    at.session_state["case_id"] = broken_id
+    at.switch_page(CASE_PAGE).run()
+    assert not at.exception
+    assert literal(Path(f"/nonexistent/{LINKED}/scan.png")) in at.error[0].value
+    broken_page = _markdown_bodies(at)
+
+    pages = []
+    for page in (WORKLIST_PAGE, "views/dashboard.py", EXPORT_PAGE):
+        at.switch_page(page).run()
+        assert not at.exception, page
+        pages += _markdown_bodies(at)
+        for frame in at.dataframe:  # cells are text; a link column would make them links
+            kinds = {c.get("type_config", {}).get("type") for c in _columns(frame)}
+            assert not kinds & {"link", "image", "json"}, (page, kinds)
+
+    _assert_plain(broken_page + pages)

@@ -10,6 +10,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nibabel.testing import data_path
 from pydicom.data import get_testdata_file
 
@@ -170,3 +172,92 @@ def test_reliability_bins_and_referral_counts_follow_the_reviewers():
     assert two_classes[["cases", "agree", "disagree"]].tolist() == [2, 1, 1]
     assert reasons.loc["(not referred)", "cases"] == 3
     assert reasons.loc["out of distribution", "reviewed"] == 0
+
+
+# Markdown and HTML that data (DICOM headers, file names, class names, notes) may hold
+HOSTILE_TEXT = [
+    "![u](http://example.invalid/x.png)[Open the full report](http://example.invalid/r)",
+    "[a] [a]: http://example.invalid/ref",
+    "<http://example.invalid> <b>bold</b> <img src=x onerror=alert(1)> <!-- c -->",
+    "**strong** *em* _em_ __strong__ ~~strike~~ `code` ``co`de``",
+    "# heading",
+    "  ## heading after spaces",
+    "- item\n+ item\n1. item\n2) item",
+    "> quote\n\n    indented code\n\n```\nfenced\n```",
+    "| a | b |\n|---|---|\n| 1 | 2 |",
+    "line one\n\nline two\r\n---\n===",
+    ":red[colour] :blue-background[bg] :material/home: :smile: :streamlit: $x^2$ $$y$$",
+    "&amp; &lt;b&gt; &#58; &copy; \\*not em\\* back\\slash\\",
+    "1.2.840.113619.2.55.3.604688119.968.1337179898.22",
+    "scan_001 (left) [v2] {x} !important @dr.lee #7 ~home 50% a+b=c; x|y ^2",
+    "dr.lee@example.invalid www.example.invalid http://example.invalid/x_y",
+    "tab\there  and   spaces \u00a0nbsp \u2028sep",
+    "ünïcødé 日本語 ✓ → —",
+    "",
+]
+
+
+def _plain(markdown: str) -> tuple[list[str], str]:
+    """The token types a CommonMark (+ GFM tables and strikethrough) parser makes of
+    ``markdown`` (inline ones included), and the text it would display."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").enable(["table", "strikethrough"]).parse(markdown)
+    kinds, text = [], []
+    for token in tokens:
+        kinds.append(token.type)
+        for child in token.children or []:
+            if child.type == "text" and not child.content:
+                continue  # what is left of a `**` pair: shows nothing
+            kinds.append(child.type)
+            if child.type == "text":
+                text.append(child.content)
+    return kinds, "".join(text)
+
+
+def _one_line(value: str) -> str:
+    return " ".join(value.split())  # how a browser shows any run of whitespace
+
+
+@pytest.mark.parametrize("value", HOSTILE_TEXT)
+def test_literal_markdown_displays_the_value_itself(value):
+    shown = render.literal(value)
+    kinds, text = _plain(shown)
+    if _one_line(value):
+        assert kinds == ["paragraph_open", "inline", "text", "paragraph_close"], kinds
+    assert text == _one_line(value)
+    assert "\n" not in shown and ":material/" not in shown and "](" not in shown
+    # inside our own formatting it stays text too: bold label, heading (st.title)
+    if _one_line(value):
+        kinds, text = _plain(f"Signed in as **{shown}**")
+        assert kinds == [
+            *("paragraph_open", "inline", "text"),
+            *("strong_open", "text", "strong_close", "paragraph_close"),
+        ]
+        assert text == f"Signed in as {_one_line(value)}"
+        kinds, text = _plain(f"# Case {shown}")
+        assert kinds == ["heading_open", "inline", "text", "heading_close"]
+        assert text == f"Case {_one_line(value)}"
+
+
+def test_the_hostile_examples_are_markup_without_literal():
+    """The examples do change rendering when not escaped (the test above tests something)."""
+    markup = {"link_open", "image", "html_inline", "html_block", "strong_open", "em_open"}
+    markup |= {"code_inline", "heading_open", "bullet_list_open", "s_open", "table_open"}
+    changed = [v for v in HOSTILE_TEXT if set(_plain(v)[0]) & markup]
+    assert len(changed) >= 8 and HOSTILE_TEXT[0] in changed
+
+
+@given(st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Co", "Cn"))))
+@settings(max_examples=300, deadline=None)
+def test_literal_round_trips_any_text(value):
+    kinds, text = _plain(render.literal(value))
+    assert set(kinds) <= {"paragraph_open", "inline", "text", "paragraph_close"}, kinds
+    assert text == _one_line(value).replace("\x00", "\ufffd")
+
+
+def test_literal_takes_any_value():
+    assert render.literal(None) == "None"
+    assert render.literal(3) == "3"
+    assert render.literal("dr_lee") == "dr\\_lee"
+    assert render.literal("a\\b") == "a\\\\b"

@@ -6,6 +6,7 @@ import streamlit as st
 
 from medres.errors import MedresError, ReviewError
 from medres.io import read_scan
+from medres.io.names import real_path
 from medres.review import render, ui
 from medres.review.summary import case_badges
 
@@ -15,7 +16,7 @@ MANUAL = "manual"
 @st.cache_data(max_entries=16, show_spinner="Reading the scan…")
 def load_scan(path: str, input_hash: str) -> render.DisplayScan:
     """The scan from its original file (``input_hash`` keys the cache to its content)."""
-    return render.display_scan(read_scan(path))
+    return render.display_scan(read_scan(real_path(path)))  # a name's \xNN escapes undone
 
 
 def window_controls(scan: render.DisplayScan, key: str) -> tuple[float, float]:
@@ -43,8 +44,8 @@ def window_controls(scan: render.DisplayScan, key: str) -> tuple[float, float]:
         names,
         key=f"{key}_preset",
         on_change=preset_chosen,
-        help=f"{scan.modality or 'unknown'} modality; CT has lung, soft tissue, bone and brain "
-        "windows, other scans a percentile auto-window",
+        help=f"{render.literal(scan.modality or 'unknown')} modality; CT has lung, soft "
+        "tissue, bone and brain windows, other scans a percentile auto-window",
     )
     width = columns[1].slider(
         "Window width", *width_range, step=step, key=f"{key}_width", on_change=slider_moved
@@ -60,7 +61,7 @@ def viewer(case: dict) -> None:
     try:
         scan = load_scan(case["path"], case["input_hash"])
     except MedresError as e:
-        st.error(f"The scan cannot be shown: {e}")
+        st.error(f"The scan cannot be shown: {render.literal(e)}")
         return
     key = f"case{case['case_id']}"
     width, level = window_controls(scan, key)
@@ -69,7 +70,7 @@ def viewer(case: dict) -> None:
         try:
             heat = render.load_heatmap(case["heatmap_map"], scan)
         except (OSError, ValueError) as e:
-            st.warning(f"The Grad-CAM map cannot be shown: {e}")
+            st.warning(f"The Grad-CAM map cannot be shown: {render.literal(e)}")
     opacity = 0.0
     if heat is not None:
         left, right = st.columns([1, 2])
@@ -91,7 +92,7 @@ def viewer(case: dict) -> None:
 
 def model_output(case: dict) -> None:
     """Prediction, calibrated probabilities, badges, referral, model id."""
-    st.subheader(f"Model says: {case['predicted_class']}")
+    st.subheader(f"Model says: {render.literal(case['predicted_class'])}")
     confidence = case.get("confidence")
     if confidence is not None:
         st.write(f"Calibrated confidence **{confidence:.0%}**")
@@ -101,17 +102,18 @@ def model_output(case: dict) -> None:
     st.bar_chart(probabilities, horizontal=True, height=60 + 30 * len(probabilities))
     for badge in case_badges(case):
         ui.badge(badge.label, badge.colour)
-        st.caption(badge.explanation)
+        st.caption(render.literal(badge.explanation))
     if case["refer"]:
-        st.write(f"**Referred for review:** {case['refer_reason']}")
-    st.caption(f"Model {case['bundle_id']} · predicted {case.get('predicted_at') or '?'}")
+        st.markdown(f"**Referred for review:** {render.literal(case['refer_reason'])}")
+    model, predicted_at = case["bundle_id"], case.get("predicted_at") or "?"
+    st.caption(f"Model {render.literal(model)} · predicted {render.literal(predicted_at)}")
 
 
 def decision_form(case: dict, reviewer: str) -> None:
     """Agree / disagree with a corrected label / uncertain, with notes: one Save click."""
     others = [c for c in case["classes"] if c != case["predicted_class"]]
     choices = {
-        "agree": f"Agree ({case['predicted_class']})",
+        "agree": f"Agree ({render.literal(case['predicted_class'])})",  # radio: Markdown
         "disagree": "Disagree",
         "uncertain": "Uncertain",
     }
@@ -143,10 +145,10 @@ def decision_form(case: dict, reviewer: str) -> None:
                 notes=notes,
             )
         except ReviewError as e:
-            st.error(str(e))
+            st.error(render.literal(e))
         else:
-            label = f" → {corrected}" if decision == "disagree" else ""
-            st.success(f"Saved: {decision}{label} by {reviewer}.")
+            label = f" → {render.literal(corrected)}" if decision == "disagree" else ""
+            st.success(f"Saved: {decision}{label} by {render.literal(reviewer)}.")
 
 
 def history(case_id: int) -> None:
@@ -175,22 +177,22 @@ if case_id is None:
 try:
     case = store.case(case_id)
 except ReviewError as e:
-    st.error(str(e))
+    st.error(render.literal(e))
     st.stop()
 
 title, next_column = st.columns([4, 1], vertical_alignment="bottom")
-title.title(f"Case {case['scan_id']}")
+title.title(f"Case {render.literal(case['scan_id'])}")
 pending = store.worklist(status="pending")
 pending = pending[pending["case_id"] != case_id]
 if next_column.button("Next pending case", disabled=pending.empty, key="case_next"):
     ui.open_case(int(pending["case_id"].iloc[0]))
-facts = [
-    f"patient {case.get('patient_id') or '(none)'}",
-    f"site {case.get('site') or '(none)'}",
-    f"modality {case.get('modality') or '?'}",
-    f"run {case['run_id']}",
-]
-st.caption(" · ".join(facts))
+facts = {
+    "patient": case.get("patient_id") or "(none)",
+    "site": case.get("site") or "(none)",
+    "modality": case.get("modality") or "?",
+    "run": case["run_id"],
+}
+st.caption(" · ".join(f"{name} {render.literal(value)}" for name, value in facts.items()))
 
 image_column, output_column = st.columns([3, 2], gap="large")
 with image_column:

@@ -1,4 +1,5 @@
-"""What the review app's case view draws: windowing, slicing, Grad-CAM overlay (no Streamlit).
+"""What the review app draws: windowing, slicing, Grad-CAM overlay, and data as literal
+text in Markdown (no Streamlit).
 
 ::
 
@@ -14,10 +15,18 @@ anterior up and the patient's right on the image's left, coronal with superior u
 the patient's right on the left, sagittal with superior up and anterior on the left.
 Pixels are stretched by their size in millimetres, so anisotropic voxels keep the
 patient's proportions.
+
+Text: every value that comes from data (scan ids, paths, class names, sites, refer
+reasons, bundle ids, reviewer names, error messages that quote them) goes into
+Streamlit's Markdown (titles, captions, messages, radio options, tooltips) through
+:func:`literal`, so a DICOM header holding ``[a link](http://...)`` shows as those
+characters, never as a link, an image, emphasis, LaTeX or an icon. Tables
+(``st.dataframe``) and select boxes show text as it is and take the values unchanged.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +48,26 @@ CT_PRESETS: dict[str, tuple[float, float]] = {
     "bone": (2500.0, 480.0),
     "brain": (80.0, 40.0),
 }
+# every ASCII punctuation character: CommonMark lets a backslash escape any of them
+MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 OVERLAY_CMAP = "jet"  # as the PNG overlays medres predict --explain writes
 DISPLAY_SIZE = 512  # pixels along the longer side of a rendered view
+
+
+def literal(value: object) -> str:
+    """``value`` as Markdown that Streamlit displays as the text itself, on one line.
+
+    Every ASCII punctuation character gets a backslash (so no link, image, emphasis,
+    code, HTML, entity, table, heading, list, ``$`` LaTeX, ``:red[...]`` directive,
+    ``:material/...:`` icon or ``:emoji:`` shortcode can start), and each run of
+    whitespace, line breaks included, becomes one space (a browser shows it so anyway;
+    no new block, such as an indented code block, can start). Wrap it in formatting of
+    our own as needed: ``f"**{literal(name)}**"``.
+
+    >>> print(literal("[report](http://x.invalid)"))
+    \\[report\\]\\(http\\:\\/\\/x\\.invalid\\)
+    """
+    return MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(str(value).split()))
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ variables (:data:`STORE_ENV`, :data:`USERS_ENV`); every page opens the store thr
 :func:`store` (one :class:`ReviewStore` per process, shared by the sessions) and calls
 :func:`require_reviewer` before it shows anything about a case.
 
+Every value from data shown through Markdown (titles, captions, messages, radio
+options, tooltips) goes through :func:`medres.review.render.literal` first.
+
 Sign-in: the local users file (:func:`medres.review.users.verify`), or OpenID Connect
 through ``st.login`` when ``.streamlit/secrets.toml`` has an ``[auth]`` section (the
 reviewer is then the identity provider's e-mail address).
@@ -18,6 +21,7 @@ from pathlib import Path
 import streamlit as st
 
 from medres.errors import MedresError
+from medres.review.render import literal
 from medres.review.store import ReviewStore
 from medres.review.users import default_users_path, verify
 
@@ -44,7 +48,7 @@ def store() -> ReviewStore:
     try:
         return _open_store(location)
     except MedresError as e:
-        st.error(str(e))
+        st.error(literal(e))  # it names the store's path
         st.stop()
 
 
@@ -117,5 +121,7 @@ def current_case() -> int | None:
 
 
 def badge(label: str, colour: str) -> None:
-    """A coloured badge (``st.badge``)."""
-    st.badge(label, color=colour)
+    """A coloured badge whose label shows as the text itself (it may hold class names):
+    the ``:colour-badge[...]`` directive that ``st.badge`` writes, with the label through
+    :func:`~medres.review.render.literal` (``st.badge`` escapes only the brackets)."""
+    st.markdown(f":{colour}-badge[{literal(label)}]", width="content")
