@@ -67,3 +67,10 @@ def quote_some(items, total: int | None = None, show: int = 5) -> str:
     total = len(items) if total is None else total
     more = total - min(len(items), show)
     return ", ".join(map(str, items[:show])) + (f" ... and {more} more" if more > 0 else "")
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """A library exception's message for a failure row: its first line, at most ``limit``
+    characters (some libraries put whole tracebacks or hex dumps in their messages)."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else "")[:limit]

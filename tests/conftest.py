@@ -74,6 +74,24 @@ def small_cohort(cohort, path: Path, sizes=(48, 24, 24), **columns) -> Path:
 
 
 @pytest.fixture(scope="session")
+def chest_bundle(example_cohort, tmp_path_factory) -> Path:
+    """A 2-epoch chest X-ray bundle (calibrated, with OOD model) trained once per session
+    by the CLI on grey PNGs (read only: copy it before changing it)."""
+    from typer.testing import CliRunner
+
+    from medres.cli import app
+
+    tmp = tmp_path_factory.mktemp("chest_bundle")
+    cohort = small_cohort(example_cohort, tmp / "c.parquet")
+    quick = ["--epochs", "2", "--set", "batch_size=16", "--set", "num_workers=0"]
+    result = CliRunner().invoke(
+        app, ["train", "--cohort", str(cohort), *quick, "-o", str(tmp / "b")]
+    )
+    assert result.exit_code == 0, result.output
+    return tmp / "b"
+
+
+@pytest.fixture(scope="session")
 def review_run(example_cohort, tmp_path_factory) -> Path:
     """:func:`predict_example_run` once per session, shared by the review tests (read only)."""
     return predict_example_run(example_cohort, tmp_path_factory.mktemp("review_run"))

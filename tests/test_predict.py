@@ -24,7 +24,7 @@ from medres.cli import app
 from medres.errors import ConfigError, ScanContentError
 from medres.predict import PredictOptions, predict_folder
 from medres.predict.scans import check_modality
-from tests.conftest import EXAMPLE, small_cohort
+from tests.conftest import EXAMPLE
 from tests.test_ingest import _make_junk
 
 runner = CliRunner()
@@ -33,13 +33,9 @@ TEST_PNGS = sorted((EXAMPLE / "test").glob("*.png"))
 
 
 @pytest.fixture(scope="module")
-def bundle(example_cohort, tmp_path_factory):
+def bundle(chest_bundle):
     """A 2-epoch chest X-ray bundle (calibrated, with OOD model) trained by the CLI."""
-    tmp = tmp_path_factory.mktemp("predict_bundle")
-    cohort = small_cohort(example_cohort, tmp / "c.parquet")
-    result = runner.invoke(app, ["train", "--cohort", str(cohort), *QUICK, "-o", str(tmp / "b")])
-    assert result.exit_code == 0, result.output
-    return tmp / "b"
+    return chest_bundle
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +183,12 @@ def test_a_scan_of_another_modality_is_refused_with_the_reason():
     with pytest.raises(ScanContentError, match="MR scan but the bundle was trained on CT"):
         check_modality("s1", "MR", ["CT"])
     check_modality("s2", "DX", ["CR"])  # one kind of radiograph
-    check_modality("s3", "CT", ["IMAGE"])  # trained on PNGs: modality unknown, not checked
+    # trained on PNGs only: no DICOM modality is known to match them
+    with pytest.raises(ScanContentError, match="DICOM CT scan but the bundle was trained on PNG"):
+        check_modality("s3", "CT", ["IMAGE"])
     check_modality("s4", None, ["CT"])
+    check_modality("s5", "IMAGE", ["CT"])  # a PNG carries no modality to check
+    check_modality("s6", "CT", [])  # the bundle recorded none
 
 
 def test_a_3d_nifti_into_a_2d_bundle_is_a_validate_failure_not_a_resize(bundle, tmp_path):

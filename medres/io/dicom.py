@@ -19,9 +19,10 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, get_decoder
 
-from medres.errors import ScanContentError, ScanReadError
+from medres.errors import ScanContentError, ScanReadError, first_line
 from medres.io.geometry import Frame, Stack, stack_frames
 from medres.io.volume import Volume, require_finite
+from medres.limits import over_budget
 
 with warnings.catch_warnings():  # nibabel warns that its DICOM *series* readers are young;
     warnings.simplefilter("ignore")  # we use only its per-file Siemens CSA/mosaic parsing.
@@ -76,15 +77,58 @@ def read_header(path: str | Path, *, pixels: bool = False) -> Dataset:
     if size == 0:
         raise ScanReadError(str(path), "empty file (0 bytes); re-export or remove it")
     try:
-        return pydicom.dcmread(path, stop_before_pixels=not pixels, force=False)
+        with warnings.catch_warnings():  # pydicom's warnings quote header values: hostile
+            warnings.simplefilter("ignore")  # text, or a patient's name, would reach the log
+            ds = pydicom.dcmread(path, stop_before_pixels=not pixels, force=False)
+            _parse_public(ds)
     except InvalidDicomError as e:
         kind = sniff_file_type(path)
         hint = f"it looks like a {kind} file: give it the right extension" if kind else ""
         raise ScanReadError(
             str(path), f"not a DICOM file (no 'DICM' preamble){'; ' + hint if hint else ''}"
         ) from e
-    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as e:
-        raise ScanReadError(str(path), f"corrupt DICOM header ({type(e).__name__}: {e})") from e
+    except Exception as e:  # pydicom raises many types for damaged files; translated once here
+        raise ScanReadError(
+            str(path), f"damaged DICOM header ({type(e).__name__}: {first_line(e)})"
+        ) from e
+    damage = _damage(ds)
+    if damage:
+        raise ScanReadError(str(path), damage)
+    return ds
+
+
+def _parse_public(ds: Dataset) -> None:
+    """Convert every public element now (pydicom defers it, and a damaged value would
+    then raise wherever it is first read); private elements stay raw until asked for."""
+    for tag in list(ds.keys()):
+        if not tag.is_private:
+            element = ds[tag]
+            if element.VR == "SQ":
+                for item in element.value:
+                    _parse_public(item)
+
+
+def _damage(ds: Dataset) -> str | None:
+    """Why a parsed header cannot be a whole DICOM object (no SOP class at all, or an
+    image SOP class without its image attributes: the file was cut short or corrupted)."""
+    sop = ds.get("SOPClassUID") or getattr(
+        ds.get("file_meta", Dataset()), "MediaStorageSOPClassUID", None
+    )
+    if not sop:
+        return (
+            "damaged DICOM: the header holds no SOP Class UID (the file is truncated or "
+            "corrupt); export the object again"
+        )
+    name = getattr(sop, "name", str(sop))
+    if "Image Storage" in name and ("Rows" not in ds or "Columns" not in ds):
+        return (
+            f"damaged DICOM: a {name} object without Rows/Columns (the header ends early: "
+            "the file is truncated or corrupt); export the object again"
+        )
+    for key in ("Rows", "Columns", "NumberOfFrames"):
+        if key in ds and not (_number(ds.get(key)) or 0) >= 1:
+            return f"damaged DICOM: {key} is {ds.get(key)!r}, not a positive number; export again"
+    return None
 
 
 def sniff_file_type(path: str | Path) -> str | None:
@@ -127,12 +171,19 @@ def is_multiframe(ds: Dataset) -> bool:
 
 
 def frames_of(ds: Dataset, file_index: int = 0) -> list[Frame]:
-    """The frames of one DICOM object with their geometry (headers only)."""
+    """The frames of one DICOM object with their geometry (headers only).
+
+    Raises:
+        ScanContentError: the object declares more values than :mod:`medres.limits` allows.
+    """
+    n_frames = int(_number(ds.get("NumberOfFrames")) or 1)
+    problem = over_budget((int(ds.Columns), int(ds.Rows), n_frames), _samples(ds))
+    if problem:
+        raise ScanContentError(str(getattr(ds, "filename", "") or "scan"), problem)
     if "PerFrameFunctionalGroupsSequence" in ds:
         return _enhanced_frames(ds, file_index)
     if is_mosaic(ds):
         return _mosaic_frames(ds, file_index)
-    n_frames = int(_number(ds.get("NumberOfFrames")) or 1)
     position = _floats(ds.get("ImagePositionPatient"), 3)
     orientation = _floats(ds.get("ImageOrientationPatient"), 6)
     common = {
@@ -199,6 +250,9 @@ def read_dicom(paths: list[str | Path], scan_id: str) -> Volume:
         if "PixelData" not in ds and "FloatPixelData" not in ds:
             raise ScanReadError(str(p), "the file has image attributes but no pixel data")
     frames = [f for i, ds in enumerate(datasets) for f in frames_of(ds, i)]
+    problem = over_budget((frames[0].columns, frames[0].rows, len(frames)), _samples(datasets[0]))
+    if problem:
+        raise ScanContentError(scan_id, problem)
     meta = scan_meta(datasets[0])
     meta["n_files"] = len(paths)
     if len(frames) > 1 and not any(f.has_geometry for f in frames):
@@ -226,6 +280,11 @@ def _frame_stack_volume(ds: Dataset, frames: list[Frame], path, meta) -> Volume:
     return _finish(array, stack.affine, meta, str(path))
 
 
+def _samples(ds: Dataset) -> int:
+    """Values per pixel once decoded: 3 for colour (a palette becomes RGB), else 1."""
+    return 3 if _is_colour(ds) else 1
+
+
 def _is_colour(ds: Dataset) -> bool:
     """Decoded pixels carry 3 samples: RGB/YBR, or a palette expanded to RGB."""
     palette = _text(ds.get("PhotometricInterpretation")) == "PALETTE COLOR"
@@ -242,7 +301,7 @@ def _finish(array: np.ndarray, affine: np.ndarray, meta: dict, scan_id: str) -> 
 
 def _assemble(stack: Stack, decoded: list[np.ndarray], datasets: list[Dataset]) -> np.ndarray:
     """Place each frame's rescaled pixels into a (C, X, Y[, Z]) array."""
-    samples = 3 if _is_colour(datasets[0]) else 1
+    samples = _samples(datasets[0])
     if samples > 1 and stack.n_volumes > 1:
         raise ScanContentError(
             str(datasets[0].filename), "a colour 4D series is not supported; export each volume"
@@ -278,7 +337,9 @@ def _pixels(ds: Dataset, path) -> np.ndarray:
     """Decode pixel data: (R, C[, S]) or (F, R, C[, S]); colour converted to RGB."""
     syntax = _transfer_syntax(ds)
     try:
-        array = ds.pixel_array
+        with warnings.catch_warnings():  # they may quote header values (see read_header)
+            warnings.simplefilter("ignore")
+            array = ds.pixel_array
         if _text(ds.get("PhotometricInterpretation")) == "PALETTE COLOR":
             array = apply_color_lut(array, ds)
     except Exception as e:  # pydicom's codecs raise many types; translated once, here

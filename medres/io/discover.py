@@ -10,6 +10,7 @@ counted, not read twice.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -32,6 +33,7 @@ from medres.io.dicom import (
 )
 from medres.io.geometry import Stack, stack_frames
 from medres.io.image import is_image_path
+from medres.io.names import path_text
 from medres.io.nifti import is_nifti_path
 
 ScanKind = Literal["dicom", "nifti", "image"]
@@ -104,12 +106,14 @@ def discover(root: str | Path, progress: Callable[[int], None] | None = None) ->
         root: a folder, or a single file.
         progress: called with the number of files examined so far (for progress bars).
 
-    Never raises for a bad file: it becomes a :class:`Failure` or a skipped entry.
+    Never raises for a bad file or folder: a folder that cannot be listed, a file that
+    cannot be opened (permission, a broken or looping link) and a damaged DICOM header
+    become a :class:`Failure`; files that are not scans are skipped with the reason.
     """
     root = Path(root).resolve()
     found = Discovery()
     dicom_headers: list[tuple[str, Dataset]] = []
-    for count, path in enumerate(iter_files(root), start=1):
+    for count, path in enumerate(iter_files(root, found), start=1):
         _classify(path, root, found, dicom_headers)
         if progress is not None:
             progress(count)
@@ -118,16 +122,57 @@ def discover(root: str | Path, progress: Callable[[int], None] | None = None) ->
     return found
 
 
-def iter_files(root: Path) -> Iterable[Path]:
-    """Every regular file under ``root`` in a stable order, hidden files excluded."""
-    if root.is_file():
+def iter_files(root: Path, found: Discovery | None = None) -> Iterable[Path]:
+    """Every file under ``root`` in a stable order, hidden files excluded.
+
+    Links to folders outside ``root`` are followed; a link back to a folder already
+    searched (a loop, or a second way in) is skipped with the reason. A folder that
+    cannot be listed is a :class:`Failure` in ``found``.
+    """
+    if not root.is_dir():
         yield root
         return
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    found = found if found is not None else Discovery()
+    inside = os.path.realpath(root)
+    seen: set[str] = set()
+
+    def unlistable(error: OSError) -> None:
+        found.failures.append(
+            Failure(
+                path_text(error.filename or root),
+                "discover",
+                "ScanReadError",
+                f"cannot list this folder ({error.strerror}); the scans in it are left out: "
+                "give medres read access to it (chmod / chown) or move them out",
+            )
+        )
+
+    for folder, dirs, files in os.walk(root, onerror=unlistable, followlinks=True):
+        kept = []
+        for name in sorted(d for d in dirs if not d.startswith(".")):
+            link = os.path.join(folder, name)
+            reason = _link_reason(link, inside, seen) if os.path.islink(link) else None
+            if reason:
+                found.skipped.append((path_text(link), reason))
+            else:
+                kept.append(name)
+        dirs[:] = kept
         for name in sorted(files):
             if not name.startswith("."):
                 yield Path(folder, name)
+
+
+def _link_reason(link: str, inside: str, seen: set[str]) -> str | None:
+    """Why a link to a folder is not followed (it leads back into the searched tree or
+    to a folder already searched), or None: follow it (and remember its target)."""
+    target = os.path.realpath(link)
+    parent = os.path.realpath(os.path.dirname(link))
+    if parent == target or parent.startswith(target.rstrip("/") + "/"):
+        return f"a symbolic link loop back to {path_text(target)} (searched once)"
+    if target == inside or target.startswith(inside + "/") or target in seen:
+        return f"a second way into {path_text(target)} (searched once, by its own path)"
+    seen.add(target)
+    return None
 
 
 def count_files(root: str | Path) -> int:
@@ -136,9 +181,14 @@ def count_files(root: str | Path) -> int:
 
 def _classify(path: Path, root: Path, found: Discovery, headers: list) -> None:
     name = path.name.lower()
-    relative = _relative(path, root)
-    if name == "dicomdir":
-        found.skipped.append((str(path), "DICOMDIR (a media index, not an image)"))
+    relative = path_text(_relative(path, root))
+    problem = _unopenable(path)
+    if problem:
+        found.failures.append(Failure(path_text(path), "discover", "ScanReadError", problem))
+    elif not path.is_file():
+        found.skipped.append((path_text(path), "not a regular file (a FIFO, socket or device)"))
+    elif name == "dicomdir":
+        found.skipped.append((path_text(path), "DICOMDIR (a media index, not an image)"))
     elif is_nifti_path(path):
         found.scans.append(ScanSource("nifti", (str(path),), relative, {"format": "nifti"}))
     elif is_image_path(path):
@@ -147,15 +197,33 @@ def _classify(path: Path, root: Path, found: Discovery, headers: list) -> None:
         try:
             ds = read_header(path)
         except ScanError as e:
-            found.failures.append(Failure.from_error(str(path), "discover", e))
+            found.failures.append(Failure.from_error(path_text(path), "discover", e))
             return
         reason = skip_reason(ds)
         if reason:
-            found.skipped.append((str(path), reason))
+            found.skipped.append((path_text(path), reason))
         else:
             headers.append((str(path), ds))
     else:
-        found.skipped.append((str(path), "not a scan file (extension not recognised)"))
+        found.skipped.append((path_text(path), "not a scan file (extension not recognised)"))
+
+
+def _unopenable(path: Path) -> str | None:
+    """Why ``path`` cannot be opened (a looping or broken link, no permission), or None."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return (
+                f"a symbolic link loop ({path_text(path)} -> {path_text(os.readlink(path))} "
+                "-> ... leads back to itself); fix or remove the link"
+            )
+        if os.path.islink(path):
+            return f"a broken symbolic link to {path_text(os.readlink(path))}; fix or remove it"
+        return f"cannot open the file ({e.strerror}); give medres read access to it"
+    if not os.access(path, os.R_OK):
+        return "cannot read the file (permission denied); give medres read access to it"
+    return None
 
 
 def _group_dicom(headers: list[tuple[str, Dataset]], root: Path, found: Discovery):
@@ -164,7 +232,9 @@ def _group_dicom(headers: list[tuple[str, Dataset]], root: Path, found: Discover
     for path, ds in headers:
         stand_alone = is_multiframe(ds) and not is_mosaic(ds)
         if stand_alone or "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-            yield ScanSource("dicom", (path,), _relative(Path(path), root), scan_meta(ds))
+            yield ScanSource(
+                "dicom", (path,), path_text(_relative(Path(path), root)), scan_meta(ds)
+            )
         else:
             series[_stack_key(ds)].append((path, ds))
     names_per_series: dict[str, int] = defaultdict(int)
@@ -183,7 +253,7 @@ def _group_dicom(headers: list[tuple[str, Dataset]], root: Path, found: Discover
             source = ScanSource("dicom", files, scan_id, meta)
             found.failures.append(
                 Failure.from_error(
-                    source.path, "validate", e, scan_id=scan_id, meta=meta, files=files
+                    path_text(source.path), "validate", e, scan_id=scan_id, meta=meta, files=files
                 )
             )
             continue

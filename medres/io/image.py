@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from medres.errors import ScanReadError
+from medres.errors import ScanContentError, ScanError, ScanReadError, first_line
 from medres.io.geometry import LPS_TO_RAS
 from medres.io.volume import Volume
+from medres.limits import over_budget
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -26,23 +28,29 @@ def read_image(path: str | Path) -> Volume:
 
     Raises:
         ScanReadError: not an image Pillow can decode, or truncated.
+        ScanContentError: larger than the budgets of :mod:`medres.limits` (checked on the
+            header, before any pixel is decoded).
     """
     path = Path(path)
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():  # medres's own budget is lower: see medres.limits
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)  # reads the header; pixels are decoded below
+        with image:
+            problem = over_budget(image.size, len(image.getbands()))
+            if problem:
+                raise ScanContentError(str(path), problem)
             if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
                 image = image.convert("RGBA" if "transparency" in image.info else "RGB")
             elif image.mode == "1":
                 image = image.convert("L")
             pixels = np.asarray(image)
-    except (
-        UnidentifiedImageError,
-        Image.DecompressionBombError,
-        OSError,
-        ValueError,
-        SyntaxError,
-    ) as e:
-        raise ScanReadError(str(path), f"not a readable PNG/JPEG image ({e})") from e
+    except ScanError:
+        raise
+    except Exception as e:  # Pillow's decoders raise many types (OSError, SyntaxError, ...)
+        raise ScanReadError(
+            str(path), f"not a readable PNG/JPEG image ({type(e).__name__}: {first_line(e)})"
+        ) from e
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     array = np.ascontiguousarray(np.transpose(pixels, (2, 1, 0)))  # (C, X=columns, Y=rows)

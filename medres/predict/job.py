@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
-from torch.utils.data import DataLoader
 
 from medres import __version__
 from medres.bundle import Bundle, load_bundle
@@ -31,7 +30,8 @@ from medres.errors import BundleError, ConfigError
 from medres.explain import grad_cam, map_to_scan, write_explanation
 from medres.files import sha256_file
 from medres.io.discover import ScanSource, discover
-from medres.predict.scans import Item, PredictScans, failure_row
+from medres.io.names import path_text
+from medres.predict.scans import Item, PredictScans, decoded_batches, failure_row
 from medres.predict.store import ResultStore
 from medres.tasks import label_key
 from medres.transforms import build_transform
@@ -136,17 +136,11 @@ def predict_folder(
         found.scans,
         members[0].spec,
         modalities=members[0].manifest["cohort"].get("modalities", []),
+        channels=members[0].manifest["cohort"].get("channels", []),
         done=set(zip(done["scan_id"], done["input_hash"], strict=True)),
         keep_volume=options.explain,
     )
     workers = default_workers() if options.workers is None else options.workers
-    loader = DataLoader(
-        dataset,
-        batch_size=options.batch_size,
-        collate_fn=list,
-        num_workers=workers,
-        prefetch_factor=4 if workers else None,
-    )
     failures = [
         failure_row(f.scan_id or f.path, f.path, f.stage, f.error_type, f.message)
         for f in found.failures
@@ -159,27 +153,32 @@ def predict_folder(
     # numpy/OpenBLAS threads left spinning after each trust-layer call took a core from
     # the model: a 3D batch took 387 ms instead of 346 (339 with this limit)
     with threadpool_limits(limits=1, user_api="blas"):
-        for batch in loader:
-            good: list[Item] = []
-            for item in batch:
-                scan = found.scans[item.index]
-                if item.input_hash:
-                    keys.add((scan.scan_id, item.input_hash))
-                if item.failure:
-                    failures.append(failure_row(scan.scan_id, scan.path, *item.failure))
-                elif item.done:
-                    already += 1
-                else:
-                    good.append(item)
-            if good:
-                pending += predictor.rows([found.scans[i.index] for i in good], good)
-                predicted += len(good)
-            if len(pending) >= options.chunk_size:
-                store.write_part(pending)
-                pending = []
-            if advance:
-                advance(predicted + already + len(failures) - len(found.failures))
-    store.write_part(pending)
+        try:
+            for batch in decoded_batches(dataset, workers, options.batch_size):
+                good: list[Item] = []
+                for item in batch:
+                    scan = found.scans[item.index]
+                    if item.input_hash:
+                        keys.add((scan.scan_id, item.input_hash))
+                    if item.failure:
+                        failures.append(
+                            failure_row(scan.scan_id, path_text(scan.path), *item.failure)
+                        )
+                    elif item.done:
+                        already += 1
+                    else:
+                        good.append(item)
+                if good:
+                    pending += predictor.rows([found.scans[i.index] for i in good], good)
+                    predicted += len(good)
+                if len(pending) >= options.chunk_size:
+                    store.write_part(pending)
+                    pending = []
+                if advance:
+                    advance(predicted + already + len(failures) - len(found.failures))
+        finally:  # even when interrupted: the rows predicted so far are kept for the rerun
+            store.write_part(pending)
+            pending = []
     seconds = time.perf_counter() - t1
     summary = {
         "medres_version": __version__,
@@ -354,7 +353,7 @@ def _scan_fields(scan: ScanSource, item: Item) -> dict[str, Any]:
     meta = scan.meta
     return {
         "scan_id": scan.scan_id,
-        "path": scan.path,
+        "path": path_text(scan.path),
         "patient_id": meta.get("patient_id"),
         "study_uid": meta.get("study_uid"),
         "series_uid": meta.get("series_uid"),
