@@ -44,6 +44,7 @@ from medres import __version__
 from medres.errors import ManifestError, ScanError
 from medres.files import atomic_write
 from medres.io import Volume, discover, read_scan
+from medres.io.names import path_text, real_path, safe_text
 
 COLUMNS: tuple[str, ...] = (
     "scan_id",
@@ -108,14 +109,15 @@ class Cohort:
         return hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()
 
     def save(self, path: str | Path) -> Path:
-        """Write the manifest to ``path`` (Parquet) atomically; returns the path."""
+        """Write the manifest to ``path`` (Parquet) atomically, mode 0600 (it holds
+        patient ids: README "Privacy of outputs"); returns the path."""
         path = Path(path)
         meta = {"version": __version__, **self.meta}
         table = pa.Table.from_pandas(self.table, preserve_index=False)
         schema_meta = dict(table.schema.metadata or {})
         schema_meta[_META_KEY] = json.dumps(meta).encode()
         table = table.replace_schema_metadata(schema_meta)
-        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp), private=True)
         return path
 
     @classmethod
@@ -142,7 +144,7 @@ def read_row(row) -> Volume:
     Raises:
         ScanError: the file changed or vanished since ingest.
     """
-    files = [str(f) for f in row["files"]]
+    files = [real_path(str(f)) for f in row["files"]]
     volume = read_scan(files[0] if len(files) == 1 else files)
     if row.get("scan_id") is not None:
         volume.meta["scan_id"] = row["scan_id"]
@@ -152,6 +154,13 @@ def read_row(row) -> Volume:
 # --------------------------------------------------------------------------- ingest
 
 LABEL_KEYS: tuple[str, ...] = ("path", "scan_id", "series_uid", "study_uid", "patient_id")
+# label cells that mean "no label": pandas' default NA spellings, matched exactly after
+# stripping spaces (so "none" or "unknown" are not among them: next to numeric labels
+# they are refused, see _typed_labels); empty and whitespace-only cells are missing too
+MISSING_LABELS: frozenset[str] = frozenset(
+    {"NaN", "nan", "-NaN", "-nan", "NA", "N/A", "n/a", "#N/A", "#N/A N/A", "#NA", "<NA>"}
+    | {"NULL", "null", "None", "1.#IND", "-1.#IND", "1.#QNAN", "-1.#QNAN"}
+)
 
 
 @dataclass
@@ -204,7 +213,7 @@ def build_cohort(
             try:
                 volume = read_scan(source)
             except ScanError as e:
-                row.update(status="error", error=e.message, error_type=type(e).__name__)
+                row.update(status="error", error=safe_text(e.message), error_type=type(e).__name__)
             else:
                 row.update(_volume_facts(volume))
         rows.append(row)
@@ -224,7 +233,16 @@ def build_cohort(
 
 
 def join_labels(table: pd.DataFrame, labels: str | Path, root: Path, report: IngestReport):
-    """Join a labels CSV onto the manifest (see :data:`LABEL_KEYS` for the key column)."""
+    """Join a labels CSV onto the manifest (see :data:`LABEL_KEYS` for the key column).
+
+    A ``label`` cell that is empty, only spaces, or one of :data:`MISSING_LABELS`
+    (``NaN``, ``nan``, ``NA``, ``N/A``, ``n/a``, ``#N/A``, ``<NA>``, ``NULL``, ``null``,
+    ``None`` ...) leaves its scan unlabelled; labels are stripped of surrounding spaces.
+    Only the label column reads these spellings as missing: in the other columns only an
+    empty cell is missing (a patient id ``NA`` stays an id). Labels that mix numbers and
+    words (``0``, ``1``, ``unknown``) are refused with ManifestError, as a model would
+    learn the word as one more class; labels all numbers or all words are accepted.
+    """
     labels = Path(labels)
     try:
         given = pd.read_csv(labels, dtype=str, keep_default_na=False)
@@ -237,6 +255,7 @@ def join_labels(table: pd.DataFrame, labels: str | Path, root: Path, report: Ing
             f"found columns {list(given.columns)}"
         )
     given = given.replace("", None)
+    given["label"] = _missing_labels_blank(given["label"])
     repeated = given[key][given[key].duplicated()].unique().tolist()
     if repeated and key != "patient_id":
         raise ManifestError(f"{labels}: {key} values repeat ({repeated[:5]}); each must be unique")
@@ -255,7 +274,7 @@ def join_labels(table: pd.DataFrame, labels: str | Path, root: Path, report: Ing
             table[column] = table[column].where(table[column].notna(), values)
         else:
             table[column] = values
-    table["label"] = _typed_labels(table["label"])
+    table["label"] = _typed_labels(table["label"], source=labels)
     report.unmatched_labels = sorted(set(lookup.index) - set(ids[matched]))
     ok = table["status"] == "ok"
     report.unlabelled_scans = table.loc[ok & table["label"].isna(), "scan_id"].tolist()
@@ -296,8 +315,8 @@ def _source_row(source) -> dict[str, Any]:
     meta = source.meta
     return {
         "scan_id": source.scan_id,
-        "path": source.path,
-        "files": list(source.files),
+        "path": path_text(source.path),
+        "files": [path_text(f) for f in source.files],
         "patient_id": meta.get("patient_id"),
         "study_uid": meta.get("study_uid"),
         "series_uid": meta.get("series_uid"),
@@ -313,9 +332,9 @@ def _failure_row(failure) -> dict[str, Any]:
     row = {
         "scan_id": failure.scan_id or failure.path,
         "path": failure.path,
-        "files": list(failure.files) or [failure.path],
+        "files": [path_text(f) for f in failure.files] or [failure.path],
         "status": "error",
-        "error": failure.message,
+        "error": safe_text(failure.message),
         "error_type": failure.error_type,
     }
     for key in ("patient_id", "study_uid", "series_uid", "modality", "site"):
@@ -338,8 +357,33 @@ def _volume_facts(volume) -> dict[str, Any]:
     return facts
 
 
-def _typed_labels(labels: pd.Series) -> pd.Series:
-    """Integers if every label is an integer, else floats if numeric, else strings."""
+def _missing_labels_blank(labels: pd.Series) -> pd.Series:
+    """Label cells stripped of spaces; :data:`MISSING_LABELS` and blank cells -> None."""
+    text = labels.astype(object).map(lambda v: v.strip() if isinstance(v, str) else v)
+    missing = text.isna() | text.isin(MISSING_LABELS | {""})
+    return text.where(~missing, None)
+
+
+def _typed_labels(labels: pd.Series, source: str | Path = "the labels file") -> pd.Series:
+    """Integers if every label is an integer, else floats if numeric, else strings.
+
+    ManifestError when some labels are numbers and others words (``0``, ``1``,
+    ``unknown``): the message names both kinds and ``source``.
+    """
+    present = labels.dropna()
+    numeric = pd.to_numeric(present.astype(object), errors="coerce").notna()
+    if numeric.any() and not numeric.all():
+        words = present[~numeric].value_counts()
+        numbers = sorted(present[numeric].astype(str).unique(), key=lambda v: float(v))
+        named = ", ".join(f"{w!r} ({n} scans)" for w, n in words.head(10).items())
+        more = f" and {len(words) - 10} more" if len(words) > 10 else ""
+        raise ManifestError(
+            f"{source}: the labels mix numbers ({', '.join(map(repr, numbers[:10]))}) and "
+            f"words ({named}{more}); a model would learn each word as one more class. Fix "
+            "the labels file so every label is a number (or every label a word), or blank "
+            "the cells of scans that have no label (empty, NA and NaN cells leave a scan "
+            "unlabelled)"
+        )
     for dtype in ("Int64", "Float64"):
         try:
             return pd.to_numeric(labels, errors="raise").astype(dtype)

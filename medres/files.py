@@ -18,24 +18,33 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so readers never see half a file."""
+PRIVATE_MODE = 0o600  # owner read/write only: files that hold patient or scan ids
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None], *, private: bool = False) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``, so readers never see half a file.
+
+    ``private=True`` leaves the file mode 0600 whatever the umask (for outputs that hold
+    patient ids, scan ids or paths: README "Privacy of outputs"); otherwise the file gets
+    the usual 0666 minus the umask. The temporary file is 0600 while it is written either
+    way, so a private file is never readable by others, not even for a moment.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
+        os.chmod(tmp, PRIVATE_MODE if private else 0o666 & ~_UMASK)  # mkstemp makes 0600
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` atomically."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+def write_text(path: str | Path, text: str, *, private: bool = False) -> Path:
+    """Write ``text`` atomically (``private=True``: mode 0600, see :func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text), private=private)
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -156,6 +156,51 @@ def test_labels_file_without_a_key_is_refused(pngs):
         build_cohort(pngs, labels=pngs / "bad.csv")
 
 
+def _scans_with_labels(folder: Path, labels: list[str]) -> Path:
+    """PNGs img0..img{n-1} in ``folder`` and ``folder/l.csv`` giving img{i} the label cell
+    ``labels[i]`` as written; img0's patient id is "NA" (a real id, not a missing value)."""
+    folder.mkdir(exist_ok=True)
+    rows = []
+    for i, label in enumerate(labels):
+        Image.fromarray(np.full((8, 8), i * 20, np.uint8)).save(folder / f"img{i}.png")
+        rows.append(f"img{i}.png,{label},{'NA' if i == 0 else f'P{i}'}")
+    (folder / "l.csv").write_text("path,label,patient_id\n" + "\n".join(rows) + "\n")
+    return folder / "l.csv"
+
+
+def test_missing_label_spellings_leave_scans_unlabelled(tmp_path):
+    cells = ["0", "1", "NaN", "nan", "NA", "N/A", "null", "NULL", "None", "", "   ", " 1 "]
+    labels = _scans_with_labels(tmp_path / "scans", cells)
+    cohort, report = build_cohort(tmp_path / "scans", labels=labels)
+    table = cohort.table.set_index("scan_id")
+    assert str(table["label"].dtype) == "Int64"  # the classes are the real ones: 0 and 1
+    assert sorted(table["label"].dropna().unique()) == [0, 1]
+    assert table.loc["img11.png", "label"] == 1  # " 1 " is stripped
+    assert sorted(report.unlabelled_scans) == sorted(f"img{i}.png" for i in range(2, 11))
+    assert table.loc["img0.png", "patient_id"] == "NA"  # only the label column reads NA as missing
+
+
+def test_word_labels_with_missing_cells_stay_words(tmp_path):
+    cells = ["normal", "pneumonia", "N/A", "None", "  ", "normal"]
+    labels = _scans_with_labels(tmp_path / "scans", cells)
+    cohort, _ = build_cohort(tmp_path / "scans", labels=labels)
+    assert sorted(cohort.table["label"].dropna().unique()) == ["normal", "pneumonia"]
+
+
+@pytest.mark.parametrize("word", ["unknown", "pneumonia"])
+def test_labels_mixing_numbers_and_words_are_refused(tmp_path, word):
+    scans = tmp_path / "scans"
+    labels = _scans_with_labels(scans, ["0", "1", word, word, "1", "NaN"])
+    with pytest.raises(ManifestError, match=rf"mix numbers \('0', '1'\) and words \('{word}'"):
+        build_cohort(scans, labels=labels)
+    out = tmp_path / "c.parquet"
+    args = ["ingest", str(scans), "--labels", str(labels), "-o", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert f"'{word}' (2 scans)" in said and "blank the cells" in said and not out.exists()
+
+
 def test_missing_patient_ids_are_not_invented(pngs):
     cohort, _ = build_cohort(pngs)
     assert cohort.table["patient_id"].isna().all()

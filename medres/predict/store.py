@@ -74,7 +74,7 @@ class ResultStore:
         self._seq += 1
         path = self.out / PARTS / f"part-{self._run}-{self._seq:05d}.parquet"
         table = pd.DataFrame(rows)
-        atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))
+        atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False), private=True)
 
     def finish(self, keys: set[tuple[str, str]], failures: list[dict[str, Any]]) -> pd.DataFrame:
         """Merge the parts into ``predictions.parquet`` / ``.csv``: one row per scan ever
@@ -88,10 +88,11 @@ class ResultStore:
             rows = rows.assign(_now=now).sort_values("_now", kind="stable")
             rows = rows.drop_duplicates("scan_id", keep="last").drop(columns="_now")
             rows = rows.sort_values("path", kind="stable").reset_index(drop=True)
-        atomic_write(self.out / PREDICTIONS, lambda tmp: rows.to_parquet(tmp, index=False))
-        write_text(self.out / "predictions.csv", rows.to_csv(index=False))
+        final = self.out / PREDICTIONS
+        atomic_write(final, lambda tmp: rows.to_parquet(tmp, index=False), private=True)
+        write_text(self.out / "predictions.csv", rows.to_csv(index=False), private=True)
         table = pd.DataFrame(failures, columns=list(FAILURE_COLUMNS))
-        write_text(self.out / "failures.csv", table.to_csv(index=False))
+        write_text(self.out / "failures.csv", table.to_csv(index=False), private=True)
         for part in self._parts():
             part.unlink(missing_ok=True)
         if (self.out / PARTS).is_dir() and not any((self.out / PARTS).iterdir()):

@@ -24,7 +24,8 @@ def write_drift(report: DriftReport, out_dir: str | Path) -> Path:
     scans = pd.concat(
         [report.old.scans.assign(cohort="old"), report.new.scans.assign(cohort="new")]
     )
-    write_text(out / "drift_scans.csv", scans[["cohort", *scans.columns[:-1]]].to_csv(index=False))
+    table = scans[["cohort", *scans.columns[:-1]]]
+    write_text(out / "drift_scans.csv", table.to_csv(index=False), private=True)
     return write_text(out / "drift.md", drift_markdown(report, plots=plots))
 
 

@@ -312,7 +312,7 @@ def label_issues(
     table["bundle_checksum"] = sha256_file(Path(bundle.path) / "bundle.json")
     probs_columns = [c for c in table.columns if c.startswith("prob_")]
     table = table[[*LABEL_ISSUE_COLUMNS, *probs_columns]]
-    write_text(out, table.to_csv(index=False))
+    write_text(out, table.to_csv(index=False), private=True)
     return table
 
 

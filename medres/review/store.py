@@ -6,12 +6,14 @@ SQLAlchemy URL (``postgresql+psycopg://...``) for a shared server. Tables: :mod:
 
 Privacy: patient ids are stored as salted sha256 pseudonyms unless a run is loaded with
 ``show_patient_ids=True``; names are never read (predictions hold none); nothing is
-logged.
+logged. A new SQLite file (and so its -wal / -shm) is created mode 0600, as is the export.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import os
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from medres.errors import ReviewError
-from medres.files import write_text
+from medres.files import PRIVATE_MODE, write_text
 from medres.review.db import make_engine, write_transaction
 from medres.review.issues import issue_case_rows, read_label_issues, select_top
 from medres.review.outdir import case_rows, read_outdir
@@ -74,6 +76,14 @@ class LoadResult:
     cases_added: int
 
 
+def _create_private(path: Path) -> None:
+    """Create a missing SQLite file empty with mode 0600 before SQLite opens it: it holds
+    scan paths and ids, and SQLite gives its -wal / -shm files the database file's mode.
+    An existing file keeps its mode."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_MODE))
+
+
 class ReviewStore:
     """The review database.
 
@@ -96,6 +106,7 @@ class ReviewStore:
                     f"`medres review load OUTDIR --store {path}`"
                 )
             path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
             self.url = make_url(f"sqlite:///{path}")
         self.engine = make_engine(self.url)
         with self._write() as conn:
@@ -299,7 +310,7 @@ class ReviewStore:
             )
         )
         table = table.sort_values("path").reset_index(drop=True)[list(EXPORT_COLUMNS)]
-        write_text(path, table.to_csv(index=False))
+        write_text(path, table.to_csv(index=False), private=True)
         with self._write() as conn:
             details = {"file": str(Path(path).resolve()), "rows": len(table)}
             self._audit(conn, actor or _os_user(), "export", run_id=run_id, details=details)
