@@ -17,6 +17,7 @@ from scipy.special import softmax
 from medres.errors import ConfigError
 
 MAX_AUTO_CLASSES = 20
+TASKS = ("binary", "multiclass", "ordinal", "regression")  # the tasks a TaskInfo can hold
 
 
 def label_key(value: Any) -> str:

@@ -40,9 +40,8 @@ from sklearn import metrics as skm
 
 from medres.errors import ConfigError
 from medres.files import jsonable
-from medres.tasks import predicted_class
+from medres.tasks import TASKS, predicted_class
 
-TASKS = ("binary", "multiclass", "ordinal", "regression")
 HEADLINE: dict[str, tuple[str, ...]] = {  # the per-site columns
     "binary": ("auroc", "accuracy", "sensitivity", "specificity"),
     "multiclass": ("auroc", "accuracy", "kappa"),
