@@ -1,10 +1,17 @@
 """`medres`: the command line, thin verbs over the library (DESIGN §7).
 
 Heavy imports (torch, pandas, pydicom) happen inside each verb so ``--help`` is instant.
+
+Exit codes (README "Exit codes"), for schedulers: 0 done; 1 done, but with recorded
+failures under ``--strict`` or a negative verdict (``promote``: not promoted); 2 bad
+usage or refused input (a MedresError: :func:`user_errors`); 3 internal error, a bug
+in medres (:func:`main`); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -38,7 +45,8 @@ console = Console(stderr=True)
 
 @contextmanager
 def user_errors():
-    """Turn a MedresError into a one-line red message and exit code 2 (no traceback)."""
+    """Turn a MedresError (bad usage, refused input) into a one-line red message and exit
+    code 2 (no traceback). Any other exception is a bug: :func:`main` makes it exit 3."""
     try:
         yield
     except MedresError as e:
@@ -53,9 +61,57 @@ class _ScansPerSecond(ProgressColumn):
         return Text(f"{task.speed:.1f} scans/s" if task.speed else "")
 
 
+EXIT_INTERNAL_ERROR = 3
+EXIT_INTERRUPTED = 130
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (also ``python -m medres``): run the app and exit with
+    the codes of the module docstring.
+
+    Typer runs in standalone mode, so ``--help`` exits 0, usage errors 2, ``typer.Exit(n)``
+    n, each as a SystemExit that passes through here. An unexpected exception is a bug:
+    one red line names its type (not its message, which may hold patient data), the full
+    traceback goes to a file only the user can read (mode 0600) whose path is printed,
+    and the exit code is 3. ``MEDRES_TRACEBACK=1`` re-raises instead (developers).
+    """
+    try:
+        app()
+    except KeyboardInterrupt:  # typer maps Ctrl-C inside a verb to 130 itself
+        console.print("[bold red]interrupted[/]")
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:
+        if os.environ.get("MEDRES_TRACEBACK") == "1":
+            raise
+        where = _save_traceback(e)
+        console.print(
+            f"[bold red]internal error:[/] this is a bug in medres ({type(e).__name__}); "
+            f"{where}. Please report it.",
+            soft_wrap=True,
+        )
+        sys.exit(EXIT_INTERNAL_ERROR)
+
+
+def _save_traceback(error: BaseException) -> str:
+    """Write the traceback of ``error`` to a new 0600 file in the temp folder; a phrase
+    saying where it is (or why it could not be written)."""
+    import tempfile
+    import time
+    import traceback
+
+    from medres import __version__
+
+    try:
+        fd, path = tempfile.mkstemp(  # mkstemp creates the file 0600
+            prefix=f"medres-error-{time.strftime('%Y%m%dT%H%M%S')}-", suffix=".txt"
+        )
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"medres {__version__}, Python {sys.version.split()[0]}\n")
+            f.write(f"command: {' '.join(sys.argv)}\n\n")
+            f.write("".join(traceback.format_exception(error)))
+    except OSError as e:
+        return f"its traceback could not be saved ({type(e).__name__}: {e})"
+    return f"the traceback (it may hold scan paths or ids) is in {escape(path)}, mode 0600"
 
 
 @app.command()
@@ -320,6 +376,13 @@ def split_command(
         ),
     ] = "patient",
     seed: Annotated[int, typer.Option(help="The same seed gives the same split.")] = 0,
+    move_copies_to_test: Annotated[
+        bool,
+        typer.Option(
+            help="Move train/val scans whose pixels repeat a test scan's into test "
+            "(`medres train` refuses such copies)."
+        ),
+    ] = False,
     out: Annotated[
         Path | None,
         typer.Option("-o", "--out", help="Manifest to write; default: replace COHORT."),
@@ -332,17 +395,22 @@ def split_command(
     --keep-test-column keeps a given (e.g. official, patient-level) test set and redraws
     train / val; with --unit scan they are drawn slice by slice, so one patient sits in
     both and validation figures are optimistic: the slice-level split of the PET/CT
-    study, for measuring how much it flatters a model. The result is audited, then
+    study, for measuring how much it flatters a model. --move-copies-to-test moves
+    every train/val scan with the same pixels as a test scan (pixel_hash) into test and
+    lists them: `medres train` refuses a cohort whose test scans have copies in train
+    or val (official splits sometimes hold such copies). The result is audited, then
     written atomically.
 
     Example:
 
         medres split cohort.parquet --fractions 0.8,0.1,0.1 --seed 1
         medres split slices.parquet --keep-test-column split --unit scan -o leaky.parquet
+        medres split cohort.parquet --keep-column split --move-copies-to-test
     """
     import warnings
 
     from medres.cohort import Cohort
+    from medres.errors import quote_some
     from medres.split import (
         SplitWarning,
         audit_cohort,
@@ -361,11 +429,18 @@ def split_command(
             holdout_site=holdout_site,
             keep_test_column=keep_test_column,
             unit=unit,
+            move_copies_to_test=move_copies_to_test,
         )
         report = audit_cohort(result)
         path = result.save(out or cohort)
     Console().print(summary_table(report, title=f"Split of {path.name}"))
     _print_split_warnings(caught)
+    if move_copies_to_test:
+        moved = result.meta["split_copies_moved_to_test"]
+        shown = f": {escape(quote_some(moved))}" if moved else ""
+        console.print(
+            f"moved {len(moved)} train/val scan(s) to test, copies of test scans' pixels{shown}"
+        )
     console.print(f"wrote {path} (split by {result.meta['split_by']})")
 
 
@@ -420,6 +495,13 @@ def train_command(
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted run from OUT/checkpoints/last.pt.")
     ] = False,
+    allow_leakage: Annotated[
+        bool,
+        typer.Option(
+            help="Train although a patient, or a test scan's pixel copy, sits in two splits "
+            "(a deliberate experiment; recorded in bundle.json and the model card)."
+        ),
+    ] = False,
 ) -> None:
     """Train a classifier and write a bundle (weights, preprocessing, metrics, model card).
 
@@ -430,6 +512,13 @@ def train_command(
     meant to be used as is; --set time_limit_minutes=0 lifts the limit. The operating
     point is chosen on the validation split; the model card reports validation and test
     metrics with patient-level 95 % CIs.
+
+    The cohort is audited before anything is trained: a patient in two splits, or a test
+    scan whose pixels repeat in train or val, is refused (exit 2, naming them; `medres
+    split --move-copies-to-test` fixes the copies). --allow-leakage trains anyway, for a
+    deliberate experiment: bundle.json (training.leakage_allowed) and the model card's
+    limitations say so. A deliberately scan-level split (`medres split --unit scan`)
+    may share patients between train and val.
 
     Example:
 
@@ -460,7 +549,9 @@ def train_command(
                 train[key] = value
         train = apply_overrides(train, set_ or [])
         settings = validate(TrainConfig, train, f"[train] settings of {config or 'command line'}")
-        bundle_json, evaluations = train_bundle(cohort_path, settings, out, resume=resume)
+        bundle_json, evaluations = train_bundle(
+            cohort_path, settings, out, resume=resume, allow_leakage=allow_leakage
+        )
     training = json.loads(bundle_json.read_text())["training"]
     if training["stopped_by"] == "the time limit":
         console.print(
@@ -953,6 +1044,20 @@ def retrain_command(
         typer.Option("--set", help="Override a training setting: --set lr=1e-4 (repeatable)."),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted retraining.")] = False,
+    allow_leakage: Annotated[
+        bool,
+        typer.Option(
+            help="Train although the cohorts' own splits leak (a deliberate experiment, "
+            "recorded in the bundle); the champion's test patients stay refused."
+        ),
+    ] = False,
+    drop_leaking_rehearsal: Annotated[
+        bool,
+        typer.Option(
+            help="Leave out of the rehearsal the champion's training scans that would leak "
+            "test data (recorded in bundle.json)."
+        ),
+    ] = False,
 ) -> None:
     """Train a challenger on new cohorts (and reviewed labels) from a champion bundle.
 
@@ -960,8 +1065,12 @@ def retrain_command(
     a model fine-tuned on a new site forgets the old one; --new-only skips it). The
     challenger keeps the champion's preprocessing, model and classes; it fine-tunes
     the champion's weights (learning rate x0.1, half the epochs, no warm-up) unless
-    --from-scratch. It refuses, naming them, any patient of the champion's test split
-    or of the new cohort's test split in its training or validation scans. Its
+    --from-scratch. It refuses, naming them and the cohort that holds them, any patient
+    of the champion's test split or of the new cohort's test split in its training or
+    validation scans, and any copy of such a test scan's pixels. When they sit in the
+    champion's own training cohort (rehearsed), retrain with --new-only, or with
+    --drop-leaking-rehearsal to leave them out of the rehearsal. The training cohort is
+    then audited as `medres train` audits it (--allow-leakage as there). Its
     bundle.json records parent_id, the lineage of cohorts and the reviews used.
 
     Example:
@@ -984,6 +1093,15 @@ def retrain_command(
             new_only=new_only,
             overrides=overrides,
             resume=resume,
+            allow_leakage=allow_leakage,
+            drop_leaking_rehearsal=drop_leaking_rehearsal,
+        )
+    if drop_leaking_rehearsal:
+        dropped = result.rehearsal_dropped
+        console.print(
+            f"left {len(dropped)} scan(s) of the champion's cohort out of the rehearsal"
+            + (f": {escape(', '.join(dropped[:5]))}" if dropped else "")
+            + (f" ... and {len(dropped) - 5} more" if len(dropped) > 5 else "")
         )
     if result.reviews is not None:
         r = result.reviews
@@ -1161,7 +1279,10 @@ def run_command(
 
     Writes OUT/results.md (the pipeline's results table, with the machine it ran on)
     and OUT/results.json; each step's own output sits beside them (cohort, bundle,
-    report, predictions). --resume skips the steps already done.
+    report, predictions). --resume skips the steps already done. Training audits each
+    run's split as `medres train` does: copies of test scans are moved into test by
+    `move_copies_to_test = true` in [split]; `allow_leakage = true` there trains on a
+    leaking split on purpose.
 
     Example:
 

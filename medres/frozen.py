@@ -43,7 +43,24 @@ def freeze(test_rows: pd.DataFrame, earlier: dict[str, Any] | None = None) -> di
     return {"salt": salt, "patients": sorted(patients), "pixels": sorted(pixels)}
 
 
-def check_no_leak(frozen: dict[str, Any], rows: pd.DataFrame, where: str) -> None:
+def leaking(frozen: dict[str, Any], rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Two boolean Series over ``rows``: the rows of a frozen test patient, and the rows
+    repeating a frozen test scan's pixels."""
+    salt = frozen["salt"]
+    patients = set(frozen["patients"])
+    by_patient = rows["patient_id"].map(lambda p: _is_id(p) and _hash(salt, p) in patients)
+    by_pixels = rows["pixel_hash"].isin(set(frozen["pixels"]))
+    return by_patient.astype(bool), by_pixels.astype(bool)
+
+
+def check_no_leak(
+    frozen: dict[str, Any],
+    rows: pd.DataFrame,
+    where: str,
+    *,
+    sources: pd.Series | None = None,
+    advice: dict[str, str] | None = None,
+) -> None:
     """Refuse training rows that belong to a frozen test patient or repeat a frozen
     test scan's pixels.
 
@@ -51,30 +68,61 @@ def check_no_leak(frozen: dict[str, Any], rows: pd.DataFrame, where: str) -> Non
         frozen: a record from :func:`freeze` / :func:`read_frozen`.
         rows: the manifest rows a model would train or select on.
         where: named in the message (e.g. "the champion's test split").
+        sources: for each row (same index), the cohort that holds it, as the message
+            should name it ("the new cohort /data/b.parquet"); the leaks are then
+            listed cohort by cohort.
+        advice: what to do about a cohort's leaks, by its ``sources`` name; a cohort
+            without advice is told to move the scans out of its train and val splits.
 
     Raises:
         LeakageError: naming the patient ids (``.patient_ids``) and scan ids that leak.
     """
-    salt = frozen["salt"]
-    patients = set(frozen["patients"])
-    by_patient = rows["patient_id"].map(lambda p: _is_id(p) and _hash(salt, p) in patients)
-    by_pixels = rows["pixel_hash"].isin(set(frozen["pixels"]))
+    by_patient, by_pixels = leaking(frozen, rows)
     if not (by_patient | by_pixels).any():
         return
     leaked = sorted(set(_known(rows[by_patient]["patient_id"])))
+    if sources is None:
+        found = _found(rows, by_patient, by_pixels)
+        todo = _MOVE_OUT.format(cohort="the new cohort's")
+        raise LeakageError(
+            f"retraining would leak test data: the training/validation scans hold {where}'s "
+            f"{found}. {todo}",
+            patient_ids=leaked,
+        )
+    parts = []
+    for source in dict.fromkeys(sources[by_patient | by_pixels]):
+        mine = (sources == source).to_numpy()
+        found = _found(rows[mine], by_patient[mine], by_pixels[mine])
+        todo = (advice or {}).get(source) or _MOVE_OUT.format(cohort="its")
+        parts.append(f"{source} holds {where}'s {found}. {todo}")
+    raise LeakageError(
+        "retraining would leak test data into the training/validation scans: " + " ".join(parts),
+        patient_ids=leaked,
+    )
+
+
+_MOVE_OUT = (
+    "Remove these scans from {cohort} train and val splits (e.g. put them in its test "
+    "split) and retrain."
+)
+
+
+def _found(rows: pd.DataFrame, by_patient: pd.Series, by_pixels: pd.Series) -> str:
+    """What leaks in ``rows``: "scans of patients P (scans a, b) and copies of ..."."""
     found = []
+    leaked = sorted(set(_known(rows[by_patient]["patient_id"])))
     if leaked:
         scans = rows[by_patient]["scan_id"].astype(str).tolist()
         found.append(f"scans of patients {_first(leaked)} (scans {_first(scans)})")
     copies = rows[by_pixels & ~by_patient]["scan_id"].astype(str).tolist()
     if copies:
         found.append(f"copies of its test scans' pixels: {_first(copies)}")
-    raise LeakageError(
-        f"retraining would leak test data: the training/validation scans hold {where}'s "
-        f"{' and '.join(found)}. Remove these scans from the new cohort's train and val "
-        "splits (e.g. put them in its test split) and retrain.",
-        patient_ids=leaked,
-    )
+    return " and ".join(found)
+
+
+def hash_patient(salt: str, patient_id: Any) -> str:
+    """A patient id as frozen_test.json stores it: sha256 of the salt and the id."""
+    return _hash(salt, patient_id)
 
 
 def read_frozen(bundle_path: str | Path) -> dict[str, Any]:

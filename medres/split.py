@@ -20,6 +20,8 @@ set still patient-disjoint.
 ``unit="scan"`` (``meta["split_unit"] == "scan"``), which is a warning; identical
 pixels on two sides is a warning.
 :func:`summary_table` renders its report for the command line.
+:func:`audit_training_cohort` is the stricter audit every training runs first: it also
+refuses a test scan's pixel copy in train or val, unless leakage is allowed on purpose.
 
 Example::
 
@@ -148,6 +150,7 @@ def split_cohort(
     holdout_site: str | None = None,
     keep_test_column: str | None = None,
     unit: Literal["patient", "scan"] = "patient",
+    move_copies_to_test: bool = False,
 ) -> Cohort:
     """Return a new cohort whose readable scans (status ``ok``) have a ``split``.
 
@@ -168,6 +171,11 @@ def split_cohort(
             so validation figures are optimistic (a :class:`SplitWarning` says how
             many patients). Only with ``keep_test_column``, whose test set must not
             share a patient with the pool; ``meta["split_unit"]`` records the unit.
+        move_copies_to_test: after the split is drawn or kept, move every train / val
+            scan whose pixels (``pixel_hash``) repeat a test scan's into test, where
+            its copy is; ``meta["split_copies_moved_to_test"]`` lists their scan_ids.
+            Training refuses such copies (:func:`audit_training_cohort`); this is the
+            fix when a dataset's official split holds them.
 
     Every patient's scans land in one split, with label proportions close to the
     cohort's. Scans without a patient id are split one by one, with a
@@ -180,7 +188,8 @@ def split_cohort(
         ManifestError: no readable scans, or missing / unknown values in keep_column
             or keep_test_column.
         LeakageError: a patient on two sides (kept split, a held-out site, or a kept
-            test set sharing patients with the pool).
+            test set sharing patients with the pool, or a copy moved into test whose
+            patient keeps other scans in train / val).
     """
     _check_options(keep_column, holdout_site, keep_test_column, unit)
     values = check_fractions(fractions, need_test=holdout_site is None and keep_test_column is None)
@@ -199,6 +208,9 @@ def split_cohort(
         assigned = _kept_test_split(table[ok], keep_test_column, values, seed, unit)
     else:
         assigned = _stratified_split(table[ok], values, seed)
+    moved: list[str] = []
+    if move_copies_to_test:
+        assigned, moved = _move_copies_to_test(table[ok], assigned)
 
     no_patient = int(_patient_ids(table[ok]).isna().sum())
     if no_patient:
@@ -229,6 +241,7 @@ def split_cohort(
         "split_keep_column": keep_column,
         "split_holdout_site": holdout_site,
         "split_keep_test_column": keep_test_column,
+        "split_copies_moved_to_test": moved,
     }
     result = Cohort(out, meta)
     audit_cohort(result)
@@ -450,6 +463,31 @@ def _kept_test_split(
     return names
 
 
+def _move_copies_to_test(rows: pd.DataFrame, names: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """``names`` with every train / val row whose pixel_hash is a test row's set to test,
+    and the sorted scan_ids moved. LeakageError when a moved scan's patient keeps other
+    scans in train / val (moving one scan would put that patient on both sides)."""
+    hashes = rows["pixel_hash"]
+    known = hashes.notna().to_numpy()
+    in_test = set(hashes[known & (names == "test")])
+    move = known & (names != "test") & hashes.isin(in_test).to_numpy()
+    out = names.copy()
+    out[move] = "test"
+    moved = sorted(rows["scan_id"][move].astype(str))
+    patients = set(_patient_ids(rows)[move].dropna())
+    split = [p for p in _patients_on_both_sides(rows, out == "test") if p in patients]
+    if split:
+        scans = sorted(rows["scan_id"][move & _patient_ids(rows).isin(split).to_numpy()])
+        raise LeakageError(
+            f"moving the copies of test scans into test would split {len(split)} patient(s) "
+            f"between test and train/val: {quote_some(split)} (copies {quote_some(scans)}); "
+            "their other scans stay in train/val: move those patients' scans to test in "
+            "the split column too, or drop the copies from the manifest",
+            split,
+        )
+    return out, moved
+
+
 def _patients_on_both_sides(rows: pd.DataFrame, side: np.ndarray) -> list[str]:
     """Sorted known patient ids with scans both where ``side`` (N,) bool is True and False."""
     patients = _patient_ids(rows)
@@ -530,15 +568,7 @@ def audit_cohort(cohort: Cohort) -> AuditReport:
     Scans with identical ``pixel_hash`` in different splits are reported in
     ``duplicate_pixels`` and raise a :class:`SplitWarning`, not an error.
     """
-    table = cohort.table
-    ok = table[table["status"] == "ok"]
-    rows = ok[ok["split"].notna()]
-    unknown = sorted(set(rows["split"].astype(str)) - set(SPLITS))
-    if unknown:
-        raise ManifestError(
-            f"split values {unknown} are not train/val/test; re-split with "
-            "`medres split COHORT.parquet --keep-column split` to normalise them"
-        )
+    ok, rows = _split_rows(cohort)
     scan_level = cohort.meta.get("split_unit") == "scan"
     _check_patients(rows, allow_train_val=scan_level)
     shared = _train_val_patients(rows) if scan_level else []
@@ -557,7 +587,8 @@ def audit_cohort(cohort: Cohort) -> AuditReport:
             f"different splits: {quote_some(['[' + ', '.join(g) + ']' for g in duplicates])}; "
             "the same "
             "image in training and test inflates the metrics: drop the copies or put "
-            "them in one split",
+            "them in one split (`medres split --keep-column split --move-copies-to-test` "
+            "moves train/val copies of test scans into test; `medres train` refuses them)",
             SplitWarning,
             stacklevel=2,
         )
@@ -568,6 +599,120 @@ def audit_cohort(cohort: Cohort) -> AuditReport:
         unsplit_scans=int(ok["split"].isna().sum()),
         train_val_patients=shared,
     )
+
+
+def _split_rows(cohort: Cohort) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The readable rows, and those of them with a split; ManifestError for a split value
+    other than train / val / test."""
+    table = cohort.table
+    ok = table[table["status"] == "ok"]
+    rows = ok[ok["split"].notna()]
+    unknown = sorted(set(rows["split"].astype(str)) - set(SPLITS))
+    if unknown:
+        raise ManifestError(
+            f"split values {unknown} are not train/val/test; re-split with "
+            "`medres split COHORT.parquet --keep-column split` to normalise them"
+        )
+    return ok, rows
+
+
+@dataclass(frozen=True)
+class TrainingAudit:
+    """What :func:`audit_training_cohort` found in a cohort about to be trained on.
+
+    Attributes:
+        scans: readable scans with a split.
+        with_patient_id: how many of them have a patient id.
+        split_unit: ``"scan"`` for a deliberate scan-level train / val split.
+        leaked_patients: patients with scans in two splits (only with ``allow_leakage``;
+            train + val of a scan-level split does not count).
+        test_copies: groups of scan_ids with identical pixels, one of them in test and
+            another in train or val (only with ``allow_leakage``).
+        train_val_copies: groups with identical pixels in train and val only: allowed,
+            they make validation figures slightly optimistic.
+        train_val_patients: patients in train and val of a scan-level split.
+        leakage_allowed: the audit was told to let leakage through.
+    """
+
+    scans: int
+    with_patient_id: int
+    split_unit: str | None
+    leaked_patients: list[str] = field(default_factory=list)
+    test_copies: list[list[str]] = field(default_factory=list)
+    train_val_copies: list[list[str]] = field(default_factory=list)
+    train_val_patients: list[str] = field(default_factory=list)
+    leakage_allowed: bool = False
+
+    @property
+    def leaks(self) -> bool:
+        """Whether patients or test scans' copies sit on two sides."""
+        return bool(self.leaked_patients or self.test_copies)
+
+
+ALLOW_LEAKAGE_HINT = (
+    "to train on it anyway as a deliberate experiment, pass --allow-leakage (a pipeline: "
+    "allow_leakage = true in [split]); the bundle and its model card then record the leak"
+)
+
+
+def audit_training_cohort(cohort: Cohort, allow_leakage: bool = False) -> TrainingAudit:
+    """The audit every training runs first (``medres train``, ``retrain``, ``run``).
+
+    Refuses what makes a model's figures optimistic without saying so: a patient with
+    scans in two splits (train + val is allowed in a deliberately scan-level split,
+    ``meta["split_unit"] == "scan"``), and a test scan whose pixels (``pixel_hash``)
+    repeat in train or val. Identical pixels in train and val only are allowed and
+    listed (``train_val_copies``). No warnings are raised: the result says it all.
+
+    Args:
+        allow_leakage: record the leaks in the result instead of raising (a deliberate
+            experiment; the caller must say so in what it writes).
+
+    Raises:
+        LeakageError: naming the patients, or the copied scans and their splits.
+        ManifestError: a split value other than train / val / test.
+    """
+    _, rows = _split_rows(cohort)
+    unit = cohort.meta.get("split_unit")
+    scan_level = unit == "scan"
+    patients: list[str] = []
+    try:
+        _check_patients(rows, allow_train_val=scan_level)
+    except LeakageError as e:
+        if not allow_leakage:
+            raise LeakageError(f"{e}; {ALLOW_LEAKAGE_HINT}", e.patient_ids) from None
+        patients = e.patient_ids
+    splits = rows.set_index(rows["scan_id"].astype(str))["split"].astype(str)
+    splits = splits[~splits.index.duplicated()]
+    groups = _duplicate_pixels(rows)
+    test_copies = [g for g in groups if (splits[g] == "test").any()]
+    if test_copies and not allow_leakage:
+        shown = [
+            "[" + ", ".join(f"{s} ({splits[s]})" for s in _test_first(g, splits)) + "]"
+            for g in test_copies
+        ]
+        raise LeakageError(
+            f"{len(test_copies)} test scan(s) have pixel copies in train or val: "
+            f"{quote_some(shown)}; a model tested on images it trained or was selected on "
+            "looks better than it is: move the copies into test with `medres split "
+            "COHORT.parquet --keep-column split --move-copies-to-test` (a pipeline: "
+            f"move_copies_to_test = true in [split]) or drop them; {ALLOW_LEAKAGE_HINT}",
+        )
+    return TrainingAudit(
+        scans=len(rows),
+        with_patient_id=int(_patient_ids(rows).notna().sum()),
+        split_unit=unit,
+        leaked_patients=patients,
+        test_copies=test_copies,
+        train_val_copies=[g for g in groups if g not in test_copies],
+        train_val_patients=_train_val_patients(rows) if scan_level else [],
+        leakage_allowed=allow_leakage,
+    )
+
+
+def _test_first(group: list[str], splits: pd.Series) -> list[str]:
+    """A copy group's scan_ids, its test scans first."""
+    return sorted(group, key=lambda s: (splits[s] != "test", s))
 
 
 def _check_patients(rows: pd.DataFrame, allow_train_val: bool = False) -> None:

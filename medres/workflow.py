@@ -24,8 +24,9 @@ from medres.evaluate import Evaluation, choose_threshold, evaluate, write_report
 from medres.evaluate.report import format_metric
 from medres.evaluate.trust import trust_report
 from medres.files import write_text
-from medres.frozen import freeze
+from medres.frozen import freeze, hash_patient
 from medres.io.discover import FAILURE_COLUMNS
+from medres.split import TrainingAudit, audit_training_cohort
 from medres.tasks import TaskInfo, label_key
 from medres.train import CHECKPOINT, TrainConfig, auto_workers, fit
 from medres.transforms import PreprocessSpec, build_transform
@@ -43,8 +44,18 @@ def train_bundle(
     parent: Bundle | None = None,
     from_scratch: bool = False,
     frozen_before: dict[str, Any] | None = None,
+    allow_leakage: bool = False,
+    rehearsal_dropped: list[str] | None = None,
 ) -> tuple[Path, dict[str, Evaluation]]:
     """Train on ``cohort_path`` and write the bundle to ``out``.
+
+    The cohort is audited first (:func:`~medres.split.audit_training_cohort`): a patient
+    in two splits, or a test scan's pixel copy in train / val, is refused before anything
+    is trained or written, unless ``allow_leakage`` (a deliberate experiment), which
+    ``bundle.json`` (``training.leakage_allowed``, ``training.leakage``: counts, the
+    patients salted and hashed as in ``frozen_test.json``, the copied scan_ids) and the
+    model card's limitations record. ``rehearsal_dropped``: scan_ids a retraining left
+    out of its rehearsal (:mod:`medres.retrain`), recorded the same way.
 
     With ``parent`` (retraining, :mod:`medres.retrain`) the bundle records it as its
     parent and extends its lineage; training starts from the parent's weights unless
@@ -54,11 +65,16 @@ def train_bundle(
     Returns the ``bundle.json`` path and the evaluations (``val``, and ``test`` when the
     cohort has labelled test scans). The training checkpoint is removed once the bundle
     is complete.
+
+    Raises:
+        LeakageError: the audit found leakage and ``allow_leakage`` is False.
     """
     out = Path(out)
     cohort = Cohort.load(cohort_path)
     if (out / "bundle.json").exists() and not resume:
         raise ConfigError(f"{out} already holds a bundle; choose a new -o folder")
+    audit = audit_training_cohort(cohort, allow_leakage=allow_leakage)
+    frozen_test = freeze(cohort.ok[cohort.ok["split"] == "test"], frozen_before)
     start_from = parent if parent is not None and not from_scratch else None
     result = fit(
         cohort,
@@ -90,10 +106,11 @@ def train_bundle(
         "epochs_run": len(result.history),
         "stopped_by": result.stopped_by,
         "counts": counts,
-        "patients_known": bool(cohort.ok["patient_id"].notna().any()),
         "split_by": cohort.meta.get("split_by"),
         "split_unit": cohort.meta.get("split_unit"),
         "trust": trust,
+        "audit": audit,
+        "rehearsal_dropped": list(rehearsal_dropped or []),
     }
     bundle_json = save_bundle(
         out,
@@ -113,6 +130,9 @@ def train_bundle(
             "seed": config.seed,
             "referable_from": config.referable_from,
             "flag_below": config.flag_below,
+            "leakage_allowed": allow_leakage,
+            "leakage": _leakage_record(audit, frozen_test["salt"]),
+            **({"rehearsal_dropped": list(rehearsal_dropped)} if rehearsal_dropped else {}),
         },
         cohort={
             "path": str(Path(cohort_path).resolve()),
@@ -120,6 +140,9 @@ def train_bundle(
             "counts": {k: counts[k] for k in ("by_split", "sites")},
             "split_by": cohort.meta.get("split_by"),
             "modalities": sorted(set(cohort.labelled("train")["modality"].dropna().astype(str))),
+            "channels": sorted(
+                {int(shape[0]) for shape in cohort.labelled("train")["shape"].dropna()}
+            ),
             **{k: cohort.meta[k] for k in ("sources", "reviews") if k in cohort.meta},
         },
         metrics={split: ev.to_dict() for split, ev in evaluations.items()},
@@ -128,10 +151,22 @@ def train_bundle(
         trust=trust,
         parent_id=parent.id if parent is not None else None,
         parent_lineage=_lineage(parent.manifest) if parent is not None else [],
-        frozen_test=freeze(cohort.ok[cohort.ok["split"] == "test"], frozen_before),
+        frozen_test=frozen_test,
     )
     shutil.rmtree(out / CHECKPOINT.parent, ignore_errors=True)
     return bundle_json, evaluations
+
+
+def _leakage_record(audit: TrainingAudit, salt: str) -> dict[str, Any]:
+    """``training.leakage`` of bundle.json: what the audit let through. Patient ids are
+    salted and hashed with the bundle's frozen-test salt (:mod:`medres.frozen`), never
+    written in clear text."""
+    return {
+        "patients": len(audit.leaked_patients),
+        "patient_hashes": sorted(hash_patient(salt, p) for p in audit.leaked_patients),
+        "test_copies": audit.test_copies,
+        "train_val_copies": len(audit.train_val_copies),
+    }
 
 
 def _lineage(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -268,7 +303,7 @@ def evaluate_bundle(
     report = write_report(
         evaluation, out, title=f"medres evaluation — {split}", extra=extra, trust=assessed[1]
     )
-    write_text(Path(out) / "failures.csv", scored.failures.to_csv(index=False))
+    write_text(Path(out) / "failures.csv", scored.failures.to_csv(index=False), private=True)
     return report, evaluation, scored.failures
 
 
@@ -384,6 +419,8 @@ def model_card(facts: dict[str, Any], evaluations: dict[str, Evaluation]) -> str
         "",
         facts["counts"]["markdown"],
         "",
+        _patient_notes(_id_facts(facts["audit"]))[0],
+        "",
         "## Training",
         "",
         f"Trained {facts['epochs_run']} epochs (ended by {facts['stopped_by']}); selected "
@@ -405,19 +442,112 @@ def model_card(facts: dict[str, Any], evaluations: dict[str, Evaluation]) -> str
     return "\n".join(lines)
 
 
-def _limitations(facts, evaluations) -> list[str]:
+def _id_facts(audit: TrainingAudit) -> dict[str, Any]:
+    return {
+        "scans": audit.scans,
+        "with_patient_id": audit.with_patient_id,
+        "split_unit": audit.split_unit,
+        "leaked_patients": len(audit.leaked_patients),
+        "train_val_patients": len(audit.train_val_patients),
+    }
+
+
+def _patient_notes(ids: dict[str, Any]) -> tuple[str, list[str]]:
+    """What the model card says of the cohort's patient ids: a sentence for its Data
+    section and the limitations they bring.
+
+    ``ids``: ``scans`` (readable scans with a split), ``with_patient_id`` (how many of
+    them have one), ``split_unit`` ("scan": train / val drawn scan by scan on purpose),
+    ``train_val_patients`` (patients they share then) and ``leaked_patients`` (patients
+    in two splits let through by --allow-leakage)."""
+    n, known = ids["scans"], ids["with_patient_id"]
+    missing = n - known
+    scan_level = ids.get("split_unit") == "scan"
+    leaked = ids.get("leaked_patients", 0)
+    if leaked:
+        found = (
+            f"{leaked} patient(s) with scans in more than one split (trained with "
+            "--allow-leakage, see Limitations)."
+        )
+    elif scan_level and ids.get("train_val_patients"):
+        found = (
+            f"{ids['train_val_patients']} patient(s) shared by train and validation on "
+            "purpose (a scan-level split), none of them in test."
+        )
+    else:
+        found = "no patient with scans in two splits."
     notes = []
-    if facts.get("split_unit") == "scan":
+    if scan_level:
         notes.append(
             "Train and validation were split scan by scan on purpose (the test set is "
             "patient-level): one patient's scans sit on both sides, so the validation "
             "figures, and the epoch and calibration chosen on them, are optimistic."
         )
-    elif not facts["patients_known"] or facts["split_by"] == "scan":
-        notes.append(
-            "The cohort has no patient ids: splits are by scan, so one patient's "
-            "scans may sit in training and test, and the metrics may be optimistic."
+    if known == 0:
+        line = (
+            "No scan has a patient id, so the audit before training could not check "
+            "that training and test patients differ."
         )
+        notes.append(
+            "The cohort has no patient ids: nothing shows that training and test "
+            "patients differ, so one patient's scans may sit in both, and the metrics "
+            "may be optimistic."
+        )
+    elif missing == 0:
+        line = f"Every scan has a patient id; the audit before training found {found}"
+    else:
+        line = (
+            f"{missing} of {n} scans have no patient id; among the {known} with one, the "
+            f"audit before training found {found}"
+        )
+        notes.append(
+            f"{missing} of {n} scans have no patient id: the audit could not check their "
+            "patients, so one patient's scans may sit in training and test, and the "
+            "metrics may be optimistic."
+        )
+    return line, notes
+
+
+def _leakage_notes(audit: TrainingAudit, rehearsal_dropped: list[str]) -> list[str]:
+    """Limitations for what the audit let through or found, and for the scans a
+    retraining left out of its rehearsal."""
+    notes = []
+    if audit.leakage_allowed:
+        found = []
+        if audit.leaked_patients:
+            found.append(f"{len(audit.leaked_patients)} patient(s) have scans in two splits")
+        if audit.test_copies:
+            found.append(f"{len(audit.test_copies)} test scan(s) have copies in train or val")
+        if found:
+            notes.append(
+                "Trained with leakage allowed (--allow-leakage), a deliberate experiment: "
+                f"{' and '.join(found)}, so the test figures are optimistic. Not a model "
+                "to deploy."
+            )
+        else:
+            notes.append(
+                "Trained with --allow-leakage, but the audit found no patient in two "
+                "splits and no test scan copied into train or val."
+            )
+    if audit.train_val_copies:
+        notes.append(
+            f"{len(audit.train_val_copies)} group(s) of identical images sit in both train "
+            "and val: the validation figures, and the epoch and calibration chosen on "
+            "them, are slightly optimistic."
+        )
+    if rehearsal_dropped:
+        notes.append(
+            f"{len(rehearsal_dropped)} scan(s) of the champion's training cohort were left "
+            "out of the rehearsal (--drop-leaking-rehearsal): they belong to test patients "
+            "or copy test scans."
+        )
+    return notes
+
+
+def _limitations(facts, evaluations) -> list[str]:
+    audit = facts["audit"]
+    notes = _patient_notes(_id_facts(audit))[1]
+    notes += _leakage_notes(audit, facts.get("rehearsal_dropped") or [])
     sites = facts["counts"]["sites"]
     if len(sites) <= 1:
         notes.append(

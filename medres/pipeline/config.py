@@ -12,6 +12,7 @@ A pipeline holds configuration only; every step is a general medres feature::
 
     [split]                                # medres split options
     keep_test_column = "split"
+    move_copies_to_test = true             # train/val copies of test scans go to test
 
     [train]                                # medres.train.TrainConfig
     epochs = 30
@@ -104,13 +105,17 @@ class DataConfig(_Strict):
 
 
 class SplitConfig(_Strict):
-    """Options of :func:`medres.split.split_cohort`."""
+    """Options of :func:`medres.split.split_cohort`, and ``allow_leakage``: train on the
+    split although it leaks (a patient in two splits, a test scan's pixel copy in train
+    or val), as ``medres train --allow-leakage`` does."""
 
     keep_column: str | None = None
     keep_test_column: str | None = None
     unit: Literal["patient", "scan"] = "patient"
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     seed: int = 0
+    move_copies_to_test: bool = False
+    allow_leakage: bool = False
 
 
 class PredictConfig(_Strict):

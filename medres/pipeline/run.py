@@ -140,6 +140,12 @@ def _what_steps_read(config: dict) -> dict:
     """A dumped :class:`PipelineConfig` without the keys only results.md shows."""
     kept = {k: v for k, v in config.items() if k not in ("question", "headline")}
     kept["data"] = {k: v for k, v in config.get("data", {}).items() if k != "about"}
+    # split keys added later, at their default: a run recorded before them still resumes
+    kept["split"] = {
+        k: v
+        for k, v in config.get("split", {}).items()
+        if not (k in ("move_copies_to_test", "allow_leakage") and v is False)
+    }
     kept["variants"] = [
         {k: v for k, v in variant.items() if k != "label"} for variant in config.get("variants", [])
     ]
@@ -239,16 +245,22 @@ def _run_variant(
     here = out / variant.name
     here.mkdir(exist_ok=True)
     split_path = here / "cohort_split.parquet"
+    split_config = variant_split_config(config, variant)
     with timer(f"{variant.name}: split"):
         if not split_path.is_file():
-            _split(variant_split_config(config, variant), cohort_path, split_path)
+            _split(split_config, cohort_path, split_path)
     bundle = here / "bundle"
     train_config = variant_train_config(config, variant, overrides)
     with timer(f"{variant.name}: train"):
         if not (bundle / "bundle.json").is_file():
             resume = (bundle / CHECKPOINT).is_file()
             train_bundle(
-                split_path, train_config, bundle, resume=resume, show_progress=show_progress
+                split_path,
+                train_config,
+                bundle,
+                resume=resume,
+                show_progress=show_progress,
+                allow_leakage=split_config.allow_leakage,
             )
     report = here / "report"
     with timer(f"{variant.name}: evaluate"):
@@ -276,6 +288,7 @@ def _split(options: SplitConfig, cohort_path: Path, path: Path) -> None:
         keep_column=options.keep_column,
         keep_test_column=options.keep_test_column,
         unit=options.unit,
+        move_copies_to_test=options.move_copies_to_test,
     )
     result.save(path)
 

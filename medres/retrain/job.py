@@ -8,13 +8,16 @@ challenger keeps the champion's preprocessing, model and task, starts from its w
 (fine-tuning: learning rate × :data:`FINE_TUNE_LR`, half the epochs, no warm-up) or from
 scratch (the champion's own training settings), and records its parent, its lineage and
 a frozen test set that grows with every cohort's test split (:mod:`medres.frozen`).
+A training or validation scan of a frozen test patient, or a copy of a test scan's
+pixels, is refused naming the cohort that holds it; in the rehearsed champion's cohort,
+``drop_leaking_rehearsal`` leaves such scans out instead.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +27,7 @@ from medres.cohort import Cohort
 from medres.config import apply_overrides, validate
 from medres.errors import ConfigError
 from medres.evaluate import Evaluation
-from medres.frozen import check_no_leak, freeze, read_frozen
+from medres.frozen import check_no_leak, freeze, leaking, read_frozen
 from medres.retrain.reviews import ReviewsApplied, apply_reviews
 from medres.tasks import infer_task
 from medres.train import CHECKPOINT, TrainConfig
@@ -36,12 +39,13 @@ FIXED = ("model", "model_args", "preprocess", "task", "dropout", "positive_class
 
 @dataclass
 class RetrainResult:
-    """The challenger's ``bundle.json``, its evaluations (val, test) and what the
-    reviews changed (None without reviews)."""
+    """The challenger's ``bundle.json``, its evaluations (val, test), what the reviews
+    changed (None without reviews) and the scan_ids left out of the rehearsal."""
 
     bundle_json: Path
     evaluations: dict[str, Evaluation]
     reviews: ReviewsApplied | None
+    rehearsal_dropped: list[str] = field(default_factory=list)
 
 
 def retrain_bundle(
@@ -55,6 +59,8 @@ def retrain_bundle(
     overrides: Sequence[str] = (),
     resume: bool = False,
     show_progress: bool = True,
+    allow_leakage: bool = False,
+    drop_leaking_rehearsal: bool = False,
 ) -> RetrainResult:
     """Train a challenger and write it as a bundle to ``out``.
 
@@ -63,15 +69,25 @@ def retrain_bundle(
         cohorts: split manifests of the new data (their union is trained on).
         reviews: ``medres review export`` CSV; its labels override the cohorts'.
         new_only: train on ``cohorts`` alone, without the champion's training cohort.
+        allow_leakage: train although the cohorts' own splits leak (a patient in two
+            splits, a test scan's copy in train / val: a deliberate experiment, recorded
+            in the challenger's bundle and model card). The champion's frozen test set
+            is never overridden.
+        drop_leaking_rehearsal: leave out of the rehearsal the champion's own training
+            scans that would leak (a frozen test patient's scans, a test scan's copies,
+            e.g. in a champion trained before copies were refused); their scan_ids go to
+            ``training.rehearsal_dropped`` in bundle.json.
         overrides: ``key=value`` training settings over the defaults above (``--set``,
             ``epochs=N``); the model, its arguments, the preprocessing and the task are
             the champion's and cannot be overridden.
 
     Raises:
         LeakageError: a train / val scan belongs to a patient of the champion's test
-            split (or of a new cohort's test split), or repeats a test scan's pixels.
+            split (or of a new cohort's test split), or repeats a test scan's pixels;
+            the message names the cohort holding each such scan.
         ConfigError: no cohorts, classes that differ from the champion's, ``out`` taken,
-            the champion's training cohort gone or changed (without ``new_only``).
+            the champion's training cohort gone or changed (without ``new_only``),
+            ``drop_leaking_rehearsal`` with ``new_only``.
         BundleError: the champion is damaged or keeps no frozen test set.
     """
     out = Path(out)
@@ -81,9 +97,15 @@ def retrain_bundle(
         raise ConfigError(f"{out} already holds a bundle; choose a new -o folder")
     if (out / CHECKPOINT).exists() and not resume:
         raise ConfigError(f"{out} holds an interrupted retraining; add --resume to continue it")
+    if new_only and drop_leaking_rehearsal:
+        raise ConfigError(
+            "--drop-leaking-rehearsal leaves leaking scans out of the rehearsal of the "
+            "champion's training cohort, and --new-only rehearses nothing: pass one of them"
+        )
     parent = load_bundle(champion)
     frozen = read_frozen(champion)
     paths = [Path(c) for c in cohorts]
+    old = None
     if not new_only:
         old = training_cohort(parent)
         if old is None:
@@ -94,17 +116,31 @@ def retrain_bundle(
                 "alone with --new-only"
             )
         paths = [old, *[p for p in paths if p.resolve() != old.resolve()]]
-    table, meta = _union([Cohort.load(p) for p in paths], paths)
+    rehearsed = _rehearsed_name(old) if old is not None else None
+    names = [f"the new cohort {p.resolve()}" for p in paths]
+    if old is not None:
+        names[0] = rehearsed
+    table, meta, sources = _union([Cohort.load(p) for p in paths], paths, names)
     applied = None
     if reviews is not None:
         table, applied = apply_reviews(table, reviews, parent.info.classes or [])
         meta["reviews"] = applied.to_dict()
+    tests = [(frozen, "the champion's test split")]
+    ok = table[table["status"] == "ok"]
+    tests.append((freeze(ok[ok["split"] == "test"]), "a new cohort's test split"))
+    dropped: list[str] = []
+    if drop_leaking_rehearsal:
+        table, dropped = _drop_leaking_rehearsal(table, sources == rehearsed, tests)
+        sources = sources.loc[table.index]
     cohort = Cohort(table, meta)
     training = cohort.ok[cohort.ok["split"].isin(["train", "val"])]
-    check_no_leak(frozen, training, "the champion's test split")
-    check_no_leak(
-        freeze(cohort.ok[cohort.ok["split"] == "test"]), training, "a new cohort's test split"
-    )
+    advice = {
+        rehearsed: "Retrain with --new-only (the new cohorts alone), or with "
+        "--drop-leaking-rehearsal to leave these scans out of the rehearsal of the "
+        "champion's cohort (the challenger's bundle.json lists them)."
+    }
+    for record, where in tests[: 1 if allow_leakage else 2]:  # the frozen set: always
+        check_no_leak(record, training, where, sources=sources.loc[training.index], advice=advice)
     config = _challenger_config(parent, from_scratch, overrides)
     _check_classes(parent, cohort, config)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,8 +154,29 @@ def retrain_bundle(
         parent=parent,
         from_scratch=from_scratch,
         frozen_before=frozen,
+        allow_leakage=allow_leakage,
+        rehearsal_dropped=dropped,
     )
-    return RetrainResult(bundle_json, evaluations, applied)
+    return RetrainResult(bundle_json, evaluations, applied, dropped)
+
+
+def _rehearsed_name(path: Path) -> str:
+    """How messages name the champion's training cohort."""
+    return f"the champion's own training cohort {path.resolve()} (rehearsed)"
+
+
+def _drop_leaking_rehearsal(
+    table: pd.DataFrame, rehearsed: pd.Series, tests: list[tuple[dict, str]]
+) -> tuple[pd.DataFrame, list[str]]:
+    """``table`` without the rehearsed train / val rows that belong to a test patient of
+    ``tests`` (frozen-test records) or repeat a test scan's pixels, and their scan_ids."""
+    rows = table[(table["status"] == "ok") & table["split"].isin(["train", "val"]) & rehearsed]
+    leaks = pd.Series(False, index=rows.index)
+    for record, _ in tests:
+        by_patient, by_pixels = leaking(record, rows)
+        leaks |= by_patient | by_pixels
+    drop = rows.index[leaks]
+    return table.drop(index=drop), sorted(table.loc[drop, "scan_id"].astype(str))
 
 
 def _challenger_config(parent, from_scratch: bool, overrides: Sequence[str]) -> TrainConfig:
@@ -156,9 +213,13 @@ def _check_classes(parent, cohort: Cohort, config: TrainConfig) -> None:
         )
 
 
-def _union(cohorts: list[Cohort], paths: Sequence[str | Path]) -> tuple[pd.DataFrame, dict]:
+def _union(
+    cohorts: list[Cohort], paths: Sequence[str | Path], names: Sequence[str]
+) -> tuple[pd.DataFrame, dict, pd.Series]:
     """One manifest of all new cohorts; scan ids that repeat across cohorts are prefixed
-    with their cohort file's name."""
+    with their cohort file's name. Also returns each row's cohort ``names`` entry (how
+    messages name it); ``split_unit`` is "scan" when any cohort was split scan by scan
+    on purpose (its patients in train and val are deliberate)."""
     tables = [c.table for c in cohorts]
     ids = pd.concat([t["scan_id"] for t in tables])
     if ids.duplicated().any():
@@ -173,4 +234,12 @@ def _union(cohorts: list[Cohort], paths: Sequence[str | Path]) -> tuple[pd.DataF
         ],
         "split_by": cohorts[0].meta.get("split_by"),
     }
-    return pd.concat(tables, ignore_index=True), meta
+    if any(c.meta.get("split_unit") == "scan" for c in cohorts):
+        meta["split_unit"] = "scan"
+    table = pd.concat(tables, ignore_index=True)
+    sources = pd.Series(
+        [name for name, t in zip(names, tables, strict=True) for _ in range(len(t))],
+        index=table.index,
+        dtype=object,
+    )
+    return table, meta, sources
