@@ -126,6 +126,13 @@ def ingest(
         ),
     ] = None,
     site: Annotated[str | None, typer.Option(help="Site name for every scan.")] = None,
+    modality: Annotated[
+        str | None,
+        typer.Option(
+            help="DICOM modality of the files that carry none (PNG/JPEG, NIfTI), e.g. DX "
+            "for radiograph exports: a bundle trained on them then accepts DX DICOM."
+        ),
+    ] = None,
     headers_only: Annotated[
         bool,
         typer.Option(
@@ -145,6 +152,7 @@ def ingest(
     Example:
 
         medres ingest scans/ --labels scans/labels.csv --site "St Elsewhere" -o cohort.parquet
+        medres ingest png_exports/ --labels labels.csv --modality DX -o cohort.parquet
     """
     from rich.progress import (
         BarColumn,
@@ -168,6 +176,7 @@ def ingest(
                 folder,
                 labels=labels,
                 site=site,
+                modality=modality,
                 verify_pixels=not headers_only,
                 progress=progress,
             )
@@ -1078,6 +1087,7 @@ def retrain_command(
         medres retrain bundles/v1 --cohort site_b_split.parquet \\
             --reviews reviews.csv -o bundles/v2
     """
+    from medres.errors import quote_some
     from medres.evaluate import metrics_table
     from medres.retrain.job import retrain_bundle
 
@@ -1100,8 +1110,7 @@ def retrain_command(
         dropped = result.rehearsal_dropped
         console.print(
             f"left {len(dropped)} scan(s) of the champion's cohort out of the rehearsal"
-            + (f": {escape(', '.join(dropped[:5]))}" if dropped else "")
-            + (f" ... and {len(dropped) - 5} more" if len(dropped) > 5 else "")
+            + (f": {escape(quote_some(dropped))}" if dropped else "")
         )
     if result.reviews is not None:
         r = result.reviews

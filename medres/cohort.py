@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ from medres.errors import ManifestError, ScanError
 from medres.files import atomic_write
 from medres.io import Volume, discover, read_scan
 from medres.io.names import path_text, real_path, safe_text
+from medres.io.volume import is_colour
 
 COLUMNS: tuple[str, ...] = (
     "scan_id",
@@ -138,13 +140,18 @@ class Cohort:
         return cls(table.to_pandas(), meta)
 
 
+def real_files(files) -> list[str]:
+    """A manifest row's ``files`` as the names on disk (``\\xNN`` escapes undone)."""
+    return [real_path(str(f)) for f in files]
+
+
 def read_row(row) -> Volume:
     """Read the scan a manifest row points at (its ``files``), with its ``scan_id`` in meta.
 
     Raises:
         ScanError: the file changed or vanished since ingest.
     """
-    files = [real_path(str(f)) for f in row["files"]]
+    files = real_files(row["files"])
     volume = read_scan(files[0] if len(files) == 1 else files)
     if row.get("scan_id") is not None:
         volume.meta["scan_id"] = row["scan_id"]
@@ -181,6 +188,7 @@ def build_cohort(
     *,
     labels: str | Path | None = None,
     site: str | None = None,
+    modality: str | None = None,
     verify_pixels: bool = True,
     progress=None,
 ) -> tuple[Cohort, IngestReport]:
@@ -191,6 +199,10 @@ def build_cohort(
         labels: optional CSV keyed by one of :data:`LABEL_KEYS` with a ``label``
             column; other columns (``split``, ``patient_id``, ``site`` ...) join too.
         site: the site name for every scan (overrides InstitutionName).
+        modality: the DICOM modality of the files that carry none (PNG/JPEG, NIfTI),
+            e.g. ``DX`` for radiograph exports or ``CT`` for converted CT; a bundle
+            trained on them then accepts DICOM of that modality, and a CT gets the CT
+            preset. DICOM files keep their own.
         verify_pixels: decode every scan (catches truncated pixel data, NaN volumes,
             missing codecs) and record its shape, spacing and pixel hash. Without it
             only headers are read: DICOM geometry is still checked.
@@ -222,6 +234,8 @@ def build_cohort(
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     if site is not None:
         table["site"] = site
+    if modality is not None:
+        table.loc[table["modality"].isin(["IMAGE", "NIFTI"]), "modality"] = _modality(modality)
     report = IngestReport(str(root), found.skipped, found.duplicates)
     if labels is not None:
         table = join_labels(table, labels, root, report)
@@ -309,6 +323,31 @@ def summary_tables(cohort: Cohort, report: IngestReport | None = None):
     for (kind, reason), n in grouped.sort_values(ascending=False).items():
         errors.add_row(str(kind), str(reason), str(n))
     return [overview, errors] if len(failed) else [overview]
+
+
+def _modality(text: str) -> str:
+    """A DICOM modality code (CS: upper-case letters and digits, at most 16), or ManifestError."""
+    code = text.strip().upper()
+    if not re.fullmatch(r"[A-Z0-9]{1,16}", code) or code in ("IMAGE", "NIFTI"):
+        raise ManifestError(
+            f"--modality {text!r} is not a DICOM modality code; give one such as DX, CR, CT, "
+            "MR, US, OP"
+        )
+    return code
+
+
+def photometric(rows: pd.DataFrame, sample: int = 16) -> str:
+    """``colour`` when any of ``sample`` scans (spread over ``rows``) with 3+ channels holds
+    colour (:func:`medres.io.volume.is_colour`), else ``grey``; unreadable ones are passed."""
+    shapes = rows["shape"].map(lambda s: s is not None and len(s) > 0 and int(s[0]) >= 3)
+    multi = rows[shapes.astype(bool)]
+    for _, row in multi.iloc[:: max(1, len(multi) // sample)].head(sample).iterrows():
+        try:
+            if is_colour(read_row(row)):
+                return "colour"
+        except ScanError:
+            continue
+    return "grey"
 
 
 def _source_row(source) -> dict[str, Any]:

@@ -333,7 +333,8 @@ def write_explanation(
         left), one pixel per voxel; the axial axis is the voxel axis closest to
         superior–inferior (the last one for axially acquired scans).
 
-    Every file is written atomically (temporary file + rename).
+    Every file is written atomically (temporary file + rename), mode 0600: it shows the
+    patient's image, and its name comes from the scan's id (README "Privacy of outputs").
 
     Raises:
         ValueError: ``cam_on_scan``'s shape is not the scan's spatial shape.
@@ -350,10 +351,15 @@ def write_explanation(
     if not volume.is_3d:
         rgb = _overlay(_display_grey(volume.array), cam)  # (X, Y, 3)
         paths["png"] = str(_write_png(out_dir / f"{stem}.png", rgb))
-        paths["npy"] = str(atomic_write(out_dir / f"{stem}.npy", lambda tmp: _save_npy(tmp, cam)))
+        npy = atomic_write(out_dir / f"{stem}.npy", lambda tmp: _save_npy(tmp, cam), private=True)
+        paths["npy"] = str(npy)
         return paths
     paths["nifti"] = str(
-        atomic_write(out_dir / f"{stem}.nii.gz", lambda tmp: _save_nifti(tmp, cam, volume.affine))
+        atomic_write(
+            out_dir / f"{stem}.nii.gz",
+            lambda tmp: _save_nifti(tmp, cam, volume.affine),
+            private=True,
+        )
     )
     grey, heat = _axial_display(volume, cam)  # (X, Y) each: L→ along X, P→ along Y
     k = _strongest_slice(heat)
@@ -397,7 +403,8 @@ def _overlay(background: np.ndarray, cam: np.ndarray) -> np.ndarray:
 def _write_png(path: Path, rgb_xy: np.ndarray) -> Path:
     """Save an (X, Y, 3) image as a PNG of width X, height Y (rows = Y, as medres reads)."""
     pixels = np.ascontiguousarray(rgb_xy.transpose(1, 0, 2))
-    return atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+    save = lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG")  # noqa: E731
+    return atomic_write(path, save, private=True)
 
 
 def _save_npy(tmp: str, array: np.ndarray) -> None:

@@ -47,9 +47,11 @@ def write_text(path: str | Path, text: str, *, private: bool = False) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text), private=private)
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON atomically (NaN/inf as null, numpy unwrapped)."""
-    return write_text(path, json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
+def write_json(path: str | Path, data: Any, *, private: bool = False) -> Path:
+    """Write ``data`` as indented JSON atomically (NaN/inf as null, numpy unwrapped;
+    ``private=True``: mode 0600, see :func:`atomic_write`)."""
+    text = json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n"
+    return write_text(path, text, private=private)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from medres.errors import ConfigError
 
 MAX_VOXELS_ENV = "MEDRES_MAX_VOXELS"
-DEFAULT_MAX_VOXELS = 2**27  # 134,217,728: a 512³ volume; 512 MiB per channel as float32
+# 536,870,912 = 1024 x 1024 x 512: twice a thin-slice CT of 512 x 512 x 1000; 2 GiB float32
+DEFAULT_MAX_VOXELS = 2**29
 MAX_PIXELS_ENV = "MEDRES_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 2**25  # 33,554,432: 5792², below Pillow's own bomb limit (89 M)
 
@@ -27,14 +28,15 @@ def max_voxels() -> int:
     """The voxel budget: the most voxels (values per channel) one scan or one network
     input may have.
 
-    ``2**27`` (134,217,728: a 512 x 512 x 512 volume, 512 MiB per channel in float32)
-    unless the environment variable ``MEDRES_MAX_VOXELS`` holds another whole number,
-    e.g. ``MEDRES_MAX_VOXELS=1073741824`` on a machine with the memory for 1024³ inputs.
+    ``2**29`` (536,870,912: a 1024 x 1024 x 512 volume, 2 GiB in float32; a thin-slice
+    CT of 512 x 512 x 1000 or a tomosynthesis stack of 2457 x 1996 x 60 fits) unless
+    the environment variable ``MEDRES_MAX_VOXELS`` holds another whole number, e.g.
+    ``MEDRES_MAX_VOXELS=1073741824`` on a machine with the memory for 1024³ inputs.
 
     Raises:
         ConfigError: ``MEDRES_MAX_VOXELS`` is set but is not a whole number >= 1.
     """
-    return _budget(MAX_VOXELS_ENV, DEFAULT_MAX_VOXELS, "2**27")
+    return _budget(MAX_VOXELS_ENV, DEFAULT_MAX_VOXELS, "2**29")
 
 
 def max_pixels() -> int:

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medres.bundle import Bundle, load_bundle, save_bundle, update_bundle
-from medres.cohort import Cohort, read_row
+from medres.cohort import Cohort, photometric, read_row
 from medres.errors import ConfigError, ScanError
 from medres.evaluate import Evaluation, choose_threshold, evaluate, write_report
 from medres.evaluate.report import format_metric
@@ -143,6 +143,7 @@ def train_bundle(
             "channels": sorted(
                 {int(shape[0]) for shape in cohort.labelled("train")["shape"].dropna()}
             ),
+            "photometric": photometric(cohort.labelled("train")),
             **{k: cohort.meta[k] for k in ("sources", "reviews") if k in cohort.meta},
         },
         metrics={split: ev.to_dict() for split, ev in evaluations.items()},

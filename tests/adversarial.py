@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from tests.conftest import EXAMPLE, PYDICOM_FILES, pydicom_data_dir
 
 CT = PYDICOM_FILES / "CT_small.dcm"
 ANATOMICAL = Path(NIBABEL_DATA) / "anatomical.nii"
+HOSTILE_UID = "![u](http://example.invalid/x.png)[Open the full report](http://example.invalid/r)"
 # a non-UTF-8 file name (Latin-1 bytes from an old export tool)
 LATIN1_NAME = os.fsdecode(b"r\xe9sum\xe9_\xff.png")
 
@@ -115,6 +117,13 @@ def build_corpus(root: Path, n_good: int = 60) -> Corpus:
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"2.25.{n + 1}1"
         ds.SeriesInstanceUID = f"2.25.{n + 1}2"
         ds.save_as(broken(name, "validate", "bundle was trained on PNG", read_error=False))
+    # a series UID written to inject Markdown into the review app and text into logs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns that it is no UID
+        ds = pydicom.dcmread(CT)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "2.25.99"
+        ds.SeriesInstanceUID = HOSTILE_UID
+        ds.save_as(broken("hostile_uid.dcm", "validate", "bundle was trained on PNG", False))
     colour = np.stack([grey, grey // 2, 255 - grey], axis=-1)
     Image.fromarray(colour).save(broken("colour.png", "validate", "colour image", False))
     shutil.copy(ANATOMICAL, broken("brain_3d.nii", "validate", "expects 2D", read_error=False))

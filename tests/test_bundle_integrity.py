@@ -149,7 +149,7 @@ def test_a_resealed_edit_that_contradicts_the_weights_is_refused_naming_the_fiel
 def test_the_voxel_budget_follows_medres_max_voxels(bundle, monkeypatch):
     from medres.limits import DEFAULT_MAX_VOXELS, max_voxels
 
-    assert max_voxels() == DEFAULT_MAX_VOXELS == 2**27
+    assert max_voxels() == DEFAULT_MAX_VOXELS == 2**29
     monkeypatch.setenv("MEDRES_MAX_VOXELS", "100")  # the bundle's 28 x 28 = 784 voxels
     with pytest.raises(BundleError, match=r"field 'preprocess.spatial_size'.*784.*100"):
         load_bundle(bundle)

@@ -189,6 +189,7 @@ def test_a_scan_of_another_modality_is_refused_with_the_reason():
     check_modality("s4", None, ["CT"])
     check_modality("s5", "IMAGE", ["CT"])  # a PNG carries no modality to check
     check_modality("s6", "CT", [])  # the bundle recorded none
+    check_modality("s7", "CT", ["NIFTI"])  # NIfTI: usually converted from DICOM, not judged
 
 
 def test_a_3d_nifti_into_a_2d_bundle_is_a_validate_failure_not_a_resize(bundle, tmp_path):

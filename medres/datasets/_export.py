@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from medres.errors import ConfigError
+from medres.files import atomic_write
 
 SOURCE_MD = "SOURCE.md"
 LABELS_CSV = "labels.csv"
@@ -150,11 +151,16 @@ def write_png(image: np.ndarray, path: str | os.PathLike[str]) -> None:
 
 
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    """Write a header and rows as CSV (``\\n`` line ends, UTF-8)."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(columns)
-        w.writerows(rows)
+    """Write a header and rows as CSV (``\\n`` line ends, UTF-8), atomically and mode 0600:
+    a labels file can hold the patient ids of the user's own scans."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(columns)
+            w.writerows(rows)
+
+    atomic_write(path, write, private=True)
 
 
 class Progress:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medres import errors
-from medres.errors import ScanReadError
+from medres.errors import ScanContentError, ScanReadError
 from medres.io.dicom import has_dicom_preamble, read_dicom, sniff_file_type
 from medres.io.discover import Discovery, Failure, ScanSource, discover
 from medres.io.image import is_image_path, read_image
@@ -25,8 +25,22 @@ def read_scan(source: str | Path | Sequence[str | Path] | ScanSource) -> Volume:
             :class:`ScanSource` found by :func:`discover`.
 
     Raises:
-        ScanReadError, ScanGeometryError, ScanContentError (all ``ScanError``).
+        ScanReadError, ScanGeometryError, ScanContentError (all ``ScanError``); a scan
+        within the budgets of :mod:`medres.limits` that still does not fit in memory is
+        a ScanContentError too.
     """
+    try:
+        return _read(source)
+    except MemoryError as e:
+        name = source.scan_id if isinstance(source, ScanSource) else str(source)
+        raise ScanContentError(
+            name,
+            "too large to decode in the memory available; decode it on a larger machine, or "
+            "lower MEDRES_MAX_VOXELS so that such scans are refused before decoding",
+        ) from e
+
+
+def _read(source) -> Volume:
     if isinstance(source, ScanSource):
         return _read_source(source)
     if isinstance(source, (str, Path)):

@@ -28,6 +28,11 @@ with warnings.catch_warnings():  # nibabel warns that its DICOM *series* readers
     warnings.simplefilter("ignore")  # we use only its per-file Siemens CSA/mosaic parsing.
     from nibabel.nicom import dicomwrappers
 
+# pydicom's value checks on reading warn and log the offending value: a hostile UID or a
+# patient's name would reach stderr and logs (the review server reads scans from many
+# threads, where catching warnings is not safe). medres reads; it does not validate.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
 # Objects that carry pixels but are not scans to classify, and objects without pixels.
 NON_SCAN_MODALITIES = {
     "SEG": "a segmentation object",
@@ -87,6 +92,8 @@ def read_header(path: str | Path, *, pixels: bool = False) -> Dataset:
         raise ScanReadError(
             str(path), f"not a DICOM file (no 'DICM' preamble){'; ' + hint if hint else ''}"
         ) from e
+    except MemoryError:  # read_scan names it
+        raise
     except Exception as e:  # pydicom raises many types for damaged files; translated once here
         raise ScanReadError(
             str(path), f"damaged DICOM header ({type(e).__name__}: {first_line(e)})"
@@ -125,7 +132,7 @@ def _damage(ds: Dataset) -> str | None:
             f"damaged DICOM: a {name} object without Rows/Columns (the header ends early: "
             "the file is truncated or corrupt); export the object again"
         )
-    for key in ("Rows", "Columns", "NumberOfFrames"):
+    for key in ("Rows", "Columns"):
         if key in ds and not (_number(ds.get(key)) or 0) >= 1:
             return f"damaged DICOM: {key} is {ds.get(key)!r}, not a positive number; export again"
     return None
@@ -167,7 +174,12 @@ def skip_reason(ds: Dataset) -> str | None:
 
 
 def is_multiframe(ds: Dataset) -> bool:
-    return int(_number(ds.get("NumberOfFrames")) or 1) > 1
+    return frame_count(ds) > 1
+
+
+def frame_count(ds: Dataset) -> int:
+    """NumberOfFrames, read as 1 when absent, empty, zero, negative or not a number."""
+    return max(1, int(_number(ds.get("NumberOfFrames")) or 1))
 
 
 def frames_of(ds: Dataset, file_index: int = 0) -> list[Frame]:
@@ -176,7 +188,7 @@ def frames_of(ds: Dataset, file_index: int = 0) -> list[Frame]:
     Raises:
         ScanContentError: the object declares more values than :mod:`medres.limits` allows.
     """
-    n_frames = int(_number(ds.get("NumberOfFrames")) or 1)
+    n_frames = frame_count(ds)
     problem = over_budget((int(ds.Columns), int(ds.Rows), n_frames), _samples(ds))
     if problem:
         raise ScanContentError(str(getattr(ds, "filename", "") or "scan"), problem)
@@ -342,6 +354,8 @@ def _pixels(ds: Dataset, path) -> np.ndarray:
             array = ds.pixel_array
         if _text(ds.get("PhotometricInterpretation")) == "PALETTE COLOR":
             array = apply_color_lut(array, ds)
+    except MemoryError:  # read_scan names it
+        raise
     except Exception as e:  # pydicom's codecs raise many types; translated once, here
         raise ScanReadError(str(path), _decode_failure(syntax, e)) from e
     return array

@@ -164,13 +164,14 @@ def iter_files(root: Path, found: Discovery | None = None) -> Iterable[Path]:
 
 def _link_reason(link: str, inside: str, seen: set[str]) -> str | None:
     """Why a link to a folder is not followed (it leads back into the searched tree or
-    to a folder already searched), or None: follow it (and remember its target)."""
+    to a folder already searched), or None: follow it (and remember its target). The
+    reason names no path: run.json counts files by reason."""
     target = os.path.realpath(link)
     parent = os.path.realpath(os.path.dirname(link))
     if parent == target or parent.startswith(target.rstrip("/") + "/"):
-        return f"a symbolic link loop back to {path_text(target)} (searched once)"
+        return "a symbolic link loop back to a folder above it (searched once)"
     if target == inside or target.startswith(inside + "/") or target in seen:
-        return f"a second way into {path_text(target)} (searched once, by its own path)"
+        return "a second way into a folder searched by its own path"
     seen.add(target)
     return None
 

@@ -45,7 +45,7 @@ def read_image(path: str | Path) -> Volume:
             elif image.mode == "1":
                 image = image.convert("L")
             pixels = np.asarray(image)
-    except ScanError:
+    except (ScanError, MemoryError):  # MemoryError: read_scan names it
         raise
     except Exception as e:  # Pillow's decoders raise many types (OSError, SyntaxError, ...)
         raise ScanReadError(

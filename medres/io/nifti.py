@@ -69,7 +69,7 @@ def read_nifti(path: str | Path) -> Volume:
         image = nib.load(path)  # the header only
         _check_declared_size(image, path)
         data = np.asanyarray(image.dataobj)
-    except ScanError:
+    except (ScanError, MemoryError):  # MemoryError: read_scan names it
         raise
     except Exception as e:  # nibabel, gzip and zlib raise many types for damaged files
         raise ScanReadError(

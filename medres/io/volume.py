@@ -74,6 +74,19 @@ class Volume:
         return tuple(float(n) for n in norms[: self.array.ndim - 1])
 
 
+def is_colour(volume: Volume, tolerance: float = 0.01, sample: int = 1 << 20) -> bool:
+    """Whether ``volume`` holds colour: 3+ channels (of a 2D image, or of a volume whose
+    photometric is RGB) that differ. Channels that agree, a grey image stored as RGB, are
+    grey: their mean absolute difference from their average is at most ``tolerance`` of
+    the value range (JPEG's chroma noise passes), judged on at most ``sample`` pixels."""
+    if volume.channels < 3 or (volume.is_3d and volume.meta.get("photometric") != "RGB"):
+        return False
+    rgb = volume.array[:3].reshape(3, -1)
+    rgb = rgb[:, :: max(1, rgb.shape[1] // sample)].astype(np.float32)
+    span = float(rgb.max() - rgb.min())
+    return span > 0 and float(np.abs(rgb - rgb.mean(axis=0)).mean()) > tolerance * span
+
+
 def require_finite(array: np.ndarray, scan_id: str) -> None:
     """Refuse pixels with NaN or infinite values (ScanContentError naming how many)."""
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medres.cohort import Cohort, build_cohort
+from medres.cohort import Cohort, build_cohort, real_files
 from medres.errors import ConfigError
 from medres.files import write_text
 from medres.pipeline.config import (
@@ -301,7 +301,7 @@ def _link_test_scans(split_path: Path, folder: Path) -> Path:
     rows = cohort.ok[cohort.ok["split"] == "test"]
     root = Path(cohort.meta.get("root", "."))
     for files in rows["files"]:
-        for source in map(Path, files):
+        for source in map(Path, real_files(files)):
             if not source.is_relative_to(root):
                 raise ConfigError(f"{source} lies outside the cohort's root {root}; re-ingest")
             target = folder / source.relative_to(root)

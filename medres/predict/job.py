@@ -135,8 +135,7 @@ def predict_folder(
     dataset = PredictScans(
         found.scans,
         members[0].spec,
-        modalities=members[0].manifest["cohort"].get("modalities", []),
-        channels=members[0].manifest["cohort"].get("channels", []),
+        trained=members[0].manifest["cohort"],
         done=set(zip(done["scan_id"], done["input_hash"], strict=True)),
         keep_volume=options.explain,
     )

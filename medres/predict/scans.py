@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
@@ -25,13 +25,14 @@ from medres.files import sha256_file
 from medres.io import Volume, read_scan
 from medres.io.discover import ScanSource
 from medres.io.names import safe_text
+from medres.io.volume import is_colour
 from medres.transforms import PreprocessSpec, build_transform
 
 # DICOM modalities that are the same kind of image (CR and DX: two detector
 # technologies for one projection radiograph), so a model trained on one accepts the other.
 MODALITY_FAMILIES = ({"CR", "DX", "DR", "RG"}, {"OP", "XC"})
-# what medres calls files that carry no DICOM modality
-FILE_KINDS = {"IMAGE": "PNG/JPEG images", "NIFTI": "NIfTI files"}
+# what medres calls PNG/JPEG and NIfTI files, which carry no DICOM modality
+FILE_KINDS = ("IMAGE", "NIFTI")
 
 
 @dataclass
@@ -63,10 +64,11 @@ def input_hash(files: tuple[str, ...]) -> str:
 
 def check_modality(scan_id: str, modality: str | None, expected: list[str]) -> None:
     """Refuse a scan whose DICOM modality is not among those the bundle was trained on
-    (``expected``; same-family modalities count as equal). A bundle trained only on files
-    without a modality (PNG/JPEG ``IMAGE``, ``NIFTI``) refuses every DICOM modality: its
-    images' contrast, bit depth and photometry are unknown. Files without a DICOM header
-    are not checked, nor is anything against a bundle that recorded no modality.
+    (``expected``; same-family modalities count as equal). A bundle trained on PNG/JPEG
+    images (``IMAGE``) and no DICOM refuses every DICOM modality: its images' modality,
+    contrast and photometry are unknown (``medres ingest --modality`` declares them).
+    NIfTI files (``NIFTI``, usually a lossless conversion of DICOM) are not checked, nor
+    are files without a DICOM header, nor anything against a bundle that recorded none.
 
     Raises:
         ScanContentError: naming both modalities.
@@ -74,16 +76,16 @@ def check_modality(scan_id: str, modality: str | None, expected: list[str]) -> N
     if not modality or modality in FILE_KINDS or not expected:
         return
     known = [m for m in expected if m not in FILE_KINDS]
-    if not known:
-        trained = " and ".join(FILE_KINDS[m] for m in expected if m in FILE_KINDS)
+    if not known and "IMAGE" in expected:
         raise ScanContentError(
             scan_id,
-            f"is a DICOM {modality} scan but the bundle was trained on {trained} of unknown "
-            f"modality; predict it with a bundle trained on {modality} DICOM, or export it the "
-            "way the training images were made",
+            f"is a DICOM {modality} scan but the bundle was trained on PNG/JPEG images of "
+            f"unknown modality; predict it with a bundle trained on {modality} DICOM, or, if "
+            f"the training images were {modality} exports, ingest them again with "
+            f"`--modality {modality}` and retrain",
         )
     family = next((f for f in MODALITY_FAMILIES if modality in f), {modality})
-    if not family & set(known):
+    if known and not family & set(known):
         raise ScanContentError(
             scan_id,
             f"is a {modality} scan but the bundle was trained on {', '.join(known)} scans; "
@@ -91,35 +93,30 @@ def check_modality(scan_id: str, modality: str | None, expected: list[str]) -> N
         )
 
 
-def check_colour(scan_id: str, volume: Volume, spec: PreprocessSpec, channels: list[int]) -> None:
-    """Refuse a colour image for a grey bundle whose training scans were all grey.
+def check_colour(scan_id: str, volume: Volume, trained: dict[str, Any]) -> None:
+    """Refuse a colour image for a bundle whose training scans were grey.
 
-    ``channels``: the channel counts of the training scans (bundle.json ``cohort.channels``;
-    empty for bundles from before it was recorded: the preset's channels stand in). An
-    RGB image whose channels agree (a grey image stored as RGB, JPEG noise allowed) is grey.
+    ``trained``: the bundle's ``cohort`` facts: ``photometric`` (``grey`` / ``colour``,
+    judged on the training scans' content), else ``channels`` (their channel counts);
+    a bundle older than both is judged by its preset. A grey image stored as RGB is grey
+    (:func:`medres.io.volume.is_colour`).
 
     Raises:
         ScanContentError: naming the colour found and what the bundle was trained on.
     """
-    trained = channels or [spec.in_channels]
-    if spec.in_channels != 1 or max(trained) >= 3 or volume.channels < 3:
-        return
-    if not is_grey(volume.array):
+    if trained.get("photometric"):
+        grey = trained["photometric"] == "grey"
+    elif trained.get("channels"):
+        grey = max(trained["channels"]) < 3
+    else:
+        grey = trained["in_channels"] == 1
+    if grey and is_colour(volume):
         raise ScanContentError(
             scan_id,
             f"is a colour image ({volume.channels} channels that differ) but the bundle was "
             "trained on grey images; averaging its colours to grey would feed the model an "
             "image unlike its training data: predict it with a bundle trained on colour images",
         )
-
-
-def is_grey(array: np.ndarray, tolerance: float = 0.01) -> bool:
-    """Whether the first 3 channels of ``array`` (C, ...) are one grey image: their mean
-    absolute difference from their average is at most ``tolerance`` of the value range."""
-    rgb = np.asarray(array[:3], dtype=np.float32)
-    spread = float(np.abs(rgb - rgb.mean(axis=0)).mean())
-    span = float(rgb.max() - rgb.min())
-    return spread <= tolerance * span if span > 0 else True
 
 
 class PredictScans(torch.utils.data.Dataset):
@@ -130,15 +127,13 @@ class PredictScans(torch.utils.data.Dataset):
         scans: list[ScanSource],
         spec: PreprocessSpec,
         *,
-        modalities: list[str],
-        channels: list[int] = (),
+        trained: dict[str, Any],
         done: set[tuple[str, str]],
         keep_volume: bool = False,
     ) -> None:
         self.scans = scans
         self.transform = build_transform(spec)
-        self.modalities = modalities
-        self.spec, self.channels = spec, list(channels)
+        self.trained = {"in_channels": spec.in_channels, **trained}
         self.done = done
         self.keep_volume = keep_volume
 
@@ -165,8 +160,9 @@ class PredictScans(torch.utils.data.Dataset):
             volume = read_scan(scan)
             volume.meta["scan_id"] = scan.scan_id
             stage = "validate"
-            check_modality(scan.scan_id, scan.meta.get("modality"), self.modalities)
-            check_colour(scan.scan_id, volume, self.spec, self.channels)
+            modalities = self.trained.get("modalities", [])
+            check_modality(scan.scan_id, scan.meta.get("modality"), modalities)
+            check_colour(scan.scan_id, volume, self.trained)
             # with explanations, the input keeps its spatial history (MetaTensor) so the
             # heatmap maps back to the scan without preprocessing it a second time
             traced = self.keep_volume
@@ -205,9 +201,10 @@ def decoded_batches(dataset: PredictScans, workers: int, batch_size: int) -> Ite
             prefetch_factor=(1 if window else PREFETCH) if workers else None,
         )
         try:
-            for batch in loader:
-                pending = pending[len(batch) :]
-                with _worker_deaths_held():
+            batches = iter(loader)  # starts the workers (and PyTorch's SIGCHLD handler)
+            with _deaths_found_by_the_loader():
+                for batch in batches:
+                    pending = pending[len(batch) :]
                     yield batch
             window = 0
         except RuntimeError as e:
@@ -225,18 +222,27 @@ def decoded_batches(dataset: PredictScans, workers: int, batch_size: int) -> Ite
 
 
 @contextmanager
-def _worker_deaths_held():
-    """Hold back SIGCHLD while the caller handles a batch: PyTorch's handler raises a
-    worker's death in the main thread wherever it stands, so it would interrupt the rows
-    being written; held, it is raised here, between batches, and handled above."""
-    held = hasattr(signal, "pthread_sigmask")
-    if held:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+def _deaths_found_by_the_loader():
+    """Swap PyTorch's SIGCHLD handler for one that does nothing, on the main thread.
+
+    PyTorch's handler raises a worker's death in the main thread wherever it stands,
+    e.g. halfway through writing a batch's rows, outside any handler for it. Without it
+    the DataLoader finds a dead worker itself when it next waits for a batch (within
+    its 5 s status interval), so the death surfaces inside ``decoded_batches``' loop.
+    (Not SIG_IGN: that would reap the worker before the DataLoader can see its status.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # PyTorch installs its handler from the main thread only
+        return
+    previous = signal.signal(signal.SIGCHLD, _nothing)
     try:
         yield
     finally:
-        if held:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        signal.signal(signal.SIGCHLD, previous)
+
+
+def _nothing(signum, frame) -> None:
+    """A signal handler that does nothing."""
 
 
 def _worker_died(error: RuntimeError) -> bool:

@@ -24,7 +24,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from medres.bundle import Bundle, load_bundle
-from medres.cohort import Cohort, read_row
+from medres.cohort import Cohort, read_row, real_files
 from medres.errors import BundleError, ConfigError, ScanError
 from medres.files import sha256_file, write_text
 from medres.review.issues import ACTIVE_LEARNING_REASON, LABEL_ERROR_REASON, LABEL_ISSUE_COLUMNS
@@ -307,7 +307,7 @@ def label_issues(
             f"to rank; choose --split among {sorted(cohort.ok['split'].dropna().unique())}, "
             "or split the cohort first (`medres split`)"
         )
-    table["input_hash"] = [input_hash(tuple(map(str, files[s]))) for s in table["scan_id"]]
+    table["input_hash"] = [input_hash(tuple(real_files(files[s]))) for s in table["scan_id"]]
     table["bundle_id"] = bundle.id
     table["bundle_checksum"] = sha256_file(Path(bundle.path) / "bundle.json")
     probs_columns = [c for c in table.columns if c.startswith("prob_")]

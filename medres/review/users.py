@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 from datetime import UTC, datetime
@@ -66,8 +65,7 @@ def add_user(path: str | Path, name: str, password: str) -> bool:
         "hash": _hash(password, salt, SCRYPT).hex(),
         "updated": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    write_json(path, data)
-    os.chmod(path, 0o600)
+    write_json(path, data, private=True)
     return new
 
 
