@@ -2,7 +2,9 @@
 
 For each dataset and seed: ``medres datasets medmnist`` → ``ingest`` → ``split
 --keep-column split`` (the official split) → ``train --cohort`` (documented defaults,
-nothing tuned per dataset) → ``evaluate --split test``. Test AUC and ACC (mean ± sd over
+nothing tuned per dataset, plus the benchmark's own 25-minute budget per run, as
+``--set time_limit_minutes=25``: training has no time limit by default) →
+``evaluate --split test``. Test AUC and ACC (mean ± sd over
 seeds) are written beside the paper's ResNet-18 rows to ``benchmarks/results/medmnist.md``,
 with the wall time of every run and the machine.
 
@@ -29,6 +31,7 @@ from pathlib import Path
 from medres.pipeline.results import machine
 
 HERE = Path(__file__).resolve().parent
+BUDGET = ["--set", "time_limit_minutes=25"]  # each run within 30 minutes (the must-show)
 SHARED = Path(os.environ.get("MEDRES_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 
 # name -> (npz file, the paper's ResNet-18 row (AUC, ACC), its best non-AutoML row)
@@ -75,6 +78,7 @@ def run_one(name: str, seed: int, work: Path, extra: list[str]) -> dict:
         str(cohort),
         "--seed",
         str(seed),
+        *BUDGET,
         *extra,
         "-o",
         str(run / "bundle"),

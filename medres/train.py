@@ -50,12 +50,13 @@ class TrainConfig(BaseModel):
     The defaults are the documented ``medres train --cohort`` defaults, the same for
     every dataset: ResNet-18, AdamW (lr 1e-3, weight decay 1e-4), batch 64, 30 epochs
     with one warm-up epoch and a cosine schedule, dropout 0.2, early stopping after 10
-    epochs without a better validation score, and a time limit of ``time_limit_minutes``
-    (25; 0 = none): no epoch starts that would, at the run's mean epoch time so far, end
-    past it, so a run that fits is unchanged by it; validation, selection and the bundle
-    use an exponential moving average of the weights with a time constant of
-    ``ema_epochs`` (2 epochs; 0 = the raw weights); ``trust`` (calibration, conformal
-    sets, referral, OOD) is fitted on validation after training. Scores within
+    epochs without a better validation score, and no time limit (``time_limit_minutes``,
+    0 = none: a limit ends a run sooner on a busy machine, so the same command would give
+    different models on different days; a benchmark with a budget sets one: then no epoch
+    starts that would, at the run's mean epoch time so far, end past it); validation,
+    selection and the bundle use an exponential moving average of the weights with a
+    time constant of ``ema_epochs`` (2 epochs; 0 = the raw weights); ``trust``
+    (calibration, conformal sets, referral, OOD) is fitted on validation after training. Scores within
     ``selection_tolerance`` of the best seen count as ties, decided by the lower
     validation loss.
 
@@ -81,7 +82,7 @@ class TrainConfig(BaseModel):
     dropout: float = Field(0.2, ge=0, lt=1)
     ema_epochs: float = Field(2.0, ge=0)
     patience: int = Field(10, ge=1)
-    time_limit_minutes: float = Field(25.0, ge=0)
+    time_limit_minutes: float = Field(0.0, ge=0)
     selection_tolerance: float = Field(1e-3, ge=0)
     seed: int = 0
     num_workers: int | None = Field(None, ge=0)

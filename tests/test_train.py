@@ -290,3 +290,10 @@ def test_channels_last_fast_path_changes_no_prediction(example_cohort, tmp_path)
     bf16 = infer(result.model, make_loader(data, 16, 0, shuffle=False, seed=0), "bf16")
     # bf16 is used only on CPUs with native bf16; where used, the class must not change
     assert np.mean(bf16.argmax(1) == plain.argmax(1)) >= 0.95
+
+
+def test_training_has_no_time_limit_unless_one_is_set():
+    """A default budget would end runs sooner on a busy machine (different models on
+    different days); only an explicit one stops training."""
+    assert within_time_limit(TrainConfig(), 10 * 3600, 3600.0)  # 10 h in: the epoch runs
+    assert not within_time_limit(TrainConfig(time_limit_minutes=25), 10 * 3600, 3600.0)
