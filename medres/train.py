@@ -28,7 +28,7 @@ import torch
 from monai.data import CacheDataset, DataLoader
 from monai.transforms import Transform
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from sklearn.metrics import cohen_kappa_score, mean_absolute_error, roc_auc_score
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
@@ -36,6 +36,7 @@ from medres.cohort import Cohort, read_row
 from medres.errors import ConfigError
 from medres.files import atomic_write, write_text
 from medres.models import create_model
+from medres.progress import progress as progress_display
 from medres.tasks import TaskInfo, infer_task, median_grade
 from medres.transforms import Preprocess, PreprocessSpec, build_transform, fits_spec, resolve_spec
 from medres.uncertainty.trust import TrustConfig
@@ -56,9 +57,9 @@ class TrainConfig(BaseModel):
     starts that would, at the run's mean epoch time so far, end past it); validation,
     selection and the bundle use an exponential moving average of the weights with a
     time constant of ``ema_epochs`` (2 epochs; 0 = the raw weights); ``trust``
-    (calibration, conformal sets, referral, OOD) is fitted on validation after training. Scores within
-    ``selection_tolerance`` of the best seen count as ties, decided by the lower
-    validation loss.
+    (calibration, conformal sets, referral, OOD) is fitted on validation after training.
+    Scores within ``selection_tolerance`` of the best seen count as ties, decided by the
+    lower validation loss.
 
     Regression only: ``value_range`` (min, max) of the target for the binned accuracies
     (default: the training targets' range); ``flag_below`` turns a prediction below it
@@ -259,7 +260,7 @@ def fit(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, disable=not show_progress) as progress:
+    with progress_display(*columns, disable=not show_progress) as progress:
         epochs_bar = progress.add_task("epochs", total=config.epochs, completed=state["epoch"])
         batches_bar = progress.add_task("batches", total=None)
         for epoch in range(resumed_at + 1, config.epochs + 1):

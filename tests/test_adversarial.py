@@ -108,6 +108,8 @@ def test_predict_gives_one_row_per_good_scan_and_one_failure_per_broken_input(
     assert sorted(rows["scan_id"]) == sorted(corpus.good)
     failures = pd.read_csv(out / "failures.csv").set_index("path")
     assert set(failures.index) == set(corpus.broken)
+    # every row names its scan the same way: relative to the folder (or a series UID)
+    assert not failures["scan_id"].str.startswith("/").any(), failures["scan_id"].tolist()
     for path, (stage, words) in corpus.broken.items():
         assert failures.loc[path, "stage"] == stage, (path, failures.loc[path].to_dict())
         assert words in failures.loc[path, "message"], (path, failures.loc[path, "message"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -297,3 +298,20 @@ def test_training_has_no_time_limit_unless_one_is_set():
     different days); only an explicit one stops training."""
     assert within_time_limit(TrainConfig(), 10 * 3600, 3600.0)  # 10 h in: the epoch runs
     assert not within_time_limit(TrainConfig(time_limit_minutes=25), 10 * 3600, 3600.0)
+
+
+def test_training_progress_reaches_a_log_as_one_line_per_epoch(example_cohort, tmp_path):
+    """Run as a scheduler runs it (no terminal): bars would print nothing into the log."""
+    from typer.testing import CliRunner
+
+    from medres.cli import app
+    from tests.conftest import small_cohort
+
+    cohort = small_cohort(example_cohort, tmp_path / "c.parquet", sizes=(16, 8, 8))
+    quick = ["--epochs", "2", "--set", "batch_size=8", "--set", "num_workers=0"]
+    result = CliRunner().invoke(
+        app, ["train", "--cohort", str(cohort), *quick, "-o", str(tmp_path / "b")]
+    )
+    assert result.exit_code == 0, result.output
+    epochs = re.findall(r"^\d\d:\d\d:\d\d epoch (\d)/2 loss [\d.]+ val auroc", result.output, re.M)
+    assert epochs == ["1", "2"]

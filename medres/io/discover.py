@@ -144,6 +144,7 @@ def iter_files(root: Path, found: Discovery | None = None) -> Iterable[Path]:
                 "ScanReadError",
                 f"cannot list this folder ({error.strerror}); the scans in it are left out: "
                 "give medres read access to it (chmod / chown) or move them out",
+                scan_id=path_text(_relative(Path(error.filename or root), root)),
             )
         )
 
@@ -185,7 +186,9 @@ def _classify(path: Path, root: Path, found: Discovery, headers: list) -> None:
     relative = path_text(_relative(path, root))
     problem = _unopenable(path)
     if problem:
-        found.failures.append(Failure(path_text(path), "discover", "ScanReadError", problem))
+        found.failures.append(
+            Failure(path_text(path), "discover", "ScanReadError", problem, scan_id=relative)
+        )
     elif not path.is_file():
         found.skipped.append((path_text(path), "not a regular file (a FIFO, socket or device)"))
     elif name == "dicomdir":
@@ -198,7 +201,9 @@ def _classify(path: Path, root: Path, found: Discovery, headers: list) -> None:
         try:
             ds = read_header(path)
         except ScanError as e:
-            found.failures.append(Failure.from_error(path_text(path), "discover", e))
+            found.failures.append(
+                Failure.from_error(path_text(path), "discover", e, scan_id=relative)
+            )
             return
         reason = skip_reason(ds)
         if reason:

@@ -158,7 +158,9 @@ def drift_report(
             could be read, or the bundle cannot take the cohorts' scans (2D vs 3D).
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+
+    from medres.progress import progress as progress_display
 
     if max_scans < 1 or not 0 < alpha < 1:
         raise ConfigError(f"need max_scans >= 1 and 0 < alpha < 1; got {max_scans}, {alpha}")
@@ -176,7 +178,8 @@ def drift_report(
             _check_dims(bundle, s, k)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     console = Console(stderr=True)
-    with Progress(*columns, console=console, transient=True, disable=not show_progress) as bar:
+    display = progress_display(*columns, console=console, transient=True, disable=not show_progress)
+    with display as bar:
         read = {k: _read_sample(s, k, bar) for k, s in samples.items()}
         model = None if bundle is None else _model_drift(bundle, samples, read, bar)
     sides = {}
