@@ -263,6 +263,21 @@ def test_an_export_killed_between_its_two_renames_is_put_back_by_the_next_run(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
 
 
+def test_an_export_body_that_never_finishes_leaves_the_earlier_export(volumes, tmp_path):
+    from medres.datasets._export import write_export
+
+    out = tmp_path / "s"
+    export_slices(volumes, out, per_volume=1, show_progress=False)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with (  # no labels.csv, no marked SOURCE.md: refused, the earlier export stays
+        pytest.raises(RuntimeError, match="finish"),
+        write_export(slices.EXPORTER, out, total=1, show_progress=False, description="x") as e,
+    ):
+        (e.folder / "a.png").write_bytes(b"")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
 def test_refuses_a_folder_that_is_not_a_slice_export_or_overlaps_the_input(volumes, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()

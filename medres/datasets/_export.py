@@ -1,16 +1,28 @@
-"""Shared machinery of the dataset exports (:mod:`.medmnist`, :mod:`.slices`, :mod:`.motion`).
+"""The export skeleton that the dataset adapters (:mod:`.medmnist`, :mod:`.slices`,
+:mod:`.motion`) fill in.
 
-An export writes a whole folder (scans + ``labels.csv`` + ``SOURCE.md``) and must
-never leave half of one behind:
+An export writes a whole folder (scans + ``labels.csv`` + ``SOURCE.md``) and never leaves
+half of one behind. An adapter names itself with an :class:`Exporter`, checks its own
+arguments (with :func:`whole_number` and :func:`unit_interval`), and writes::
 
-- :func:`check_out_dir` refuses a non-empty output folder unless the first line of its
-  ``SOURCE.md`` is the exporter's marker (so a re-run replaces only its own output);
-- :func:`staging_folder` yields a hidden folder next to ``out_dir``; when the ``with``
-  body succeeds, the folder is renamed onto ``out_dir`` (an earlier export is set aside,
-  then deleted); on any error it is deleted and ``out_dir`` is left as it was.
+    out_dir = check_out_dir(out_dir, EXPORTER)
+    with write_export(EXPORTER, out_dir, total=n, show_progress=True, description="x") as export:
+        ...  # scan files into export.folder, export.advance() after each
+        export.finish(columns, rows, SourceNote(title, body, made_with=command))
 
-Plus the small writers both exports use: :func:`write_png`, :func:`write_csv` and the
-:class:`Progress` bar.
+- :func:`check_out_dir` refuses a file, the file-system root, or a non-empty folder
+  unless the first line of its ``SOURCE.md`` is the exporter's marker (so a re-run
+  replaces only its own output);
+- :func:`write_export` writes into a hidden staging folder next to ``out_dir`` (see
+  :func:`staging_folder`) under a progress bar; when the ``with`` body succeeds the
+  folder is renamed onto ``out_dir`` (an earlier export is set aside, then deleted); on
+  any error it is deleted and ``out_dir`` is left as it was;
+- :meth:`StagedExport.finish` writes ``labels.csv`` (atomically, mode 0600) and
+  ``SOURCE.md``: the marker, the adapter's :class:`SourceNote`, the command that re-makes
+  the folder and the warning that a re-run replaces it.
+
+Plus the pieces every export uses: :class:`Summary` (``labels_csv`` of a summary),
+:func:`markdown_table`, :func:`counts_text`, :func:`write_png` and :class:`Progress`.
 """
 
 from __future__ import annotations
@@ -19,8 +31,9 @@ import csv
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +46,124 @@ LABELS_CSV = "labels.csv"
 SPLITS: tuple[str, ...] = ("train", "val", "test")  # the order exports write and list
 
 
-def check_out_dir(out_dir: str | os.PathLike[str], marker: str, what: str) -> Path:
-    """Return ``out_dir`` as an absolute path if an export may be written there.
+@dataclass(frozen=True)
+class Exporter:
+    """One kind of export: its name in messages, its marker, its staging folders.
+
+    Attributes:
+        what: the export's name in messages, e.g. ``"MedMNIST export"``.
+        run_by: what re-makes such a folder, as the marker says, e.g. ``"export_slices"``.
+        tag: names the hidden staging folders, ``.OUT.{tag}-partial-*``.
+    """
+
+    what: str
+    run_by: str
+    tag: str
+
+    @property
+    def marker(self) -> str:
+        """The first line of ``SOURCE.md``: marks a folder this exporter may replace."""
+        return f"<!-- medres {self.what}: {self.run_by} replaces this folder -->"
+
+
+class Summary:
+    """Base of the exports' summaries (frozen dataclasses with an ``out_dir`` field)."""
+
+    out_dir: Path
+
+    @property
+    def labels_csv(self) -> Path:
+        return self.out_dir / LABELS_CSV
+
+
+@dataclass(frozen=True)
+class SourceNote:
+    """What an adapter says in ``SOURCE.md``; :meth:`render` adds the common parts.
+
+    Attributes:
+        title: the heading, without ``#``.
+        body: the adapter's Markdown: what the source is, how it was turned into these
+            files, the ``labels.csv`` columns, counts.
+        made_with: the command or code that re-makes the folder ("" for none).
+        language: the language of the ``made_with`` code block (e.g. ``"python"``).
+        rerun: what the closing line says to re-run, e.g. ``"that command"``.
+    """
+
+    title: str
+    body: str
+    made_with: str = ""
+    language: str = ""
+    rerun: str = "that command"
+
+    def render(self, marker: str) -> str:
+        parts = [f"{marker}\n# {self.title}", self.body]
+        if self.made_with:
+            parts.append(f"Made with:\n\n```{self.language}\n{self.made_with}\n```")
+        parts.append(
+            f"Re-running {self.rerun} replaces this folder as a whole; do not keep other "
+            "files here."
+        )
+        return "\n\n".join(parts) + "\n"
+
+
+@dataclass
+class StagedExport:
+    """An export being written: scans go into ``folder``, then :meth:`finish` once."""
+
+    exporter: Exporter
+    folder: Path
+    advance: Callable[[], None]
+    finished: bool = False
+
+    def finish(
+        self, columns: Sequence[str], rows: Iterable[Sequence[object]], note: SourceNote
+    ) -> None:
+        """Write ``labels.csv`` (``columns`` and ``rows``) and ``SOURCE.md`` (``note``)."""
+        write_csv(self.folder / LABELS_CSV, columns, rows)
+        text = note.render(self.exporter.marker)
+        (self.folder / SOURCE_MD).write_text(text, encoding="utf-8")
+        self.finished = True
+
+
+@contextmanager
+def write_export(
+    exporter: Exporter, out_dir: Path, *, total: int, show_progress: bool, description: str
+) -> Iterator[StagedExport]:
+    """Yield a :class:`StagedExport`; on success its folder replaces ``out_dir``.
 
     Args:
-        out_dir: the folder the export will create or replace.
-        marker: the first line of ``SOURCE.md`` that marks a folder this exporter wrote.
-        what: the export's name in messages, e.g. ``"MedMNIST export"``.
+        exporter: the kind of export.
+        out_dir: the folder, as :func:`check_out_dir` returned it.
+        total: the number of ``advance()`` calls the progress bar counts to.
+        show_progress: show a progress bar on stderr.
+        description: the bar's label, before ``→ {out_dir.name}``.
+
+    Raises:
+        ConfigError: an ``OSError`` (disk full, permissions) while writing or renaming;
+            nothing is left behind and ``out_dir`` is untouched.
+    """
+    with staging_folder(out_dir, exporter.tag) as folder:
+        with Progress(show_progress, total, f"{description} → {out_dir.name}") as advance:
+            export = StagedExport(exporter, folder, advance)
+            yield export
+        if not export.finished:  # a bug: the folder would lack its marker and labels
+            raise RuntimeError(f"{exporter.what}: finish() was not called")
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table: ``| a | b |`` lines under a ``|---|---|`` rule."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def counts_text(counts: Mapping[object, int]) -> str:
+    """``{0: 3, 1: 5}`` as ``"0: 3, 1: 5"``."""
+    return ", ".join(f"{k}: {v}" for k, v in counts.items())
+
+
+def check_out_dir(out_dir: str | os.PathLike[str], exporter: Exporter) -> Path:
+    """Return ``out_dir`` as an absolute path if ``exporter`` may write there.
 
     Raises:
         ConfigError: ``out_dir`` is a file, the file-system root, or a non-empty folder
@@ -48,9 +172,9 @@ def check_out_dir(out_dir: str | os.PathLike[str], marker: str, what: str) -> Pa
     out_dir = Path(os.path.abspath(out_dir))
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output {out_dir} exists and is a file; give a folder path")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_export(out_dir, marker):
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_export(out_dir, exporter.marker):
         raise ConfigError(
-            f"output folder {out_dir} is not empty and is not an earlier {what} "
+            f"output folder {out_dir} is not empty and is not an earlier {exporter.what} "
             f"(no {SOURCE_MD} written by medres); the export replaces its folder as a "
             f"whole, so give a new or empty folder"
         )

@@ -46,10 +46,9 @@ Axis conventions (no transposes, no flips: the files hold the array as it is):
   and their true orientation and spacing are not stored in the ``.npz``: treat the
   affine as nominal, not as patient anatomy.
 
-The export is atomic: everything is written to a hidden folder next to ``out_dir`` and
-renamed into place at the end. Re-running replaces a previous export as a whole (so no
-stale files from a larger earlier export remain); a non-empty ``out_dir`` that is not a
-medres MedMNIST export is refused rather than deleted.
+The folder is written like every medres export (:mod:`medres.datasets._export`):
+atomically, replacing an earlier MedMNIST export as a whole (no stale files from a larger
+one remain) and refusing any other non-empty folder.
 """
 
 from __future__ import annotations
@@ -68,14 +67,15 @@ from pathlib import Path
 import numpy as np
 
 from medres.datasets._export import (
-    LABELS_CSV,
-    SOURCE_MD,
     SPLITS,
-    Progress,
+    Exporter,
+    SourceNote,
+    Summary,
     check_out_dir,
-    staging_folder,
+    counts_text,
+    markdown_table,
     whole_number,
-    write_csv,
+    write_export,
 )
 from medres.datasets._export import write_png as _write_png  # a global: tests patch it
 from medres.errors import ConfigError
@@ -83,8 +83,7 @@ from medres.errors import ConfigError
 CSV_COLUMNS: tuple[str, ...] = ("path", "label", "split", "patient_id")
 PROGRESS_THRESHOLD = 1000  # show a progress bar above this many images
 
-# First line of SOURCE.md: marks a folder this module may replace on re-export.
-_MARKER = "<!-- medres MedMNIST export: `medres datasets medmnist` replaces this folder -->"
+EXPORTER = Exporter("MedMNIST export", "`medres datasets medmnist`", "medmnist")
 
 # Display names of the MedMNIST v2 subsets (file stem -> name used in the paper).
 _NAMES = {
@@ -117,7 +116,7 @@ _NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 @dataclass(frozen=True)
-class ExportSummary:
+class ExportSummary(Summary):
     """What :func:`export_medmnist` wrote.
 
     Attributes:
@@ -146,10 +145,6 @@ class ExportSummary:
     md5: str
     seconds: float
     warnings: list[str] = field(default_factory=list)
-
-    @property
-    def labels_csv(self) -> Path:
-        return self.out_dir / LABELS_CSV
 
 
 def export_medmnist(
@@ -219,45 +214,43 @@ def export_medmnist(
                 )
 
     given_out = out_dir
-    out_dir = check_out_dir(out_dir, _MARKER, "MedMNIST export")
+    out_dir = check_out_dir(out_dir, EXPORTER)
     md5 = _md5(npz_path)
     total = sum(len(ix) for ix in chosen.values())
     show = total > PROGRESS_THRESHOLD if progress is None else progress
 
-    with staging_folder(out_dir, "medmnist") as staging:
+    with write_export(
+        EXPORTER, out_dir, total=total, show_progress=show, description=dataset
+    ) as export:
         rows: list[tuple[str, str, str, str]] = []
-        with Progress(show, total, f"{dataset} → {out_dir.name}") as advance:
-            for split, (images, labels) in data.items():
-                (staging / split).mkdir()
-                ext = ".nii.gz" if kind == "3d" else ".png"
-                for i in chosen[split]:
-                    rel = f"{split}/{split}_{i:05d}{ext}"
-                    if kind == "3d":
-                        _write_nifti(images[i], staging / rel, f"{dataset} {split} {i}")
-                    else:
-                        _write_png(images[i], os.path.join(staging, rel))
-                    rows.append((rel, _label_text(labels[i]), split, ""))
-                    advance()
-        write_csv(staging / LABELS_CSV, CSV_COLUMNS, rows)
+        for split, (images, labels) in data.items():
+            (export.folder / split).mkdir()
+            ext = ".nii.gz" if kind == "3d" else ".png"
+            for i in chosen[split]:
+                rel = f"{split}/{split}_{i:05d}{ext}"
+                if kind == "3d":
+                    _write_nifti(images[i], export.folder / rel, f"{dataset} {split} {i}")
+                else:
+                    _write_png(images[i], os.path.join(export.folder, rel))
+                rows.append((rel, _label_text(labels[i]), split, ""))
+                export.advance()
         counts = {s: len(chosen[s]) for s in data}
         label_counts = {s: _count(lab[chosen[s]], multi_label) for s, (_, lab) in data.items()}
-        (staging / SOURCE_MD).write_text(
-            _source_md(
-                npz_path,
-                given_out,
-                dataset,
-                md5,
-                kind,
-                image_shape,
-                counts,
-                label_counts,
-                multi_label,
-                splits,
-                limit,
-                per_class,
-            ),
-            encoding="utf-8",
+        note = _source_note(
+            npz_path,
+            given_out,
+            dataset,
+            md5,
+            kind,
+            image_shape,
+            counts,
+            label_counts,
+            multi_label,
+            splits,
+            limit,
+            per_class,
         )
+        export.finish(CSV_COLUMNS, rows, note)
 
     return ExportSummary(
         dataset=dataset,
@@ -456,7 +449,7 @@ def _command(
     return shlex.join(parts)
 
 
-def _source_md(
+def _source_note(
     npz_path: Path,
     out_dir: Path,
     dataset: str,
@@ -469,7 +462,7 @@ def _source_md(
     splits: list[str],
     limit: int | None,
     per_class: int | None,
-) -> str:
+) -> SourceNote:
     name = _NAMES.get(dataset.removesuffix("_64").removesuffix("_128").removesuffix("_224"))
     title = name or dataset
     licence = (
@@ -505,17 +498,12 @@ def _source_md(
         subset = f"the first {limit} images of each split"
     elif per_class is not None:
         subset = f"the first {per_class} images of each class in each split"
-    table = "\n".join(
-        f"| {s} | {counts[s]} | "
-        + ", ".join(f"{k}: {v}" for k, v in label_counts[s].items())
-        + " |"
-        for s in counts
-    )
     counts_head = "positives per label" if multi_label else "images per class"
-    return f"""{_MARKER}
-# {title} (MedMNIST v2), exported by medres
-
-- Source file: `{npz_path.name}`, {npz_path.stat().st_size} bytes, md5 `{md5}`.
+    table = markdown_table(
+        ["split", "images", counts_head],
+        [(s, counts[s], counts_text(label_counts[s])) for s in counts],
+    )
+    body = f"""- Source file: `{npz_path.name}`, {npz_path.stat().st_size} bytes, md5 `{md5}`.
 - Licence: {licence}.
   Keep this notice and cite the MedMNIST v2 paper, and, as MedMNIST asks, the source
   dataset of this subset named in that paper:
@@ -528,15 +516,9 @@ def _source_md(
   split), `patient_id`. {label_note}
 - {patient_note}
 
-| split | images | {counts_head} |
-|---|---|---|
-{table}
-
-Made with:
-
-```
-{_command(npz_path, out_dir, splits, limit, per_class)}
-```
-
-Re-running that command replaces this folder as a whole; do not keep other files here.
-"""
+{table}"""
+    return SourceNote(
+        f"{title} (MedMNIST v2), exported by medres",
+        body,
+        made_with=_command(npz_path, out_dir, splits, limit, per_class),
+    )

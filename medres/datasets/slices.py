@@ -43,9 +43,9 @@ A volume id is not a person, though: two volumes of one patient (left and right 
 two visits) become two "patients"; keep the source's patient-level test split then
 (``split_cohort(..., keep_test_column="split")``).
 
-The export is atomic like :func:`~medres.datasets.medmnist.export_medmnist`: written
-to a hidden folder next to ``out_dir`` and renamed into place; a re-run replaces an
-earlier slice export as a whole and refuses any other non-empty folder.
+The folder is written like every medres export (:mod:`medres.datasets._export`):
+atomically, replacing an earlier slice export as a whole and refusing any other
+non-empty folder.
 
 Example::
 
@@ -72,12 +72,15 @@ from medres.datasets._export import (
     LABELS_CSV,
     SOURCE_MD,
     SPLITS,
-    Progress,
+    Exporter,
+    SourceNote,
+    Summary,
     check_out_dir,
-    staging_folder,
+    counts_text,
+    markdown_table,
     unit_interval,
     whole_number,
-    write_csv,
+    write_export,
 )
 from medres.datasets._export import write_png as _write_png  # a global: tests patch it
 from medres.errors import ConfigError, ManifestError, ScanError, quote_some
@@ -87,8 +90,7 @@ from medres.io import read_scan
 SOURCE_VOLUMES_MD = "SOURCE-volumes.md"
 CSV_COLUMNS: tuple[str, ...] = ("path", "label", "split", "patient_id", "volume", "slice_index")
 
-# First line of SOURCE.md: marks a folder this module may replace on a re-run.
-_MARKER = "<!-- medres slice export: export_slices replaces this folder -->"
+EXPORTER = Exporter("slice export", "export_slices", "slices")
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _PLANES = {"S": "axial", "I": "axial", "A": "coronal", "P": "coronal"}
@@ -96,7 +98,7 @@ _PLANES |= {"R": "sagittal", "L": "sagittal"}
 
 
 @dataclass(frozen=True)
-class SliceExportSummary:
+class SliceExportSummary(Summary):
     """What :func:`export_slices` wrote.
 
     Attributes:
@@ -134,10 +136,6 @@ class SliceExportSummary:
     patients_from_volume: int = 0
     planes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
-
-    @property
-    def labels_csv(self) -> Path:
-        return self.out_dir / LABELS_CSV
 
     @property
     def slice_stats(self) -> tuple[int, float, int]:
@@ -233,40 +231,41 @@ def export_slices(
     failed: list[tuple[str, str]] = []
     rescaled = patients_from_volume = 0
     planes: Counter[str] = Counter()
-    with staging_folder(out_dir, "slices") as staging:
-        with Progress(show_progress, len(table), f"slices → {out_dir.name}") as advance:
-            for record in table.to_dict("records"):
-                rel = record["path"]
-                volume_id = _volume_id(rel)
-                try:
-                    volume = read_scan(folder / rel)
-                except ScanError as e:
-                    failed.append((volume_id, e.message))
-                    advance()
-                    continue
-                data = _single_3d(volume.array, rel)
-                planes[_plane(volume.affine.tobytes(), axis)] += 1
-                indices = select_slices(data, axis, min_fraction, per_volume)
-                if not len(indices):
-                    skipped.append(volume_id)
-                    advance()
-                    continue
-                stack = np.moveaxis(_to_uint8(data), axis, 0)  # stack[k]: slice k, a view
-                rescaled += data.dtype != np.uint8
-                patient = record["patient_id"] or volume_id
-                patients_from_volume += not record["patient_id"]
-                width = max(3, len(str(data.shape[axis] - 1)))
-                (staging / volume_id).parent.mkdir(parents=True, exist_ok=True)
-                for k in indices:
-                    png = f"{volume_id}_slice{k:0{width}d}.png"
-                    # (a, b) slice -> PNG rows b, columns a: medres reads it back as (a, b)
-                    _write_png(np.ascontiguousarray(stack[k].T), staging / png)
-                    rows.append(
-                        [png, record["label"], record["split"], patient, volume_id, int(k)]
-                        + [record[c] for c in extra]
-                    )
-                per_volume_counts[volume_id] = len(indices)
-                advance()
+    with write_export(
+        EXPORTER, out_dir, total=len(table), show_progress=show_progress, description="slices"
+    ) as export:
+        for record in table.to_dict("records"):
+            rel = record["path"]
+            volume_id = _volume_id(rel)
+            try:
+                volume = read_scan(folder / rel)
+            except ScanError as e:
+                failed.append((volume_id, e.message))
+                export.advance()
+                continue
+            data = _single_3d(volume.array, rel)
+            planes[_plane(volume.affine.tobytes(), axis)] += 1
+            indices = select_slices(data, axis, min_fraction, per_volume)
+            if not len(indices):
+                skipped.append(volume_id)
+                export.advance()
+                continue
+            stack = np.moveaxis(_to_uint8(data), axis, 0)  # stack[k]: slice k, a view
+            rescaled += data.dtype != np.uint8
+            patient = record["patient_id"] or volume_id
+            patients_from_volume += not record["patient_id"]
+            width = max(3, len(str(data.shape[axis] - 1)))
+            (export.folder / volume_id).parent.mkdir(parents=True, exist_ok=True)
+            for k in indices:
+                png = f"{volume_id}_slice{k:0{width}d}.png"
+                # (a, b) slice -> PNG rows b, columns a: medres reads it back as (a, b)
+                _write_png(np.ascontiguousarray(stack[k].T), export.folder / png)
+                rows.append(
+                    [png, record["label"], record["split"], patient, volume_id, int(k)]
+                    + [record[c] for c in extra]
+                )
+            per_volume_counts[volume_id] = len(indices)
+            export.advance()
         if not rows:
             raise ConfigError(
                 f"no slice to write from {len(table)} volume(s) in {folder}: "
@@ -275,7 +274,6 @@ def export_slices(
                 + (f" (first: {failed[0][0]}: {failed[0][1]})" if failed else "")
                 + "; lower min_fraction or check the volumes"
             )
-        write_csv(staging / LABELS_CSV, CSV_COLUMNS + tuple(extra), rows)
         out = pd.DataFrame(rows, columns=list(CSV_COLUMNS) + extra)
         summary = SliceExportSummary(
             out_dir=out_dir,
@@ -300,9 +298,9 @@ def export_slices(
         )
         source = folder / SOURCE_MD
         if source.is_file():
-            shutil.copyfile(source, staging / SOURCE_VOLUMES_MD)
-        text = _source_md(summary, folder, labels_path, given_out, source.is_file())
-        (staging / SOURCE_MD).write_text(text, encoding="utf-8")
+            shutil.copyfile(source, export.folder / SOURCE_VOLUMES_MD)
+        note = _source_note(summary, folder, labels_path, given_out, source.is_file())
+        export.finish(CSV_COLUMNS + tuple(extra), rows, note)
     return replace(summary, seconds=time.perf_counter() - t0)
 
 
@@ -438,7 +436,7 @@ def _check_out_dir(out_dir: str | os.PathLike[str], folder: Path) -> Path:
             f"output {out} overlaps the input folder {folder}; the export replaces its "
             "folder as a whole, so give a folder outside the input"
         )
-    return check_out_dir(out, _MARKER, "slice export")
+    return check_out_dir(out, EXPORTER)
 
 
 def _split_key(split: str) -> tuple[int, str]:
@@ -461,9 +459,9 @@ def _call(folder: Path, labels: Path, out_dir: object, s: SliceExportSummary) ->
     return f"from medres.datasets.slices import export_slices\nexport_slices({', '.join(args)})"
 
 
-def _source_md(
+def _source_note(
     s: SliceExportSummary, folder: Path, labels: Path, out_dir: object, copied: bool
-) -> str:
+) -> SourceNote:
     lo, median, hi = s.slice_stats
     planes = ", ".join(f"{k} in {v} volume(s)" for k, v in sorted(s.planes.items()))
     licence = (
@@ -494,18 +492,16 @@ def _source_md(
         if s.patients_from_volume
         else "Every volume had a `patient_id`; its slices carry it."
     )
-    table = "\n".join(
-        f"| {split or '(none)'} | {s.volume_counts[split]} | {s.counts[split]} | "
-        + ", ".join(f"{k}: {v}" for k, v in s.label_counts[split].items())
-        + " |"
-        for split in s.counts
+    table = markdown_table(
+        ["split", "volumes", "slices", "slices per label"],
+        [
+            (split or "(none)", s.volume_counts[split], n, counts_text(s.label_counts[split]))
+            for split, n in s.counts.items()
+        ],
     )
     skipped = "\n".join(f"- `{v}`" for v in s.skipped) or "- none"
     failed = "\n".join(f"- `{v}`: {why}" for v, why in s.failed) or "- none"
-    return f"""{_MARKER}
-# 2D slices of `{folder.name}`, cut by medres
-
-- Source: `{folder}`, {s.n_volumes} volumes listed in `{labels.name}` (sha256
+    body = f"""- Source: `{folder}`, {s.n_volumes} volumes listed in `{labels.name}` (sha256
   `{sha256_file(labels)}`). {licence}
 - Slices along voxel axis {s.axis} ({planes}, as the volumes' affines say) where at
   least {s.min_fraction:g} of the slice's voxels are above the volume's minimum (the
@@ -520,8 +516,6 @@ def _source_md(
   `slice_index` (along axis {s.axis}), then the source table's other columns.
 - {patients}
 
-| split | volumes | slices | slices per label |
-|---|---|---|---|
 {table}
 
 Slices per volume (volumes that gave any): min {lo}, median {median:g}, max {hi};
@@ -533,13 +527,11 @@ Volumes skipped (no slice passed `min_fraction`): {len(s.skipped)}
 
 Volumes that could not be read: {len(s.failed)}
 
-{failed}
-
-Made with:
-
-```python
-{_call(folder, labels, out_dir, s)}
-```
-
-Re-running that replaces this folder as a whole; do not keep other files here.
-"""
+{failed}"""
+    return SourceNote(
+        f"2D slices of `{folder.name}`, cut by medres",
+        body,
+        made_with=_call(folder, labels, out_dir, s),
+        language="python",
+        rerun="that",
+    )

@@ -43,8 +43,9 @@ slices, nearly identical, stay on one side. Slabs of different axes of one volum
 share the voxels where their planes cross, so validation on an ``auto`` source is
 somewhat optimistic; hold out whole volumes for an honest estimate.
 
-Write-out is atomic: a hidden staging folder next to ``out_dir`` renamed into place; a
-previous motion export there is replaced whole, any other non-empty folder is refused.
+The folder is written like every medres export (:mod:`medres.datasets._export`):
+atomically, replacing an earlier motion export as a whole and refusing any other
+non-empty folder.
 """
 
 from __future__ import annotations
@@ -61,15 +62,15 @@ from pathlib import Path
 import numpy as np
 
 from medres.datasets._export import (
-    LABELS_CSV,
-    SOURCE_MD,
     SPLITS,
-    Progress,
+    Exporter,
+    SourceNote,
+    Summary,
     check_out_dir,
-    staging_folder,
+    markdown_table,
     unit_interval,
     whole_number,
-    write_csv,
+    write_export,
     write_png,
 )
 from medres.datasets.motion.simulate import (
@@ -102,9 +103,7 @@ CSV_COLUMNS: tuple[str, ...] = (
 AUTO_VAL_FRACTION = 0.15  # share of the auto sources' slab groups sent to val
 MIN_SIDE = 8  # an axis whose slices are thinner than this (voxels) is skipped
 FOREGROUND_LEVEL = 0.10  # foreground = voxels above this fraction of the 99th percentile
-
-# First line of SOURCE.md: marks a folder this module may replace on re-export.
-_MARKER = "<!-- medres motion export: export_motion replaces this folder -->"
+EXPORTER = Exporter("motion export", "export_motion", "motion")
 
 
 @dataclass(frozen=True)
@@ -124,7 +123,7 @@ class MotionSource:
 
 
 @dataclass(frozen=True)
-class MotionExportSummary:
+class MotionExportSummary(Summary):
     """What :func:`export_motion` wrote.
 
     Attributes:
@@ -146,10 +145,6 @@ class MotionExportSummary:
     ssim_max: float
     seconds: float
     warnings: list[str] = field(default_factory=list)
-
-    @property
-    def labels_csv(self) -> Path:
-        return self.out_dir / LABELS_CSV
 
 
 def export_motion(
@@ -203,7 +198,7 @@ def export_motion(
     min_foreground = unit_interval("min_foreground", min_foreground)
     slab = whole_number("slab", slab, minimum=1)
     seed = whole_number("seed", seed, minimum=0)
-    out_dir = check_out_dir(out_dir, _MARKER, "motion export")
+    out_dir = check_out_dir(out_dir, EXPORTER)
     stems = _unique_stems([s.path for s in srcs])
 
     warnings: list[str] = []
@@ -217,27 +212,28 @@ def export_motion(
     n_slices = sum(len(p.indices) for p in prepared)
     total = n_slices * per_slice
 
-    with staging_folder(out_dir, "motion") as staging, one_torch_thread():
+    with (
+        write_export(
+            EXPORTER, out_dir, total=total, show_progress=show_progress, description="motion"
+        ) as export,
+        one_torch_thread(),
+    ):
         rows: list[dict[str, object]] = []
-        with Progress(show_progress, total, f"motion → {out_dir.name}") as advance:
-            for src, prep in zip(srcs, prepared, strict=True):
-                (staging / prep.stem).mkdir()
-                for axis, index, clean in prep.slices():
-                    rows += _write_slice(
-                        staging, src, prep.stem, axis, index, clean, per_slice, seed, slab
-                    )
-                    for _ in range(per_slice):
-                        advance()
+        for src, prep in zip(srcs, prepared, strict=True):
+            (export.folder / prep.stem).mkdir()
+            for axis, index, clean in prep.slices():
+                rows += _write_slice(
+                    export.folder, src, prep.stem, axis, index, clean, per_slice, seed, slab
+                )
+                for _ in range(per_slice):
+                    export.advance()
         _assign_auto(rows, seed)
-        write_csv(staging / LABELS_CSV, CSV_COLUMNS, [[r[c] for c in CSV_COLUMNS] for r in rows])
         labels = np.array([float(r["label"]) for r in rows])
         counts = {s: n for s in SPLITS if (n := sum(r["split"] == s for r in rows))}
-        (staging / SOURCE_MD).write_text(
-            _source_md(
-                srcs, prepared, rows, counts, labels, per_slice, size, min_foreground, seed, slab
-            ),
-            encoding="utf-8",
+        note = _source_note(
+            srcs, prepared, rows, counts, labels, per_slice, size, min_foreground, seed, slab
         )
+        export.finish(CSV_COLUMNS, [[r[c] for c in CSV_COLUMNS] for r in rows], note)
 
     return MotionExportSummary(
         out_dir=out_dir,
@@ -502,7 +498,7 @@ def _assign_auto(rows: list[dict[str, object]], seed: int) -> None:
             r["split"] = "val" if r["patient_id"] in val else "train"
 
 
-def _source_md(
+def _source_note(
     srcs: list[MotionSource],
     prepared: list[_Prepared],
     rows: list[dict[str, object]],
@@ -513,34 +509,32 @@ def _source_md(
     min_foreground: float,
     seed: int,
     slab: int,
-) -> str:
+) -> SourceNote:
     per_source = Counter(str(r["source"]) for r in rows)
-    source_rows = "\n".join(
-        f"| `{s.path}` | `{p.stem}` | {s.split} | {p.shape} | {p.axes_used} | "
-        f"{p.axes_skipped or '-'} | {len(p.indices)} | {per_source[str(s.path)]} |"
-        for s, p in zip(srcs, prepared, strict=True)
-    )
+    source_rows = []
+    for s, p in zip(srcs, prepared, strict=True):
+        kept = (p.axes_used, p.axes_skipped or "-", len(p.indices), per_source[str(s.path)])
+        source_rows.append((f"`{s.path}`", f"`{p.stem}`", s.split, p.shape, *kept))
+    header = ["path", "stem", "split", "shape (X, Y, Z)", "axes used", "axes skipped"]
+    sources = markdown_table([*header, "slices kept", "images"], source_rows)
     split_rows = []
     for split, n in counts.items():
         lab = np.array([float(r["label"]) for r in rows if r["split"] == split])
         groups = len({r["patient_id"] for r in rows if r["split"] == split})
         split_rows.append(
-            f"| {split} | {n} | {groups} | {lab.min():.3f} | {np.median(lab):.3f} | "
-            f"{lab.max():.3f} |"
+            (split, n, groups, f"{lab.min():.3f}", f"{np.median(lab):.3f}", f"{lab.max():.3f}")
         )
+    splits = markdown_table(
+        ["split", "images", "patient groups", "SSIM min", "SSIM median", "SSIM max"], split_rows
+    )
     q = np.quantile(labels, [0, 0.1, 0.25, 0.5, 0.75, 0.9, 1])
     quantiles = " / ".join(f"{v:.3f}" for v in q)
-    return f"""{_MARKER}
-# MR motion QA: motion-corrupted slices labelled with SSIM, exported by medres
-
-Made by `medres.datasets.motion.export_motion` (seed {seed}). Keep the sources' own
+    body = f"""Made by `medres.datasets.motion.export_motion` (seed {seed}). Keep the sources' own
 licences and citations with this folder.
 
 ## Sources
 
-| path | stem | split | shape (X, Y, Z) | axes used | axes skipped | slices kept | images |
-|---|---|---|---|---|---|---|---|
-{source_rows}
+{sources}
 
 ## Slices
 
@@ -573,11 +567,8 @@ an id and a split), slab groups shared between train and val
 Slabs along different axes of one volume cross each other, so validation on an `auto`
 source is somewhat optimistic.
 
-| split | images | patient groups | SSIM min | SSIM median | SSIM max |
-|---|---|---|---|---|---|
-{chr(10).join(split_rows)}
+{splits}
 
-All {len(labels)} labels, SSIM quantiles 0 / 10 / 25 / 50 / 75 / 90 / 100 %: {quantiles}.
-
-Re-running the export replaces this folder as a whole; do not keep other files here.
-"""
+All {len(labels)} labels, SSIM quantiles 0 / 10 / 25 / 50 / 75 / 90 / 100 %: {quantiles}."""
+    title = "MR motion QA: motion-corrupted slices labelled with SSIM, exported by medres"
+    return SourceNote(title, body, rerun="the export")
