@@ -45,6 +45,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check medres tests app benchmarks
 	$(BIN)/ruff format --check medres tests app benchmarks
+	$(BIN)/lint-imports  # the layering contract in pyproject.toml [tool.importlinter]
 
 # the browser test drives Debian's chromium (Playwright cannot download a browser here)
 chromium:
@@ -58,4 +59,4 @@ format: $(STAMP)
 	$(BIN)/ruff format medres tests app benchmarks
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache .import_linter_cache

@@ -7,6 +7,7 @@ whose answers are known, and cohorts whose patients contribute several correlate
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import numpy as np
@@ -16,7 +17,7 @@ from scipy import stats
 from sklearn import metrics as skm
 
 from medres.errors import ConfigError
-from medres.evaluate import Evaluation, choose_threshold, evaluate, metrics_table, write_report
+from medres.evaluate import choose_threshold, evaluate, metrics_table, write_report
 from medres.evaluate.metrics import _kernel, _point_metrics
 
 
@@ -390,9 +391,16 @@ def test_metrics_table_renders_intervals():
     console = Console(record=True, width=120)
     console.print(metrics_table(ev))
     text = console.export_text()
-    m = ev.metrics["auroc"]
-    assert "auroc" in text and f"{m.value:.3f} ({m.ci_low:.3f}–{m.ci_high:.3f})" in text
-    assert isinstance(ev, Evaluation)
+    assert "binary: 40 scans, 20 patients" in text  # the title says what was evaluated
+    cells = [[c.strip() for c in re.split("[│┃]", line)[1:4]] for line in text.splitlines()]
+    rows = {row[0]: row[1:] for row in cells if len(row) == 3}
+    assert rows["metric"] == ["scans (95% CI)", "patients (95% CI)"]
+    assert set(rows) == {"metric", *ev.metrics}  # one row per metric
+    m, p = ev.metrics["auroc"], ev.patient_metrics["auroc"]  # scan- and patient-level
+    assert rows["auroc"] == [
+        f"{m.value:.3f} ({m.ci_low:.3f}–{m.ci_high:.3f})",
+        f"{p.value:.3f} ({p.ci_low:.3f}–{p.ci_high:.3f})",
+    ]
 
 
 # ---------------------------------------------------------------- bad input

@@ -189,14 +189,30 @@ def test_audit_without_split_unit_scan_is_unchanged():
             audit_cohort(Cohort(out.table, meta))
 
 
-def test_default_split_is_unchanged_by_the_new_options():
+def test_default_split_draws_70_15_15_by_patient_stratified_by_label():
+    """With no option, split_cohort draws (seed 0) a patient-level split of about 70 / 15 /
+    15 % of the scans, with the cohort's label mix in each split; a split column already in
+    the manifest (``official``) is ignored."""
     cohort = official_cohort()
-    plain = split_cohort(cohort, seed=1)
-    explicit = split_cohort(cohort, seed=1, keep_test_column=None, unit="patient")
-    assert plain.table["split"].tolist() == explicit.table["split"].tolist()
-    assert (plain.table.groupby("patient_id")["split"].nunique() == 1).all()
-    assert plain.meta["split_unit"] == "patient" and plain.meta["split_keep_test_column"] is None
-    assert audit_cohort(plain).train_val_patients == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SplitWarning)  # a clean patient-level split: no warning
+        out = split_cohort(cohort)
+    table = out.table
+    shares = table["split"].value_counts(normalize=True)
+    assert shares["train"] == pytest.approx(0.70, abs=0.03)
+    assert shares["val"] == pytest.approx(0.15, abs=0.03)
+    assert shares["test"] == pytest.approx(0.15, abs=0.03)
+    assert (table.groupby("patient_id")["split"].nunique() == 1).all()
+    malignant = (table["label"] == "malignant").mean()
+    for split, rows in table.groupby("split"):
+        assert (rows["label"] == "malignant").mean() == pytest.approx(malignant, abs=0.05), split
+    assert (table["split"] == "test").tolist() != _official_test(cohort).tolist()  # drawn
+    assert out.meta["split_fractions"] == [0.7, 0.15, 0.15] and out.meta["split_seed"] == 0
+    assert out.meta["split_unit"] == "patient" and out.meta["split_by"] == "patient"
+    assert out.meta["split_keep_test_column"] is None and out.meta["split_keep_column"] is None
+    assert split_cohort(cohort).table["split"].tolist() == table["split"].tolist()
+    assert split_cohort(cohort, seed=1).table["split"].tolist() != table["split"].tolist()
+    assert audit_cohort(out).train_val_patients == []
 
 
 def _quiet_audit(cohort: Cohort):

@@ -26,7 +26,6 @@ from medres.train import (
     fit,
     infer,
     make_loader,
-    selects,
     weight_average,
     within_time_limit,
 )
@@ -192,60 +191,60 @@ def test_regression_and_ordinal_tasks_select_on_their_metric(example_cohort, tmp
     assert ordinal.metric == "kappa_quadratic" and "val_kappa_quadratic" in ordinal.history
 
 
-def _selected_epochs(scores, losses, tolerance=1e-3):
-    state = {"best_score": -math.inf, "best_loss": math.inf, "top_score": -math.inf}
-    chosen = []
-    for epoch, (score, loss) in enumerate(zip(scores, losses, strict=True), 1):
-        state["top_score"] = max(state["top_score"], score)
-        if selects(score, loss, state, tolerance):
-            state.update(best_score=score, best_loss=loss)
-            chosen.append(epoch)
-    return chosen
+# logit(positive) - logit(negative) per validation scan, positives then negatives (4 each)
+NEAR_BEST_LOW_LOSS = ([6, 6, 6, -0.1], [-6, -6, -6, 0.1])  # AUROC 15/16, loss ~0.19
+BEST_HIGH_LOSS = ([0.05] * 4, [-0.05] * 4)  # AUROC 1, loss ~0.67
+DIVERGED = ([math.nan] * 4, [math.nan] * 4)
 
 
-def test_near_ties_in_validation_score_go_to_the_lower_loss():
-    # PneumoniaMNIST seed 0, epochs 1-15: AUROC saturated near 0.995. Strict "higher is
-    # better" picked epoch 5 (AUROC 0.9970 but loss 0.287); the tie rule keeps epoch 14
-    # (0.9965, loss 0.069), which was within 0.001 of the best and fitted far better.
-    auroc = [
-        0.99412,
-        0.99337,
-        0.99532,
-        0.99640,
-        0.99699,
-        0.99412,
-        0.99598,
-        0.99585,
-        0.99667,
-        0.99572,
-        0.99461,
-        0.99473,
-        0.99410,
-        0.99646,
-        0.99562,
-    ]
-    loss = [
-        0.136,
-        0.759,
-        0.187,
-        0.100,
-        0.287,
-        0.096,
-        0.077,
-        0.086,
-        0.089,
-        0.077,
-        0.110,
-        0.083,
-        0.113,
-        0.069,
-        0.163,
-    ]
-    assert _selected_epochs(auroc, loss) == [1, 3, 4, 9, 14]
-    assert _selected_epochs(auroc, loss, tolerance=0) == [1, 3, 4, 5]
-    # a clearly better score wins whatever its loss; a diverged epoch never does
-    assert _selected_epochs([0.80, 0.90], [0.1, 5.0]) == [1, 2]
-    assert _selected_epochs([0.80, -math.inf], [0.1, 0.01]) == [1]
+def _fit_on_scripted_validation(cohort, out, script, monkeypatch, **config):
+    """fit, with the validation outputs of epoch i replaced by ``script[i]`` (the network
+    cannot be steered to a near-tie); the loss and score are fit's own. Returns the
+    result and the weights fit validated at each epoch."""
+    validated = []
+
+    def scripted_infer(model, loader, *args, **kwargs):
+        positives, negatives = map(iter, script[len(validated)])
+        validated.append({k: v.clone() for k, v in model.state_dict().items()})
+        targets = loader.dataset.targets.tolist()
+        margin = [next(positives) if t == 1 else next(negatives) for t in targets]
+        return np.stack([np.zeros(len(margin)), margin], axis=1).astype(np.float32)
+
+    monkeypatch.setattr("medres.train.infer", scripted_infer)
+    config = TrainConfig(**{**FAST, "epochs": len(script), **config})
+    return fit(cohort, config, out, show_progress=False), validated
+
+
+def _same_weights(model, state):
+    return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_near_ties_in_validation_score_go_to_the_lower_loss(example_cohort, tmp_path, monkeypatch):
+    """An epoch within selection_tolerance of the best validation score, with a lower
+    loss, stays selected over the best; fit returns its weights, not the last epoch's.
+    (PneumoniaMNIST seed 0: AUROC saturated near 0.995 from epoch 1, and strict "higher is
+    better" picked epoch 5, AUROC 0.9970 at loss 0.287, over epoch 14, 0.9965 at 0.069.)
+    A diverged epoch is never selected; with tolerance 0 the best score wins."""
+    cohort = Cohort.load(small_cohort(example_cohort, tmp_path / "c.parquet", sizes=(8, 8, 0)))
+    script = [NEAR_BEST_LOW_LOSS, BEST_HIGH_LOSS, DIVERGED]
+    result, validated = _fit_on_scripted_validation(
+        cohort, tmp_path / "a", script, monkeypatch, selection_tolerance=0.1
+    )
+    history = result.history
+    assert history["val_auroc"].tolist() == [15 / 16, 1.0, -math.inf]
+    assert history["val_loss"][0] < history["val_loss"][1]  # as scripted
+    assert history["best"].tolist() == [True, False, False]
+    assert result.best_epoch == 1 and result.best_score == 15 / 16
+    assert result.stopped_by == "the last epoch"
+    assert _same_weights(result.model, validated[0])
+    assert not _same_weights(result.model, validated[-1])  # the weights moved on
+    saved = pd.read_csv(tmp_path / "a" / "metrics.csv")
+    assert saved["best"].tolist() == [True, False, False]
+
+    strict, _ = _fit_on_scripted_validation(
+        cohort, tmp_path / "b", script[:2], monkeypatch, selection_tolerance=0
+    )
+    assert strict.history["best"].tolist() == [True, True] and strict.best_epoch == 2
 
 
 def test_a_binary_only_calibration_is_refused_before_training(example_cohort, tmp_path):
