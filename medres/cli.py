@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.progress import ProgressColumn
 from rich.text import Text
 
-from medres.errors import MedresError, ReviewError
+from medres.errors import ALLOW_LEAKAGE, MedresError, ReviewError
 
 app = typer.Typer(
     name="medres",
@@ -440,7 +440,7 @@ def split_command(
             unit=unit,
             move_copies_to_test=move_copies_to_test,
         )
-        report = audit_cohort(result)
+        report = audit_cohort(result, splitting=True)
         path = result.save(out or cohort)
     Console().print(summary_table(report, title=f"Split of {path.name}"))
     _print_split_warnings(caught)
@@ -457,9 +457,13 @@ def split_command(
 def audit_command(
     cohort: Annotated[Path, typer.Argument(help="Split cohort manifest (.parquet).")],
 ) -> None:
-    """Check that no patient is in two splits (exit 2 if one is) and count each split.
+    """Audit a split cohort as `medres train` does, and count each split.
 
-    Identical pixels (same pixel_hash) in two splits are a warning, not an error.
+    Refused (exit 2, with the message `medres train` gives): a patient in two splits
+    (train + val is allowed in a deliberately scan-level split, `medres split --unit
+    scan`), and copies of test scans in train or val (the same pixel_hash; `medres split
+    --keep-column split --move-copies-to-test` moves them into test). Identical pixels in
+    train and val only are a warning, and so are scans without a patient id.
 
     Example:
 
@@ -480,7 +484,9 @@ def audit_command(
             f"[bold red]warning:[/] {report.scans_without_patient_id} split scans have no "
             "patient_id: the audit cannot tell whether their patients cross splits"
         )
-    console.print("no patient appears in more than one split")
+    console.print(
+        "no patient appears in more than one split and no test scan has a copy in train or val"
+    )
 
 
 @app.command("train")
@@ -507,8 +513,8 @@ def train_command(
     allow_leakage: Annotated[
         bool,
         typer.Option(
-            help="Train although a patient, or a test scan's pixel copy, sits in two splits "
-            "(a deliberate experiment; recorded in bundle.json and the model card)."
+            help="When the audit finds a patient, or a test scan's pixel copy, in two "
+            f"splits: {ALLOW_LEAKAGE}."
         ),
     ] = False,
 ) -> None:
@@ -1056,8 +1062,9 @@ def retrain_command(
     allow_leakage: Annotated[
         bool,
         typer.Option(
-            help="Train although the cohorts' own splits leak (a deliberate experiment, "
-            "recorded in the bundle); the champion's test patients stay refused."
+            help="When the cohorts' own splits leak, or a patient sits in train in one "
+            f"cohort and in val in another: {ALLOW_LEAKAGE}. The champion's test patients "
+            "and scans stay refused."
         ),
     ] = False,
     drop_leaking_rehearsal: Annotated[
@@ -1078,8 +1085,11 @@ def retrain_command(
     of the champion's test split or of the new cohort's test split in its training or
     validation scans, and any copy of such a test scan's pixels. When they sit in the
     champion's own training cohort (rehearsed), retrain with --new-only, or with
-    --drop-leaking-rehearsal to leave them out of the rehearsal. The training cohort is
-    then audited as `medres train` audits it (--allow-leakage as there). Its
+    --drop-leaking-rehearsal to leave them out of the rehearsal. A patient with scans in
+    train and in val is refused as `medres train` refuses it, across cohorts too (e.g. a
+    follow-up patient validated on in the champion's cohort, under train in the new one:
+    file their new scans under the champion's split). --allow-leakage lets the cohorts'
+    own leaks through as in `medres train`, never the champion's test set. Its
     bundle.json records parent_id, the lineage of cohorts and the reviews used.
 
     Example:

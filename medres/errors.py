@@ -52,6 +52,14 @@ class LeakageError(MedresError):
         self.patient_ids = list(patient_ids or [])
 
 
+ALLOW_LEAKAGE = (
+    "--allow-leakage trains anyway, as a deliberate experiment that bundle.json and the "
+    "model card record"
+)
+"""What ``--allow-leakage`` does, in one place: the option's help and the end of every
+training audit's refusal (:mod:`medres.split`) say it in these words."""
+
+
 class BundleError(MedresError):
     """A model bundle is missing, incomplete, or fails verification."""
 

@@ -58,21 +58,24 @@ def check_no_leak(
     rows: pd.DataFrame,
     where: str,
     *,
-    sources: pd.Series | None = None,
-    advice: dict[str, str] | None = None,
+    sources: pd.Series,
+    claim: str,
+    advice: dict[str, str],
 ) -> None:
-    """Refuse training rows that belong to a frozen test patient or repeat a frozen
-    test scan's pixels.
+    """Refuse rows a model trained or selected on that belong to a frozen test patient or
+    repeat a frozen test scan's pixels.
+
+    The message is ``"{claim}: {source} holds {where}'s {what}. {advice}"``, one sentence
+    pair per cohort that holds such rows.
 
     Args:
         frozen: a record from :func:`freeze` / :func:`read_frozen`.
-        rows: the manifest rows a model would train or select on.
-        where: named in the message (e.g. "the champion's test split").
+        rows: the manifest rows a model would train or select on (train and val).
+        where: the test set, as the message names it (e.g. "the champion's test split").
         sources: for each row (same index), the cohort that holds it, as the message
-            should name it ("the new cohort /data/b.parquet"); the leaks are then
-            listed cohort by cohort.
-        advice: what to do about a cohort's leaks, by its ``sources`` name; a cohort
-            without advice is told to move the scans out of its train and val splits.
+            should name it ("the new cohort /data/b.parquet").
+        claim: what is refused, opening the message ("retraining would leak ...").
+        advice: what to do about a cohort's leaks, by its ``sources`` name.
 
     Raises:
         LeakageError: naming the patient ids (``.patient_ids``) and scan ids that leak.
@@ -81,30 +84,12 @@ def check_no_leak(
     if not (by_patient | by_pixels).any():
         return
     leaked = sorted(set(_known(rows[by_patient]["patient_id"])))
-    if sources is None:
-        found = _found(rows, by_patient, by_pixels)
-        todo = _MOVE_OUT.format(cohort="the new cohort's")
-        raise LeakageError(
-            f"retraining would leak test data: the training/validation scans hold {where}'s "
-            f"{found}. {todo}",
-            patient_ids=leaked,
-        )
     parts = []
     for source in dict.fromkeys(sources[by_patient | by_pixels]):
         mine = (sources == source).to_numpy()
         found = _found(rows[mine], by_patient[mine], by_pixels[mine])
-        todo = (advice or {}).get(source) or _MOVE_OUT.format(cohort="its")
-        parts.append(f"{source} holds {where}'s {found}. {todo}")
-    raise LeakageError(
-        "retraining would leak test data into the training/validation scans: " + " ".join(parts),
-        patient_ids=leaked,
-    )
-
-
-_MOVE_OUT = (
-    "Remove these scans from {cohort} train and val splits (e.g. put them in its test "
-    "split) and retrain."
-)
+        parts.append(f"{source} holds {where}'s {found}. {advice.get(source, '')}".strip())
+    raise LeakageError(f"{claim}: " + " ".join(parts), patient_ids=leaked)
 
 
 def _found(rows: pd.DataFrame, by_patient: pd.Series, by_pixels: pd.Series) -> str:
@@ -123,6 +108,12 @@ def _found(rows: pd.DataFrame, by_patient: pd.Series, by_pixels: pd.Series) -> s
 def hash_patient(salt: str, patient_id: Any) -> str:
     """A patient id as frozen_test.json stores it: sha256 of the salt and the id."""
     return _hash(salt, patient_id)
+
+
+def hash_id(salt: str, text: str) -> str:
+    """Another identifier (a scan_id: a relative path that may hold a patient's name, or
+    a DICOM UID) as bundle.json may show it: sha256 of the salt and the text as is."""
+    return hashlib.sha256(f"{salt}:{text}".encode()).hexdigest()
 
 
 def read_frozen(bundle_path: str | Path) -> dict[str, Any]:

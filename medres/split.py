@@ -15,13 +15,15 @@ train / val be drawn scan by scan (``unit="scan"``): the deliberately leaky
 slice-level split used to measure how much such a split overestimates, with the test
 set still patient-disjoint.
 
-:func:`audit_cohort` checks a split cohort: a patient on two sides is an error
-(:class:`~medres.errors.LeakageError`) — except train + val in a cohort split with
-``unit="scan"`` (``meta["split_unit"] == "scan"``), which is a warning; identical
-pixels on two sides is a warning.
-:func:`summary_table` renders its report for the command line.
-:func:`audit_training_cohort` is the stricter audit every training runs first: it also
-refuses a test scan's pixel copy in train or val, unless leakage is allowed on purpose.
+:func:`audit_cohort` checks a split cohort (``medres audit``) by the rule every training
+applies (:func:`audit_training_cohort`, run first by ``medres train``, ``retrain`` and
+``run``): a patient on two sides is an error (:class:`~medres.errors.LeakageError`) —
+except train + val in a cohort split with ``unit="scan"`` (``meta["split_unit"] ==
+"scan"``), which is a warning — and so is a test scan whose pixels repeat in train or
+val; identical pixels in train and val only are a warning. Both raise the same
+messages. :func:`split_cohort` only warns about copies of test scans (the split is
+written; ``move_copies_to_test`` fixes them). Training may let leakage through on
+purpose (``allow_leakage``). :func:`summary_table` renders a report for the command line.
 
 Example::
 
@@ -45,7 +47,7 @@ import pandas as pd
 from rich.table import Table
 
 from medres.cohort import SPLITS, Cohort
-from medres.errors import ConfigError, LeakageError, ManifestError, quote_some
+from medres.errors import ALLOW_LEAKAGE, ConfigError, LeakageError, ManifestError, quote_some
 
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
 SPLIT_ALIASES: dict[str, str] = {
@@ -180,7 +182,9 @@ def split_cohort(
     Every patient's scans land in one split, with label proportions close to the
     cohort's. Scans without a patient id are split one by one, with a
     :class:`SplitWarning` and ``meta["split_by"] == "scan"``. Error rows keep a null
-    split. The result is audited (:func:`audit_cohort`) before it is returned.
+    split. The result is audited (:func:`audit_cohort`) before it is returned; copies of
+    test scans left in train / val are a :class:`SplitWarning` here (training and
+    ``medres audit`` refuse them).
 
     Raises:
         ConfigError: bad fractions, unit or combination of options, unknown site or
@@ -212,7 +216,7 @@ def split_cohort(
     if move_copies_to_test:
         assigned, moved = _move_copies_to_test(table[ok], assigned)
 
-    no_patient = int(_patient_ids(table[ok]).isna().sum())
+    no_patient = int(patient_ids(table[ok]).isna().sum())
     if no_patient:
         if keep_column:
             how = f"their split was kept from column {keep_column!r} unchecked"
@@ -244,7 +248,7 @@ def split_cohort(
         "split_copies_moved_to_test": moved,
     }
     result = Cohort(out, meta)
-    audit_cohort(result)
+    audit_cohort(result, splitting=True)
     return result
 
 
@@ -270,8 +274,9 @@ def _check_options(
         )
 
 
-def _patient_ids(rows: pd.DataFrame) -> pd.Series:
-    """The patient_id column as text, with blank ids (``""``) treated as unknown (NA)."""
+def patient_ids(rows: pd.DataFrame) -> pd.Series:
+    """The patient_id column as text, with blank ids (``""``) treated as unknown (NA):
+    patients as the audit tells them apart."""
     ids = rows["patient_id"].astype(object).where(rows["patient_id"].notna(), None)
     ids = ids.map(lambda v: None if v is None or str(v).strip() == "" else str(v))
     return ids
@@ -282,7 +287,7 @@ def _groups(rows: pd.DataFrame) -> np.ndarray:
 
     Codes come from sorted keys, so the split does not depend on row order.
     """
-    patients = _patient_ids(rows)
+    patients = patient_ids(rows)
     keys = np.where(
         patients.isna(),
         "s:" + rows["scan_id"].astype(str),
@@ -474,10 +479,10 @@ def _move_copies_to_test(rows: pd.DataFrame, names: np.ndarray) -> tuple[np.ndar
     out = names.copy()
     out[move] = "test"
     moved = sorted(rows["scan_id"][move].astype(str))
-    patients = set(_patient_ids(rows)[move].dropna())
+    patients = set(patient_ids(rows)[move].dropna())
     split = [p for p in _patients_on_both_sides(rows, out == "test") if p in patients]
     if split:
-        scans = sorted(rows["scan_id"][move & _patient_ids(rows).isin(split).to_numpy()])
+        scans = sorted(rows["scan_id"][move & patient_ids(rows).isin(split).to_numpy()])
         raise LeakageError(
             f"moving the copies of test scans into test would split {len(split)} patient(s) "
             f"between test and train/val: {quote_some(split)} (copies {quote_some(scans)}); "
@@ -490,7 +495,7 @@ def _move_copies_to_test(rows: pd.DataFrame, names: np.ndarray) -> tuple[np.ndar
 
 def _patients_on_both_sides(rows: pd.DataFrame, side: np.ndarray) -> list[str]:
     """Sorted known patient ids with scans both where ``side`` (N,) bool is True and False."""
-    patients = _patient_ids(rows)
+    patients = patient_ids(rows)
     known = patients.notna().to_numpy()
     return sorted(set(patients[side & known]) & set(patients[~side & known]))
 
@@ -551,26 +556,41 @@ def _kept_split(rows: pd.DataFrame, column: str, option: str = "keep_column") ->
     return normal.to_numpy(dtype=object)
 
 
-def audit_cohort(cohort: Cohort) -> AuditReport:
-    """Check a split cohort for leakage and count what each split holds.
+def audit_cohort(cohort: Cohort, splitting: bool = False) -> AuditReport:
+    """Check a split cohort for leakage, as training does, and count what each split holds.
 
-    Only readable scans (status ``ok``) with a split are considered.
+    Only readable scans (status ``ok``) with a split are considered. The rule is
+    :func:`audit_training_cohort`'s, with the same messages: what ``medres train``
+    refuses, ``medres audit`` refuses.
 
     A cohort split scan by scan on purpose (``cohort.meta["split_unit"] == "scan"``,
     see :func:`split_cohort`) may have patients in both train and val: they are
     listed in ``train_val_patients`` with a :class:`SplitWarning`. A patient in test
     and another split is an error whatever the unit.
 
+    Args:
+        splitting: the audit :func:`split_cohort` runs on the split it returns: a test
+            scan whose pixels (``pixel_hash``) repeat in train or val is then a
+            :class:`SplitWarning` pointing at ``move_copies_to_test`` (the split is still
+            written), not a LeakageError, and a refused split is not offered
+            ``--allow-leakage`` (nothing was written to train on).
+
     Raises:
-        LeakageError: a patient_id appears in two splits (``patient_ids`` lists them).
+        LeakageError: a patient_id appears in two splits (``patient_ids`` lists them),
+            or a test scan has a pixel copy in train or val.
         ManifestError: a split value other than train / val / test.
 
     Scans with identical ``pixel_hash`` in different splits are reported in
-    ``duplicate_pixels`` and raise a :class:`SplitWarning`, not an error.
+    ``duplicate_pixels``; those not refused raise a :class:`SplitWarning`.
     """
     ok, rows = _split_rows(cohort)
     scan_level = cohort.meta.get("split_unit") == "scan"
-    _check_patients(rows, allow_train_val=scan_level)
+    error = _patients_error(rows, allow_train_val=scan_level, training=not splitting)
+    if error is not None:
+        raise error
+    copies, _, splits = _copies(rows)
+    if copies and not splitting:
+        raise _test_copies_error(copies, splits)
     shared = _train_val_patients(rows) if scan_level else []
     if shared:
         warnings.warn(
@@ -585,17 +605,18 @@ def audit_cohort(cohort: Cohort) -> AuditReport:
         warnings.warn(
             f"{len(duplicates)} group(s) of scans have identical pixels but sit in "
             f"different splits: {quote_some(['[' + ', '.join(g) + ']' for g in duplicates])}; "
-            "the same "
-            "image in training and test inflates the metrics: drop the copies or put "
-            "them in one split (`medres split --keep-column split --move-copies-to-test` "
-            "moves train/val copies of test scans into test; `medres train` refuses them)",
+            "the same image in training and test inflates the metrics, in train and val "
+            "the validation figures: drop the copies or put them in one split (`medres "
+            "split COHORT.parquet --keep-column split --move-copies-to-test` moves "
+            "train/val copies of test scans into test; `medres train` and `medres audit` "
+            "refuse those)",
             SplitWarning,
             stacklevel=2,
         )
     return AuditReport(
         splits={name: _counts(rows[rows["split"] == name]) for name in SPLITS},
         duplicate_pixels=duplicates,
-        scans_without_patient_id=int(_patient_ids(rows).isna().sum()),
+        scans_without_patient_id=int(patient_ids(rows).isna().sum()),
         unsplit_scans=int(ok["split"].isna().sum()),
         train_val_patients=shared,
     )
@@ -643,16 +664,8 @@ class TrainingAudit:
     train_val_patients: list[str] = field(default_factory=list)
     leakage_allowed: bool = False
 
-    @property
-    def leaks(self) -> bool:
-        """Whether patients or test scans' copies sit on two sides."""
-        return bool(self.leaked_patients or self.test_copies)
 
-
-ALLOW_LEAKAGE_HINT = (
-    "to train on it anyway as a deliberate experiment, pass --allow-leakage (a pipeline: "
-    "allow_leakage = true in [split]); the bundle and its model card then record the leak"
-)
+_ALLOW_LEAKAGE_HINT = f"{ALLOW_LEAKAGE} (a pipeline: allow_leakage = true in [split])"
 
 
 def audit_training_cohort(cohort: Cohort, allow_leakage: bool = False) -> TrainingAudit:
@@ -663,6 +676,7 @@ def audit_training_cohort(cohort: Cohort, allow_leakage: bool = False) -> Traini
     ``meta["split_unit"] == "scan"``), and a test scan whose pixels (``pixel_hash``)
     repeat in train or val. Identical pixels in train and val only are allowed and
     listed (``train_val_copies``). No warnings are raised: the result says it all.
+    :func:`audit_cohort` (``medres audit``) refuses the same, in the same words.
 
     Args:
         allow_leakage: record the leaks in the result instead of raising (a deliberate
@@ -675,38 +689,46 @@ def audit_training_cohort(cohort: Cohort, allow_leakage: bool = False) -> Traini
     _, rows = _split_rows(cohort)
     unit = cohort.meta.get("split_unit")
     scan_level = unit == "scan"
-    patients: list[str] = []
-    try:
-        _check_patients(rows, allow_train_val=scan_level)
-    except LeakageError as e:
-        if not allow_leakage:
-            raise LeakageError(f"{e}; {ALLOW_LEAKAGE_HINT}", e.patient_ids) from None
-        patients = e.patient_ids
+    error = _patients_error(rows, allow_train_val=scan_level)
+    if error is not None and not allow_leakage:
+        raise error
+    test_copies, train_val_copies, splits = _copies(rows)
+    if test_copies and not allow_leakage:
+        raise _test_copies_error(test_copies, splits)
+    return TrainingAudit(
+        scans=len(rows),
+        with_patient_id=int(patient_ids(rows).notna().sum()),
+        split_unit=unit,
+        leaked_patients=error.patient_ids if error is not None else [],
+        test_copies=test_copies,
+        train_val_copies=train_val_copies,
+        train_val_patients=_train_val_patients(rows) if scan_level else [],
+        leakage_allowed=allow_leakage,
+    )
+
+
+def _copies(rows: pd.DataFrame) -> tuple[list[list[str]], list[list[str]], pd.Series]:
+    """Groups of scan_ids with identical pixels in different splits: those with a test
+    scan, the others (train and val only); and each scan_id's split."""
     splits = rows.set_index(rows["scan_id"].astype(str))["split"].astype(str)
     splits = splits[~splits.index.duplicated()]
     groups = _duplicate_pixels(rows)
-    test_copies = [g for g in groups if (splits[g] == "test").any()]
-    if test_copies and not allow_leakage:
-        shown = [
-            "[" + ", ".join(f"{s} ({splits[s]})" for s in _test_first(g, splits)) + "]"
-            for g in test_copies
-        ]
-        raise LeakageError(
-            f"{len(test_copies)} test scan(s) have pixel copies in train or val: "
-            f"{quote_some(shown)}; a model tested on images it trained or was selected on "
-            "looks better than it is: move the copies into test with `medres split "
-            "COHORT.parquet --keep-column split --move-copies-to-test` (a pipeline: "
-            f"move_copies_to_test = true in [split]) or drop them; {ALLOW_LEAKAGE_HINT}",
-        )
-    return TrainingAudit(
-        scans=len(rows),
-        with_patient_id=int(_patient_ids(rows).notna().sum()),
-        split_unit=unit,
-        leaked_patients=patients,
-        test_copies=test_copies,
-        train_val_copies=[g for g in groups if g not in test_copies],
-        train_val_patients=_train_val_patients(rows) if scan_level else [],
-        leakage_allowed=allow_leakage,
+    with_test = [g for g in groups if (splits[g] == "test").any()]
+    return with_test, [g for g in groups if g not in with_test], splits
+
+
+def _test_copies_error(test_copies: list[list[str]], splits: pd.Series) -> LeakageError:
+    """The refusal of test scans copied into train or val (training and ``medres audit``)."""
+    shown = [
+        "[" + ", ".join(f"{s} ({splits[s]})" for s in _test_first(g, splits)) + "]"
+        for g in test_copies
+    ]
+    return LeakageError(
+        f"{len(test_copies)} test scan(s) have pixel copies in train or val: "
+        f"{quote_some(shown)}; a model tested on images it trained or was selected on "
+        "looks better than it is: move the copies into test with `medres split "
+        "COHORT.parquet --keep-column split --move-copies-to-test` (a pipeline: "
+        f"move_copies_to_test = true in [split]) or drop them; {_ALLOW_LEAKAGE_HINT}",
     )
 
 
@@ -715,12 +737,16 @@ def _test_first(group: list[str], splits: pd.Series) -> list[str]:
     return sorted(group, key=lambda s: (splits[s] != "test", s))
 
 
-def _check_patients(rows: pd.DataFrame, allow_train_val: bool = False) -> None:
-    """LeakageError listing every patient whose scans sit in more than one split.
+def _patients_error(
+    rows: pd.DataFrame, allow_train_val: bool, training: bool = True
+) -> LeakageError | None:
+    """The refusal listing every patient whose scans sit in more than one split, or None.
 
     ``allow_train_val``: a patient in train and val only is not an error (scan-level split).
+    ``training``: the cohort is about to be trained on (or audited for it), so the message
+    ends with what ``--allow-leakage`` does.
     """
-    patients = _patient_ids(rows)
+    patients = patient_ids(rows)
     known = rows[patients.notna()]
     patient = patients[patients.notna()]
     sides = known.groupby(patient)["split"].nunique()
@@ -729,22 +755,22 @@ def _check_patients(rows: pd.DataFrame, allow_train_val: bool = False) -> None:
         sides = sides[in_test.reindex(sides.index, fill_value=False)]
     ids = sorted(sides.index[sides > 1])
     if not ids:
-        return
+        return None
     shown = []
     for pid in ids[:_SHOW]:
         names = sorted(set(known["split"][patient == pid]), key=SPLITS.index)
         shown.append(f"{pid} ({', '.join(names)})")
-    raise LeakageError(
+    return LeakageError(
         f"{len(ids)} patient(s) appear in more than one split: {quote_some(shown, len(ids))}; "
         "a model tested on patients it trained on looks better than it is: re-split "
-        "with `medres split COHORT.parquet`",
+        "with `medres split COHORT.parquet`" + (f"; {_ALLOW_LEAKAGE_HINT}" if training else ""),
         ids,
     )
 
 
 def _train_val_patients(rows: pd.DataFrame) -> list[str]:
     """Sorted known patients with scans in both train and val."""
-    patients = _patient_ids(rows)
+    patients = patient_ids(rows)
     split = rows["split"].astype(str)
     train = set(patients[(split == "train") & patients.notna()])
     return sorted(train & set(patients[(split == "val") & patients.notna()]))
@@ -764,7 +790,7 @@ def _counts(rows: pd.DataFrame) -> SplitCounts:
     labels = pd.Series([_label_name(v) for v in rows["label"]], dtype=object)
     return SplitCounts(
         scans=len(rows),
-        patients=int(_patient_ids(rows).nunique()),
+        patients=int(patient_ids(rows).nunique()),
         labels={str(k): int(v) for k, v in sorted(labels.value_counts().items())},
     )
 

@@ -24,7 +24,7 @@ from medres.evaluate import Evaluation, choose_threshold, evaluate, write_report
 from medres.evaluate.report import format_metric
 from medres.evaluate.trust import trust_report
 from medres.files import write_text
-from medres.frozen import freeze, hash_patient
+from medres.frozen import freeze, hash_id, hash_patient
 from medres.io.discover import FAILURE_COLUMNS
 from medres.split import TrainingAudit, audit_training_cohort
 from medres.tasks import TaskInfo, label_key
@@ -53,9 +53,11 @@ def train_bundle(
     in two splits, or a test scan's pixel copy in train / val, is refused before anything
     is trained or written, unless ``allow_leakage`` (a deliberate experiment), which
     ``bundle.json`` (``training.leakage_allowed``, ``training.leakage``: counts, the
-    patients salted and hashed as in ``frozen_test.json``, the copied scan_ids) and the
-    model card's limitations record. ``rehearsal_dropped``: scan_ids a retraining left
-    out of its rehearsal (:mod:`medres.retrain`), recorded the same way.
+    patients and the copied scans' ids salted and hashed as in ``frozen_test.json``) and
+    the model card's limitations record. ``rehearsal_dropped``: scan_ids a retraining left
+    out of its rehearsal (:mod:`medres.retrain`), recorded the same way (a count and
+    hashes: bundle.json is meant to be shared, and a scan_id is a path that may hold a
+    patient's name, or a DICOM UID).
 
     With ``parent`` (retraining, :mod:`medres.retrain`) the bundle records it as its
     parent and extends its lineage; training starts from the parent's weights unless
@@ -132,7 +134,11 @@ def train_bundle(
             "flag_below": config.flag_below,
             "leakage_allowed": allow_leakage,
             "leakage": _leakage_record(audit, frozen_test["salt"]),
-            **({"rehearsal_dropped": list(rehearsal_dropped)} if rehearsal_dropped else {}),
+            **(
+                {"rehearsal_dropped": _hashed_scans(rehearsal_dropped, frozen_test["salt"])}
+                if rehearsal_dropped
+                else {}
+            ),
         },
         cohort={
             "path": str(Path(cohort_path).resolve()),
@@ -159,15 +165,22 @@ def train_bundle(
 
 
 def _leakage_record(audit: TrainingAudit, salt: str) -> dict[str, Any]:
-    """``training.leakage`` of bundle.json: what the audit let through. Patient ids are
-    salted and hashed with the bundle's frozen-test salt (:mod:`medres.frozen`), never
-    written in clear text."""
+    """``training.leakage`` of bundle.json: what the audit let through. Patient ids and
+    scan_ids are salted and hashed with the bundle's frozen-test salt (:mod:`medres.frozen`),
+    never written in clear text: ``test_copy_hashes`` holds one list per group of
+    identical images (a test scan and its copies)."""
     return {
         "patients": len(audit.leaked_patients),
         "patient_hashes": sorted(hash_patient(salt, p) for p in audit.leaked_patients),
-        "test_copies": audit.test_copies,
+        "test_copies": len(audit.test_copies),
+        "test_copy_hashes": sorted(sorted(hash_id(salt, s) for s in g) for g in audit.test_copies),
         "train_val_copies": len(audit.train_val_copies),
     }
+
+
+def _hashed_scans(scan_ids: list[str], salt: str) -> dict[str, Any]:
+    """A count and the salted hashes of ``scan_ids``, as bundle.json may hold them."""
+    return {"scans": len(scan_ids), "scan_hashes": sorted(hash_id(salt, s) for s in scan_ids)}
 
 
 def _lineage(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -420,7 +433,7 @@ def model_card(facts: dict[str, Any], evaluations: dict[str, Evaluation]) -> str
         "",
         facts["counts"]["markdown"],
         "",
-        _patient_notes(_id_facts(facts["audit"]))[0],
+        _patient_notes(facts["audit"])[0],
         "",
         "## Training",
         "",
@@ -443,36 +456,20 @@ def model_card(facts: dict[str, Any], evaluations: dict[str, Evaluation]) -> str
     return "\n".join(lines)
 
 
-def _id_facts(audit: TrainingAudit) -> dict[str, Any]:
-    return {
-        "scans": audit.scans,
-        "with_patient_id": audit.with_patient_id,
-        "split_unit": audit.split_unit,
-        "leaked_patients": len(audit.leaked_patients),
-        "train_val_patients": len(audit.train_val_patients),
-    }
-
-
-def _patient_notes(ids: dict[str, Any]) -> tuple[str, list[str]]:
-    """What the model card says of the cohort's patient ids: a sentence for its Data
-    section and the limitations they bring.
-
-    ``ids``: ``scans`` (readable scans with a split), ``with_patient_id`` (how many of
-    them have one), ``split_unit`` ("scan": train / val drawn scan by scan on purpose),
-    ``train_val_patients`` (patients they share then) and ``leaked_patients`` (patients
-    in two splits let through by --allow-leakage)."""
-    n, known = ids["scans"], ids["with_patient_id"]
+def _patient_notes(audit: TrainingAudit) -> tuple[str, list[str]]:
+    """What the model card says of the cohort's patient ids, from the audit before
+    training: a sentence for its Data section and the limitations they bring."""
+    n, known = audit.scans, audit.with_patient_id
     missing = n - known
-    scan_level = ids.get("split_unit") == "scan"
-    leaked = ids.get("leaked_patients", 0)
-    if leaked:
+    scan_level = audit.split_unit == "scan"
+    if audit.leaked_patients:
         found = (
-            f"{leaked} patient(s) with scans in more than one split (trained with "
-            "--allow-leakage, see Limitations)."
+            f"{len(audit.leaked_patients)} patient(s) with scans in more than one split "
+            "(trained with --allow-leakage, see Limitations)."
         )
-    elif scan_level and ids.get("train_val_patients"):
+    elif scan_level and audit.train_val_patients:
         found = (
-            f"{ids['train_val_patients']} patient(s) shared by train and validation on "
+            f"{len(audit.train_val_patients)} patient(s) shared by train and validation on "
             "purpose (a scan-level split), none of them in test."
         )
     else:
@@ -547,7 +544,7 @@ def _leakage_notes(audit: TrainingAudit, rehearsal_dropped: list[str]) -> list[s
 
 def _limitations(facts, evaluations) -> list[str]:
     audit = facts["audit"]
-    notes = _patient_notes(_id_facts(audit))[1]
+    notes = _patient_notes(audit)[1]
     notes += _leakage_notes(audit, facts.get("rehearsal_dropped") or [])
     sites = facts["counts"]["sites"]
     if len(sites) <= 1:

@@ -15,6 +15,7 @@ from medres.cli import app
 from medres.cohort import Cohort
 from medres.errors import ConfigError, LeakageError
 from medres.frozen import read_frozen
+from medres.retrain.compare import compare_bundles
 from medres.retrain.job import retrain_bundle
 from medres.retrain.reviews import apply_reviews
 
@@ -252,3 +253,18 @@ def test_compare_reports_paired_differences_and_promote_records_the_verdict(line
 
     again = _invoke("promote", tmp_path / "v2", "--registry", registry)  # v1 is archived now
     assert again.exit_code == 2 and "registry's champion is" in again.output
+
+
+def test_compare_refuses_a_test_set_a_bundle_trained_on_naming_its_cohort(lineage, tmp_path):
+    tmp, site_a, _, _ = lineage
+    table = Cohort.load(site_a).table.copy()
+    table["split"] = table["split"].map({"train": "test", "val": "val", "test": "train"})
+    swapped = Cohort(table, {}).save(tmp_path / "swapped.parquet")  # A's train is its test
+    with pytest.raises(LeakageError) as err:
+        compare_bundles(tmp / "v1", tmp / "v2", [swapped], n_boot=100)
+    said = " ".join(str(err.value).split())
+    champion_id = json.loads((tmp / "v1" / "bundle.json").read_text())["id"][:8]
+    assert f"bundle {champion_id}'s training cohort {site_a.resolve()} holds" in said
+    assert "swapped.parquet's test split's scans of patients A" in said
+    assert "retraining" not in said and "new cohort" not in said
+    assert "compare on a test split" in said.lower()

@@ -22,6 +22,7 @@ from medres.errors import ConfigError, LeakageError, ManifestError
 from medres.split import (
     SplitWarning,
     audit_cohort,
+    audit_training_cohort,
     parse_fractions,
     split_cohort,
     summary_table,
@@ -323,13 +324,29 @@ def test_audit_counts_scans_patients_and_labels():
     assert "train" in text and "patients" in text and "a: " in text
 
 
-def test_duplicate_pixels_across_splits_are_a_warning():
+def test_a_test_scans_copy_in_train_is_refused_by_the_audit_as_by_training():
     table = patients_cohort(["a", "b", "a", "b"], [1, 1, 1, 1]).table.copy()
     table["split"] = ["train", "test", "train", "val"]
     table["pixel_hash"] = ["same", "same", "lonely", "other"]  # P0 and P1: identical images
-    with pytest.warns(SplitWarning, match="identical pixels.*P0-s0, P1-s0"):
-        report = audit_cohort(Cohort(table))
+    with pytest.raises(LeakageError, match=r"P1-s0 \(test\), P0-s0 \(train\)") as audited:
+        audit_cohort(Cohort(table))
+    with pytest.raises(LeakageError) as trained:
+        audit_training_cohort(Cohort(table))
+    assert str(audited.value) == str(trained.value)  # the same rule, the same words
+    # split_cohort (and `medres split`) still writes such a split, with a warning
+    with pytest.warns(SplitWarning, match="identical pixels.*P0-s0, P1-s0.*move-copies-to-test"):
+        report = audit_cohort(Cohort(table), splitting=True)
     assert report.duplicate_pixels == [["P0-s0", "P1-s0"]]
+    with pytest.warns(SplitWarning, match="identical pixels"):
+        split_cohort(Cohort(table), keep_column="split")
+
+
+def test_identical_pixels_in_train_and_val_only_are_a_warning():
+    table = patients_cohort(["a", "b", "a"], [1, 1, 1]).table.copy()
+    table["split"] = ["train", "val", "test"]
+    table["pixel_hash"] = ["same", "same", "other"]
+    with pytest.warns(SplitWarning, match="identical pixels.*P0-s0, P1-s0"):
+        assert audit_cohort(Cohort(table)).duplicate_pixels == [["P0-s0", "P1-s0"]]
 
 
 def test_duplicates_within_one_split_are_not_reported():
@@ -414,5 +431,11 @@ def test_cli_audit_names_the_duplicate_scans(tmp_path):
     table["split"] = ["train", "test", "train", "val"]
     table["pixel_hash"] = ["same", "same", "lonely", "other"]
     path = Cohort(table).save(tmp_path / "c.parquet")
+    result = runner.invoke(app, ["audit", str(path)])  # a test scan's copy: refused
+    assert result.exit_code == 2
+    assert "[P1-s0 (test), P0-s0 (train)]" in " ".join(result.output.split())
+    table["split"] = ["train", "val", "test", "test"]  # copies in train and val: a warning
+    path = Cohort(table).save(tmp_path / "c.parquet")
     result = runner.invoke(app, ["audit", str(path)])
+    assert result.exit_code == 0
     assert "[P0-s0, P1-s0]" in " ".join(result.output.split())

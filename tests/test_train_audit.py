@@ -16,6 +16,9 @@ from typer.testing import CliRunner
 from medres.cli import app
 from medres.cohort import Cohort
 from medres.errors import LeakageError
+from medres.frozen import hash_id, read_frozen
+from medres.retrain.job import retrain_bundle
+from medres.split import TrainingAudit
 
 QUICK = ["--epochs", "1", "--set", "batch_size=16", "--set", "num_workers=0"]
 SIZES = (("train", 32), ("val", 16), ("test", 16))
@@ -88,9 +91,12 @@ def test_train_refuses_a_patient_in_train_and_test_unless_allowed(leaky_champion
     assert training["leakage_allowed"] is True
     leakage = training["leakage"]
     assert leakage["patients"] == 1 and len(leakage["patient_hashes"]) == 1
-    (copies,) = leakage["test_copies"]
-    assert len(copies) == 2 and "copy_of_test.png" in copies
-    assert test_patient not in (tmp / "v1" / "bundle.json").read_text()  # hashed only
+    assert leakage["test_copies"] == 1
+    (copies,) = leakage["test_copy_hashes"]  # the group: the test scan and its copy
+    salt = read_frozen(tmp / "v1")["salt"]
+    assert len(copies) == 2 and hash_id(salt, "copy_of_test.png") in copies
+    shared = (tmp / "v1" / "bundle.json").read_text()  # meant to be shared: no clear ids
+    assert test_patient not in shared and "copy_of_test.png" not in shared
     card = _flat((tmp / "v1" / "model_card.md").read_text())
     limitations = card.split("## Limitations")[1]
     assert "--allow-leakage" in limitations and "1 patient(s)" in limitations
@@ -118,14 +124,19 @@ def test_scan_level_split_may_still_share_patients_between_train_and_val(example
 def test_patient_id_wording_of_the_model_card():
     from medres.workflow import _patient_notes
 
-    every = _patient_notes({"scans": 64, "with_patient_id": 64, "split_unit": "patient"})
+    every = _patient_notes(TrainingAudit(scans=64, with_patient_id=64, split_unit="patient"))
     assert "Every scan has a patient id" in every[0] and every[1] == []
-    some = _patient_notes({"scans": 64, "with_patient_id": 48, "split_unit": "patient"})
+    some = _patient_notes(TrainingAudit(scans=64, with_patient_id=48, split_unit="patient"))
     assert "16 of 64 scans have no patient id" in some[0] and "16 of 64" in some[1][0]
-    none = _patient_notes({"scans": 64, "with_patient_id": 0, "split_unit": "patient"})
+    none = _patient_notes(TrainingAudit(scans=64, with_patient_id=0, split_unit="patient"))
     assert "no patient ids" in none[1][0]
-    scan = _patient_notes({"scans": 64, "with_patient_id": 64, "split_unit": "scan"})
+    scan = _patient_notes(
+        TrainingAudit(64, 64, "scan", train_val_patients=["P1", "P2"], leakage_allowed=False)
+    )
     assert "scan by scan on purpose" in scan[1][0] and "Every scan" in scan[0]
+    assert "2 patient(s) shared by train and validation" in scan[0]
+    leaked = _patient_notes(TrainingAudit(64, 64, "patient", leaked_patients=["P1"]))
+    assert "1 patient(s) with scans in more than one split" in leaked[0]
 
 
 # --- pixel copies of test scans (issue 27) --------------------------------------------
@@ -155,6 +166,24 @@ def test_train_refuses_a_test_scans_copy_in_train_naming_it(moved):
     assert not (tmp / "refused" / "bundle.json").exists()
 
 
+def test_audit_refuses_a_test_scans_copy_with_trains_message_and_split_still_splits(moved):
+    tmp, leaky, refused, _, _, _ = moved
+    audited = _invoke("audit", leaky)
+    assert audited.exit_code == 2, audited.output
+    said = _flat(audited.output)
+    assert said.startswith("error: ") and said == _flat(refused.output)  # one message
+    assert "copy_of_test.png (train)" in said and "--move-copies-to-test" in said
+    assert "copies of test scans" in _flat(_invoke("audit", "--help").output)
+
+    kept = tmp / "kept.parquet"
+    split = _invoke("split", leaky, "--keep-column", "split", "-o", kept)
+    assert split.exit_code == 0, split.output
+    assert kept.is_file()  # split keeps producing the split, warning about the copy
+    said = _flat(split.output)
+    assert "warning:" in said and "copy_of_test.png" in said
+    assert "--move-copies-to-test" in said
+
+
 def test_move_copies_to_test_moves_the_copy_and_training_then_succeeds(moved):
     tmp, leaky, _, fixed, split, trained = moved
     assert split.exit_code == 0, split.output
@@ -168,7 +197,7 @@ def test_move_copies_to_test_moves_the_copy_and_training_then_succeeds(moved):
 
     assert trained.exit_code == 0, trained.output
     training = _manifest(tmp / "v1")["training"]
-    assert training["leakage_allowed"] is False and training["leakage"]["test_copies"] == []
+    assert training["leakage_allowed"] is False and training["leakage"]["test_copies"] == 0
     card = (tmp / "v1" / "model_card.md").read_text()
     # every scan but the copy has a patient id: said so, never "has no patient ids"
     assert "1 of 65 scans have no patient id" in _flat(card)
@@ -183,6 +212,52 @@ def test_rehearsed_retrain_after_moving_the_copies_succeeds(moved, example_cohor
     assert retrained.exit_code == 0, retrained.output
     sources = _manifest(tmp / "v2")["cohort"]["sources"]
     assert len(sources) == 2  # the champion's cohort was rehearsed
+
+
+def test_retrain_names_the_cohorts_of_a_patient_in_the_champions_val_and_new_train(
+    moved, example_cohort
+):
+    """A follow-up patient: validated on in the champion's cohort, in the new cohort's
+    train split. Refused (validation would be optimistic) naming both cohorts, with advice
+    that works for a retraining; following it (the same split as the champion's) trains."""
+    tmp, _, _, fixed, _, trained = moved
+    assert trained.exit_code == 0, trained.output
+    champion_rows = Cohort.load(fixed).table
+    patient = champion_rows.loc[champion_rows["split"] == "val", "patient_id"].iloc[0]
+    table = _table(example_cohort, 1, "B")
+    first = table.index[table["split"] == "train"][0]
+    table.loc[first, "patient_id"] = patient
+    b = _save(example_cohort, table, tmp / "b_follow_up.parquet")
+    refused = _invoke("retrain", tmp / "v1", "--cohort", b, *QUICK, "-o", tmp / "v_follow")
+    assert refused.exit_code == 2, refused.output
+    said = _flat(refused.output)
+    assert f"{patient} (val in the champion's own training cohort {fixed.resolve()}" in said
+    assert f"train in the new cohort {b.resolve()})" in said
+    assert f"`medres split {b.resolve()} --keep-column split`" in said
+    assert "--new-only" in said and "--allow-leakage" in said
+    assert "medres split COHORT.parquet" not in said  # advice for a union: not actionable
+    assert not (tmp / "v_follow" / "bundle.json").exists()
+
+    table.loc[first, "split"] = "val"  # the advice: the split the champion's cohort uses
+    b_val = _save(example_cohort, table, tmp / "b_follow_up_val.parquet")
+    ok = _invoke("retrain", tmp / "v1", "--cohort", b_val, *QUICK, "-o", tmp / "v_follow_ok")
+    assert ok.exit_code == 0, ok.output
+
+
+def test_retrain_names_a_new_cohort_whose_own_split_shares_a_patient(
+    moved, example_cohort, tmp_path
+):
+    tmp = moved[0]
+    table = _table(example_cohort, 1, "B")
+    val_patient = table.loc[table["split"] == "val", "patient_id"].iloc[0]
+    table.loc[table.index[table["split"] == "train"][0], "patient_id"] = val_patient
+    b = _save(example_cohort, table, tmp_path / "b.parquet")
+    with pytest.raises(LeakageError) as err:
+        retrain_bundle(tmp / "v1", [b], tmp_path / "v2", new_only=True, show_progress=False)
+    said = _flat(str(err.value))
+    assert f"{val_patient} (train and val in the new cohort {b.resolve()})" in said
+    assert f"re-split it: `medres split {b.resolve()}`" in said
+    assert err.value.patient_ids == [val_patient]
 
 
 def test_val_copy_of_a_test_scan_is_refused_too(example_cohort):
@@ -220,8 +295,15 @@ def test_drop_leaking_rehearsal_leaves_the_copy_out_and_records_it(leaky_champio
     )
     assert result.exit_code == 0, result.output
     assert "left 2 scan(s) of the champion's cohort out of the rehearsal" in _flat(result.output)
+    assert "copy_of_test.png" in _flat(result.output)  # the user's own terminal may say
     manifest = _manifest(tmp / "v3")
-    assert manifest["training"]["rehearsal_dropped"] == sorted(["copy_of_test.png", patient_scan])
+    salt = read_frozen(tmp / "v3")["salt"]
+    assert manifest["training"]["rehearsal_dropped"] == {
+        "scans": 2,
+        "scan_hashes": sorted(hash_id(salt, s) for s in ["copy_of_test.png", patient_scan]),
+    }
+    shared = (tmp / "v3" / "bundle.json").read_text()
+    assert "copy_of_test.png" not in shared and patient_scan not in shared
     trained_on = Cohort.load(tmp / "v3" / "training_cohort.parquet").table
     assert not {"copy_of_test.png", patient_scan} & set(trained_on["scan_id"])
     assert "left out of the rehearsal" in (tmp / "v3" / "model_card.md").read_text()
@@ -230,7 +312,7 @@ def test_drop_leaking_rehearsal_leaves_the_copy_out_and_records_it(leaky_champio
 # --- medres run: the pipeline's [split] keys ------------------------------------------
 
 
-def test_pipeline_split_moves_copies_and_allows_leakage_by_config(example_cohort, tmp_path):
+def test_pipeline_split_moves_copies_by_config(example_cohort, tmp_path):
     from medres.pipeline.config import SplitConfig
     from medres.pipeline.run import _split
 
@@ -240,4 +322,48 @@ def test_pipeline_split_moves_copies_and_allows_leakage_by_config(example_cohort
     out = tmp_path / "split.parquet"
     _split(SplitConfig(keep_column="split", move_copies_to_test=True), leaky, out)
     assert Cohort.load(out).table.set_index("scan_id").at["copy_of_test.png", "split"] == "test"
-    assert SplitConfig(allow_leakage=True).allow_leakage
+
+
+def _leaky_scan_folder(folder: Path) -> Path:
+    """A few of the shipped X-rays with their official split, plus a copy of a test X-ray
+    filed under train (what a leaky official split looks like)."""
+    import shutil
+
+    from tests.conftest import EXAMPLE
+
+    labels = pd.read_csv(EXAMPLE / "labels.csv")
+    rows = labels.groupby(["split", "label"]).head(8).reset_index(drop=True)
+    for path in rows["path"]:
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(EXAMPLE / path, folder / path)
+    test = rows[rows["split"] == "test"].iloc[0]
+    shutil.copy(EXAMPLE / test["path"], folder / "train" / "copy_of_test.png")
+    copy = pd.DataFrame([{**test.to_dict(), "path": "train/copy_of_test.png", "split": "train"}])
+    pd.concat([rows, copy]).to_csv(folder / "labels.csv", index=False)
+    return folder
+
+
+def test_run_refuses_a_leaking_split_and_trains_with_allow_leakage_in_its_config(tmp_path):
+    from tests.test_pipeline import _pipeline
+
+    data = _leaky_scan_folder(tmp_path / "data")
+    (tmp_path / "refused").mkdir()
+    refused_pipe = _pipeline(tmp_path / "refused")
+    refused = _invoke("run", refused_pipe, "--data", data, "-o", tmp_path / "run_refused")
+    assert refused.exit_code == 2, refused.output
+    said = _flat(refused.output)
+    assert "copy_of_test.png (train)" in said and "allow_leakage = true" in said
+    assert not (tmp_path / "run_refused" / "tiny" / "bundle" / "bundle.json").exists()
+
+    (tmp_path / "allowed").mkdir()
+    allowed_pipe = _pipeline(tmp_path / "allowed")
+    config = allowed_pipe / "config.toml"
+    config.write_text(
+        config.read_text().replace(
+            'keep_column = "split"', 'keep_column = "split"\nallow_leakage = true'
+        )
+    )
+    allowed = _invoke("run", allowed_pipe, "--data", data, "-o", tmp_path / "run_allowed")
+    assert allowed.exit_code == 0, allowed.output
+    training = _manifest(tmp_path / "run_allowed" / "tiny" / "bundle")["training"]
+    assert training["leakage_allowed"] is True

@@ -106,9 +106,9 @@ def compare_bundles(
         raise ConfigError(f"n_boot must be at least 100 for a 95 % interval; got {n_boot}")
     sets = [("old", _champion_cohort(champion, old_cohort))]
     sets += [("new", Path(c)) for c in new_cohorts]
-    seen = {b.id[:8]: _trained_on(b) for b in (champion, challenger)}
-    results = []
-    for role, path in sets:
+    training = [_trained_on(b) for b in (champion, challenger)]
+    tests = []
+    for role, path in sets:  # every refusal before any scoring
         rows = Cohort.load(path).labelled(split)
         if rows["label"].nunique() < 2:
             raise ConfigError(
@@ -116,9 +116,20 @@ def compare_bundles(
                 f"'{split}' scans; AUC needs both positives and negatives to compare on"
             )
         tested = freeze(rows)
-        for bundle, training in seen.items():
-            check_no_leak(tested, training, f"{path.name}'s test split (bundle {bundle})")
-        results.append(_compare_on(champion, challenger, rows, role, path, margin, n_boot, seed))
+        for name, trained in training:
+            check_no_leak(
+                tested,
+                trained,
+                f"{path.name}'s {split} split",
+                sources=pd.Series(name, index=trained.index, dtype=object),
+                claim="cannot compare on a test set a bundle trained or selected on",
+                advice={name: _NOT_A_TEST_SET},
+            )
+        tests.append((role, path, rows))
+    results = [
+        _compare_on(champion, challenger, rows, role, path, margin, n_boot, seed)
+        for role, path, rows in tests
+    ]
     verdict, reasons = _verdict(results, margin)
     if champion.id == challenger.id:
         verdict, reasons = "keep", ["Champion and challenger are the same bundle.", *reasons]
@@ -289,14 +300,21 @@ def _verdict(results: list[TestSetComparison], margin: float) -> tuple[str, list
     return ("promote" if ok else "keep"), reasons
 
 
-def _trained_on(bundle: Bundle) -> pd.DataFrame:
-    """The train / val rows of ``bundle``'s recorded training cohort (none when it is
-    gone or changed): no test patient may be among them."""
+_NOT_A_TEST_SET = (
+    "Compare on a test split whose patients and scans neither bundle trained or "
+    "validated on, or give the cohort that was the test set when the bundles were trained."
+)
+
+
+def _trained_on(bundle: Bundle) -> tuple[str, pd.DataFrame]:
+    """How messages name ``bundle``'s recorded training cohort, and its train / val rows
+    (none when it is gone or changed): no test patient may be among them."""
     path = training_cohort(bundle)
+    name = f"bundle {bundle.id[:8]}'s training cohort {path.resolve() if path else ''}"
     if path is None:
-        return pd.DataFrame(columns=["scan_id", "patient_id", "pixel_hash"])
+        return name, pd.DataFrame(columns=["scan_id", "patient_id", "pixel_hash"])
     cohort = Cohort.load(path)
-    return cohort.ok[cohort.ok["split"].isin(["train", "val"])]
+    return name, cohort.ok[cohort.ok["split"].isin(["train", "val"])]
 
 
 def _champion_cohort(champion: Bundle, given) -> Path:

@@ -10,7 +10,10 @@ scratch (the champion's own training settings), and records its parent, its line
 a frozen test set that grows with every cohort's test split (:mod:`medres.frozen`).
 A training or validation scan of a frozen test patient, or a copy of a test scan's
 pixels, is refused naming the cohort that holds it; in the rehearsed champion's cohort,
-``drop_leaking_rehearsal`` leaves such scans out instead.
+``drop_leaking_rehearsal`` leaves such scans out instead. A patient with scans in train
+and in val (a follow-up patient validated on in the champion's cohort and filed under
+train in the new one, say) is refused too, naming the cohort of each: the challenger
+selects its epoch and fits its calibration on val, as ``medres train`` does.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ import pandas as pd
 from medres.bundle import TRAINING_COHORT, load_bundle, training_cohort
 from medres.cohort import Cohort
 from medres.config import apply_overrides, validate
-from medres.errors import ConfigError
+from medres.errors import ALLOW_LEAKAGE, ConfigError, LeakageError, quote_some
 from medres.evaluate import Evaluation
 from medres.frozen import check_no_leak, freeze, leaking, read_frozen
 from medres.retrain.reviews import ReviewsApplied, apply_reviews
+from medres.split import patient_ids
 from medres.tasks import infer_task
 from medres.train import CHECKPOINT, TrainConfig
 from medres.workflow import train_bundle
@@ -70,13 +74,14 @@ def retrain_bundle(
         reviews: ``medres review export`` CSV; its labels override the cohorts'.
         new_only: train on ``cohorts`` alone, without the champion's training cohort.
         allow_leakage: train although the cohorts' own splits leak (a patient in two
-            splits, a test scan's copy in train / val: a deliberate experiment, recorded
-            in the challenger's bundle and model card). The champion's frozen test set
-            is never overridden.
+            splits, a test scan's copy in train / val) or a patient sits in train in one
+            cohort and in val in another: a deliberate experiment, recorded in the
+            challenger's bundle and model card. The champion's frozen test set is never
+            overridden.
         drop_leaking_rehearsal: leave out of the rehearsal the champion's own training
             scans that would leak (a frozen test patient's scans, a test scan's copies,
-            e.g. in a champion trained before copies were refused); their scan_ids go to
-            ``training.rehearsal_dropped`` in bundle.json.
+            e.g. in a champion trained before copies were refused); bundle.json counts
+            them in ``training.rehearsal_dropped`` (their scan_ids salted and hashed).
         overrides: ``key=value`` training settings over the defaults above (``--set``,
             ``epochs=N``); the model, its arguments, the preprocessing and the task are
             the champion's and cannot be overridden.
@@ -84,7 +89,9 @@ def retrain_bundle(
     Raises:
         LeakageError: a train / val scan belongs to a patient of the champion's test
             split (or of a new cohort's test split), or repeats a test scan's pixels;
-            the message names the cohort holding each such scan.
+            or a patient has scans in train and in val (across cohorts too, except
+            within one cohort split scan by scan on purpose); the message names the
+            cohort holding each such scan and what to do for a retraining.
         ConfigError: no cohorts, classes that differ from the champion's, ``out`` taken,
             the champion's training cohort gone or changed (without ``new_only``),
             ``drop_leaking_rehearsal`` with ``new_only``.
@@ -120,7 +127,8 @@ def retrain_bundle(
     names = [f"the new cohort {p.resolve()}" for p in paths]
     if old is not None:
         names[0] = rehearsed
-    table, meta, sources = _union([Cohort.load(p) for p in paths], paths, names)
+    loaded = [Cohort.load(p) for p in paths]
+    table, meta, sources = _union(loaded, paths, names)
     applied = None
     if reviews is not None:
         table, applied = apply_reviews(table, reviews, parent.info.classes or [])
@@ -134,13 +142,33 @@ def retrain_bundle(
         sources = sources.loc[table.index]
     cohort = Cohort(table, meta)
     training = cohort.ok[cohort.ok["split"].isin(["train", "val"])]
-    advice = {
-        rehearsed: "Retrain with --new-only (the new cohorts alone), or with "
-        "--drop-leaking-rehearsal to leave these scans out of the rehearsal of the "
-        "champion's cohort (the challenger's bundle.json lists them)."
-    }
+    advice = dict.fromkeys(names, _MOVE_OUT)
+    if rehearsed is not None:
+        advice[rehearsed] = (
+            "Retrain with --new-only (the new cohorts alone), or with "
+            "--drop-leaking-rehearsal to leave these scans out of the rehearsal of the "
+            "champion's cohort (the challenger's bundle.json counts them)."
+        )
     for record, where in tests[: 1 if allow_leakage else 2]:  # the frozen set: always
-        check_no_leak(record, training, where, sources=sources.loc[training.index], advice=advice)
+        check_no_leak(
+            record,
+            training,
+            where,
+            sources=sources.loc[training.index],
+            claim="retraining would leak test data into the training/validation scans",
+            advice=advice,
+        )
+    if not allow_leakage:
+        scan_level = {
+            n for n, c in zip(names, loaded, strict=True) if c.meta.get("split_unit") == "scan"
+        }
+        _check_train_val_patients(
+            training,
+            sources.loc[training.index],
+            scan_level,
+            dict(zip(names, paths, strict=True)),
+            rehearsed,
+        )
     config = _challenger_config(parent, from_scratch, overrides)
     _check_classes(parent, cohort, config)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,9 +188,81 @@ def retrain_bundle(
     return RetrainResult(bundle_json, evaluations, applied, dropped)
 
 
+_MOVE_OUT = (
+    "Remove these scans from its train and val splits (e.g. put them in its test split) "
+    "and retrain."
+)
+
+
 def _rehearsed_name(path: Path) -> str:
     """How messages name the champion's training cohort."""
     return f"the champion's own training cohort {path.resolve()} (rehearsed)"
+
+
+def _check_train_val_patients(
+    training: pd.DataFrame,
+    sources: pd.Series,
+    scan_level: set[str],
+    paths: dict[str, Path],
+    rehearsed: str | None,
+) -> None:
+    """Refuse patients with scans in both train and val of the retraining (``training``:
+    the union's train / val rows; ``sources``: each row's cohort name), naming the
+    cohort of each split, unless both sit in one cohort split scan by scan on purpose.
+
+    What ``medres train`` refuses in one cohort (validation, and the epoch and
+    calibration chosen on it, would be optimistic) is refused across cohorts too, with
+    advice that works for a retraining: the champion's cohort cannot be re-split.
+    Patients of a test split are :func:`~medres.frozen.check_no_leak`'s.
+    """
+    ids = patient_ids(training)
+    known = ids.notna().to_numpy()
+    places = pd.DataFrame(
+        {
+            "patient": ids[known],
+            "split": training["split"][known].astype(str),
+            "cohort": pd.Categorical(sources[known], categories=list(paths)),
+        }
+    )
+    found: dict[str, list[tuple[str, list[str]]]] = {}
+    for patient, group in places.groupby("patient", sort=True):
+        cohorts = list(group["cohort"].drop_duplicates().sort_values())
+        if group["split"].nunique() < 2 or (len(cohorts) == 1 and cohorts[0] in scan_level):
+            continue
+        found[patient] = [(c, sorted(set(group["split"][group["cohort"] == c]))) for c in cohorts]
+    if not found:
+        return
+    shown = [
+        f"{p} ({'; '.join(' and '.join(s) + ' in ' + c for c, s in where)})"
+        for p, where in found.items()
+    ]
+    across = {c for where in found.values() if len(where) > 1 for c, _ in where}
+    within = {where[0][0] for where in found.values() if len(where) == 1}
+    todo = []
+    refile = [paths[c] for c in paths if c in across and c != rehearsed]
+    if refile:
+        todo.append(
+            "for a patient in two cohorts, file their scans in the new cohort under the "
+            "split the other cohort gives them (set its split column, then "
+            + ", ".join(f"`medres split {p.resolve()} --keep-column split`" for p in refile)
+            + ")"
+        )
+    for c in paths:
+        if c in within and c != rehearsed:
+            todo.append(
+                f"for a patient in train and val of one new cohort, re-split it: "
+                f"`medres split {paths[c].resolve()}`"
+            )
+    if rehearsed in across | within:
+        todo.append("retrain on the new cohorts alone with --new-only")
+    todo.append(ALLOW_LEAKAGE)
+    raise LeakageError(
+        f"retraining would select and calibrate on patients it trains on: {len(found)} "
+        f"patient(s) have scans in both train and val: {quote_some(shown)}; the validation "
+        "figures, and the epoch and calibration chosen on them, would be optimistic. "
+        f"What to do: {'; or '.join(todo)}.",
+        sorted(found),
+    )
 
 
 def _drop_leaking_rehearsal(
