@@ -154,15 +154,10 @@ def ingest(
         medres ingest scans/ --labels scans/labels.csv --site "St Elsewhere" -o cohort.parquet
         medres ingest png_exports/ --labels labels.csv --modality DX -o cohort.parquet
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from medres.cohort import build_cohort, summary_tables
+    from medres.progress import progress as progress_display
 
     columns = (
         TextColumn("{task.description}"),
@@ -171,7 +166,7 @@ def ingest(
         TimeRemainingColumn(),
     )
     with user_errors():
-        with Progress(*columns, console=console, transient=True) as progress:
+        with progress_display(*columns, console=console, transient=True) as progress:
             cohort, report = build_cohort(
                 folder,
                 labels=labels,
@@ -522,9 +517,10 @@ def train_command(
 
     With --cohort alone every choice comes from the cohort: 2D or 3D, channels, classes
     (two → binary, more → multiclass, non-integer numbers → regression) and a preset;
-    the documented defaults (ResNet-18, AdamW 1e-3, cosine schedule, 30 epochs within a
-    25-minute limit, an average of the weights, early stopping on validation AUROC) are
-    meant to be used as is; --set time_limit_minutes=0 lifts the limit. The operating
+    the documented defaults (ResNet-18, AdamW 1e-3, cosine schedule, 30 epochs, an
+    average of the weights, early stopping on validation AUROC) are meant to be used as
+    is; --set time_limit_minutes=25 sets a time budget (none by default, so that results
+    do not depend on how busy the machine is). The operating
     point is chosen on the validation split; the model card reports validation and test
     metrics with patient-level 95 % CIs.
 
@@ -712,16 +708,11 @@ def predict_command(
         medres predict bundles/pneumonia /data/tonight -o predictions/tonight --explain
         medres predict bundles/mr_motion /data/mr -o qa/tonight --flag-below 0.9
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
     from medres.predict import PredictOptions, predict_folder
+    from medres.progress import progress as progress_display
 
     options = PredictOptions(
         ensemble=list(ensemble or []),
@@ -740,7 +731,7 @@ def predict_command(
         _ScansPerSecond(),
         TimeRemainingColumn(),
     )
-    with user_errors(), Progress(*columns, console=console, transient=True) as progress:
+    with user_errors(), progress_display(*columns, console=console, transient=True) as progress:
         run = predict_folder(bundle, folder, out, options, progress=progress)
     counts, summary = run.summary["counts"], Table(title=f"medres predict → {out}")
     summary.add_column("")
@@ -794,16 +785,17 @@ def label_issues_command(
     """
     import warnings
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
     from rich.table import Table
 
+    from medres.progress import progress as progress_display
     from medres.retrain.label_issues import SkippedScansWarning, label_issues
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with (
         user_errors(),
         warnings.catch_warnings(record=True) as caught,
-        Progress(*columns, transient=True) as progress,  # fit's epoch bars nest in it
+        progress_display(*columns, console=console, transient=True) as progress,  # fit's nest
     ):
         warnings.simplefilter("always")
         table = label_issues(
