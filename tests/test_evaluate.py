@@ -18,7 +18,6 @@ from sklearn import metrics as skm
 
 from medres.errors import ConfigError
 from medres.evaluate import choose_threshold, evaluate, metrics_table, write_report
-from medres.evaluate.metrics import _kernel, _point_metrics
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -159,29 +158,7 @@ def test_binned_accuracy_uses_the_given_range_and_end_bins():
         evaluate(y, pred, task="regression", value_range=(1, 1), n_boot=0)
 
 
-@pytest.mark.parametrize("task", ["binary", "multiclass", "ordinal", "regression"])
-def test_bootstrap_formulas_equal_sklearn_on_resampled_scans(task):
-    """The fast weighted formulas behind the CIs give sklearn's value on each resample."""
-    rng = np.random.default_rng(7)
-    n = 120
-    if task == "binary":
-        y, s = rng.integers(0, 2, n), np.round(rng.random(n), 1)  # many ties
-    elif task == "regression":
-        y = np.round(rng.normal(size=n), 1)
-        s = np.round(y + rng.normal(size=n), 1)
-    else:
-        y, s = rng.integers(0, 4, n), softmax(np.round(rng.normal(size=(n, 4)), 1))
-    opts = {"threshold": 0.45 if task == "binary" else None}
-    opts["referable_from"] = 2 if task == "ordinal" else None
-    if task == "regression":
-        opts["value_range"] = (-1.0, 1.5)
-    weighted = _kernel(task, y, s, **opts)
-    for rep in range(12):
-        idx = rng.integers(0, n, n) if rep < 8 else rng.integers(0, 4, n)  # tiny samples too
-        counts = np.bincount(idx, minlength=n).astype(float)
-        assert weighted(counts) == pytest.approx(
-            _point_metrics(task, y[idx], s[idx], **opts), nan_ok=True
-        )
+# The weighted formulas behind both the values and the intervals: tests/test_metrics.py.
 
 
 # ---------------------------------------------------------------- intervals

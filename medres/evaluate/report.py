@@ -10,7 +10,8 @@ from rich.table import Table
 
 from medres.calibrate import reliability_diagram
 from medres.errors import ConfigError
-from medres.evaluate.metrics import Evaluation, MetricCI
+from medres.evaluate.evaluation import Evaluation
+from medres.evaluate.metrics import MetricCI
 from medres.evaluate.trust import TrustReport
 from medres.files import atomic_write, jsonable, write_json, write_text
 

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from medres.calibrate import expected_calibration_error
-from medres.evaluate.metrics import MetricCI, _bootstrap, _patient_codes
+from medres.evaluate.bootstrap import draw_counts, intervals, patient_codes, replicate
+from medres.evaluate.metrics import MetricCI
 from medres.uncertainty.referral import risk_coverage
 from medres.uncertainty.scores import as_uncertainty
 from medres.uncertainty.trust import Assessment
@@ -85,8 +86,9 @@ def trust_report(
         }
 
     point = kernel(np.ones(n))
-    codes = _patient_codes(patient_ids, n)
-    cis, _ = _bootstrap(codes, kernel, lambda w: {}, n_boot, seed)
+    codes = patient_codes(patient_ids, n)
+    counts = draw_counts(codes.max() + 1, n_boot, seed)
+    cis = intervals(replicate(kernel, counts, codes, batched=False), n_boot)
     metrics = {k: MetricCI(float(v), *cis.get(k, (np.nan, np.nan))) for k, v in point.items()}
     per_class = pd.DataFrame(
         [_class_row(name, y == k, covered, set_size, correct, a) for k, name in enumerate(classes)]
