@@ -1,30 +1,42 @@
 """``medres review serve``: the ``streamlit run`` command line for the review app.
 
-The app (``app/Home.py`` beside the ``medres`` package in a checkout) reads the store
-and users file from environment variables (:mod:`medres.review.ui`), so no secret or
-path appears on the command line of the server process.
+The app's source is the top-level ``app/`` folder of the checkout; it installs as the
+``medres_app`` package (``[tool.setuptools]`` in pyproject.toml), so
+:func:`app_script` finds ``Home.py`` through :mod:`importlib.resources`: the checkout's
+``app/`` in an editable install, ``site-packages/medres_app/`` in a normal one. The
+library only locates the app's files; it never imports its pages. The app reads the
+store and users file from environment variables (:mod:`medres.review.ui`), so no secret
+or path appears on the command line of the server process.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from importlib import resources
 from pathlib import Path
 
 from medres.errors import ReviewError
 from medres.review.ui import STORE_ENV, USERS_ENV
 
-APP_SCRIPT = Path(__file__).resolve().parents[2] / "app" / "Home.py"
+APP_PACKAGE = "medres_app"  # app/ as installed; its pages are views/*.py beside Home.py
+APP_ENTRY = "Home.py"
 
 
 def app_script() -> Path:
     """The review app's entry script; ReviewError when this installation lacks it."""
-    if not APP_SCRIPT.is_file():
+    try:
+        script = resources.files(APP_PACKAGE).joinpath(APP_ENTRY)
+    except ModuleNotFoundError:
+        script = None
+    # Streamlit runs a file and finds the pages beside it (views/...), so the app must be
+    # plain files on disk, which is how pip installs a wheel (not a zip import).
+    if not isinstance(script, Path) or not script.is_file():
         raise ReviewError(
-            f"the review app is not at {APP_SCRIPT}; install medres from its source "
-            "checkout (pip install -e .) so that app/ sits beside the medres package"
+            f"the review app ({APP_PACKAGE}/{APP_ENTRY}) is not installed with medres; "
+            "reinstall medres (pip install . or pip install -e . from its source checkout)"
         )
-    return APP_SCRIPT
+    return script.resolve()
 
 
 def streamlit_command(
