@@ -57,6 +57,6 @@ class LogLines(Progress):
             return
         self._said[task_id] = (task.description, now, finished)
         count = f"{task.completed:g}" + (f"/{task.total:g}" if task.total else "")
-        rate = f", {task.speed:.1f}/s" if task.speed else ""
+        rate = f", {task.speed:.1f}/s" if (task.speed or 0) >= 0.1 else ""  # not for epochs
         line = f"{time.strftime('%H:%M:%S')} {task.description}: {count}{rate}"
         self.console.print(line, markup=False, highlight=False, soft_wrap=True)
