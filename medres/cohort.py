@@ -1,6 +1,6 @@
 """The cohort manifest: one row per scan, saved as Parquet (DESIGN §3).
 
-Columns (see README "Cohort manifest"):
+Columns (docs/formats.md "Cohort manifest" is the written contract):
 
 ==============  ==========================================================
 scan_id         unique, stable id of the scan (series UID, or relative path)
@@ -21,8 +21,9 @@ error           the reason a scan could not be read (null when ok)
 error_type      the error's class name (ScanReadError, ...)
 ==============  ==========================================================
 
-The Parquet file's key-value metadata holds ``medres`` JSON: the medres version,
-the folder ingested, and flags such as ``split_by`` (``patient`` or ``scan``).
+The Parquet file's key-value metadata holds ``medres`` JSON: the format version
+(``format``, :data:`FORMAT`), the medres version, the folder ingested, and flags such as
+``split_by`` (``patient`` or ``scan``). docs/formats.md is the written contract.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from rich.table import Table
 
 from medres import __version__
 from medres.errors import ManifestError, ScanError
-from medres.files import atomic_write
+from medres.files import FORMAT_KEY, atomic_write, check_format
 from medres.io import Volume, discover, read_scan
 from medres.io.names import path_text, real_path, safe_text
 from medres.io.volume import is_colour
@@ -68,6 +69,8 @@ COLUMNS: tuple[str, ...] = (
 )
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _META_KEY = b"medres"
+FORMAT = 1  # the manifest's format version (docs/formats.md#cohort-manifest)
+READS = (1,)  # the major versions Cohort.load reads (no version: written before versions, 1)
 
 
 @dataclass
@@ -114,7 +117,7 @@ class Cohort:
         """Write the manifest to ``path`` (Parquet) atomically, mode 0600 (it holds
         patient ids: README "Privacy of outputs"); returns the path."""
         path = Path(path)
-        meta = {"version": __version__, **self.meta}
+        meta = {"version": __version__, **self.meta, FORMAT_KEY: FORMAT}
         table = pa.Table.from_pandas(self.table, preserve_index=False)
         schema_meta = dict(table.schema.metadata or {})
         schema_meta[_META_KEY] = json.dumps(meta).encode()
@@ -137,6 +140,7 @@ class Cohort:
             raise ManifestError(f"{path} is not a readable Parquet manifest: {e}") from e
         raw = (table.schema.metadata or {}).get(_META_KEY)
         meta = json.loads(raw) if raw else {}
+        check_format(path, meta.get(FORMAT_KEY), READS, ManifestError)
         return cls(table.to_pandas(), meta)
 
 

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medres import __version__
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -76,3 +78,42 @@ def jsonable(obj):
     if obj is None or isinstance(obj, str | int | bool):
         return obj
     return None if obj is pd.NA else str(obj)
+
+
+FORMAT_KEY = "format"  # the key of every medres JSON file's format version (docs/formats.md)
+
+
+def format_major(version: Any) -> int | None:
+    """The major version of a format version: ``1`` or ``"1"`` / ``"1.2"`` give 1; a file
+    written before versions existed (``None``: no key) reads as 1; anything else is None
+    (unknown)."""
+    if version is None:
+        return 1
+    if isinstance(version, bool):
+        return None
+    if isinstance(version, int):
+        return version
+    if isinstance(version, str):
+        major = version.strip().split(".", 1)[0]
+        return int(major) if major.isdigit() else None
+    return None
+
+
+def check_format(
+    file: str | Path, version: Any, reads: tuple[int, ...], error: type[Exception]
+) -> int:
+    """Refuse ``file`` unless its format ``version``'s major is one of ``reads``.
+
+    Returns the major version. Raises ``error`` naming the file, the version found and
+    the versions this medres reads (a minor version only adds keys or columns, so any
+    minor of a known major is read).
+    """
+    major = format_major(version)
+    if major not in reads:
+        known = ", ".join(str(v) for v in reads)
+        raise error(
+            f"{file} has format version {version!r}, which this medres ({__version__}) does "
+            f"not read (it reads format version {known}); read it with the medres version "
+            "that wrote it, or upgrade medres (docs/formats.md lists the formats)"
+        )
+    return major

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,7 +14,11 @@ from medres.errors import ConfigError
 from medres.evaluate.evaluation import Evaluation
 from medres.evaluate.metrics import MetricCI
 from medres.evaluate.trust import TrustReport
-from medres.files import atomic_write, jsonable, write_json, write_text
+from medres.files import FORMAT_KEY, atomic_write, check_format, jsonable, write_json, write_text
+
+REPORT = "report.json"
+FORMAT = 1  # report.json's format version (docs/formats.md#reportjson)
+READS = (1,)  # the major versions read_report reads (no version: before versions, 1)
 
 
 def write_report(
@@ -26,16 +31,17 @@ def write_report(
 ) -> Path:
     """Write ``report.json``, ``report.md`` and the plots into ``out_dir``; return the JSON path.
 
-    ``report.json`` holds :meth:`Evaluation.to_dict` (NaN written as null) with ``extra``
-    merged at top level. Plots: binary ``roc.png``, ``pr.png``; multiclass/ordinal
-    ``roc.png``, ``confusion.png``; regression ``scatter.png``; with a ``trust`` report
-    also ``reliability.png`` (before / after calibration), ``risk_coverage.png`` and
+    ``report.json`` holds its format version (``"format": 1``) and
+    :meth:`Evaluation.to_dict` (NaN written as null) with ``extra`` merged at top level.
+    Plots: binary ``roc.png``, ``pr.png``; multiclass/ordinal ``roc.png``,
+    ``confusion.png``; regression ``scatter.png``; with a ``trust`` report also
+    ``reliability.png`` (before / after calibration), ``risk_coverage.png`` and
     ``coverage.png`` (conformal coverage per class), and its sections in ``report.md``.
     Files are replaced atomically.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = evaluation.to_dict()
+    data = {FORMAT_KEY: FORMAT, **evaluation.to_dict()}
     clash = sorted(set(extra or {}) & set(data))
     if clash:
         raise ConfigError(
@@ -47,10 +53,29 @@ def write_report(
         data["conformal_per_class"] = jsonable(trust.per_class.to_dict("records"))
         data["referral_sentence"] = trust.sentence
         plots += _write_trust_plots(trust, out)
-    write_json(out / "report.json", data)
+    write_json(out / REPORT, data)
     md = _markdown(evaluation, title, plots, trust)
     write_text(out / "report.md", md)
-    return out / "report.json"
+    return out / REPORT
+
+
+def read_report(path) -> dict:
+    """A ``report.json`` (a file, or the folder holding it), its format version checked.
+
+    Raises:
+        ConfigError: not a JSON object, or a format version this medres does not read
+            (the message names the file, the version found and the versions read).
+    """
+    path = Path(path)
+    path = path / REPORT if path.is_dir() else path
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is not a readable medres report ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds no JSON object; it is not a medres report")
+    check_format(path, data.get(FORMAT_KEY), READS, ConfigError)
+    return data
 
 
 def metrics_table(evaluation: Evaluation) -> Table:

@@ -15,6 +15,11 @@ Layout of ``OUTDIR``::
 
 A rerun reads the rows already written (parts and the final table) and skips the scans
 whose (scan_id, input hash) they hold, so it completes the rest without duplicates.
+
+Format versions (docs/formats.md): ``job.json`` and ``run.json`` carry ``"format": 1``,
+the Parquet files ``{"format": 1, ...}`` JSON under the ``medres`` key of their key-value
+metadata; the CSVs are of the version of the ``job.json`` beside them. Files written
+before versions existed read as version 1; another major version is refused.
 """
 
 from __future__ import annotations
@@ -25,14 +30,60 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from medres import __version__
 from medres.errors import ConfigError
-from medres.files import atomic_write, write_json, write_text
+from medres.files import FORMAT_KEY, atomic_write, check_format, write_json, write_text
 from medres.io.discover import FAILURE_COLUMNS
 
 JOB = "job.json"
+RUN = "run.json"
 PARTS = ".parts"
 PREDICTIONS = "predictions.parquet"
+FORMAT = 1  # of job.json, run.json, the prediction tables and failures.csv
+READS = (1,)  # the major versions this medres reads (no version: before versions, 1)
+_META_KEY = b"medres"
+
+
+def read_job(path: str | Path, error: type[Exception] = ConfigError) -> dict[str, Any]:
+    """The prediction contract in a ``job.json`` (its ``format`` key checked and left out,
+    so a job.json written before versions existed gives the same contract)."""
+    job = json.loads(Path(path).read_text())
+    if not isinstance(job, dict):
+        raise error(f"{path} holds no JSON object; it is not a medres job.json")
+    check_format(path, job.pop(FORMAT_KEY, None), READS, error)
+    return job
+
+
+def read_run(path: str | Path, error: type[Exception] = ConfigError) -> dict[str, Any]:
+    """A ``run.json`` summary, its ``format`` checked (kept in the returned dict)."""
+    run = json.loads(Path(path).read_text())
+    if not isinstance(run, dict):
+        raise error(f"{path} holds no JSON object; it is not a medres run.json")
+    check_format(path, run.get(FORMAT_KEY), READS, error)
+    return run
+
+
+def write_predictions(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write prediction rows as Parquet (atomically, mode 0600) with the format version
+    in the ``medres`` key-value metadata."""
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    meta = dict(arrow.schema.metadata or {})
+    meta[_META_KEY] = json.dumps({FORMAT_KEY: FORMAT, "medres_version": __version__}).encode()
+    arrow = arrow.replace_schema_metadata(meta)
+    return atomic_write(path, lambda tmp: pq.write_table(arrow, tmp), private=True)
+
+
+def read_predictions(path: str | Path, error: type[Exception] = ConfigError) -> pd.DataFrame:
+    """Prediction rows written by :func:`write_predictions` (or by a medres before format
+    versions: read as version 1); another major version raises ``error``."""
+    table = pq.read_table(path)
+    raw = (table.schema.metadata or {}).get(_META_KEY)
+    meta = json.loads(raw) if raw else {}
+    check_format(path, meta.get(FORMAT_KEY) if isinstance(meta, dict) else "?", READS, error)
+    return table.to_pandas()
 
 
 class ResultStore:
@@ -45,7 +96,7 @@ class ResultStore:
         self._run = f"{os.getpid()}-{pd.Timestamp.now('UTC').strftime('%Y%m%dT%H%M%S%f')}"
         previous = self.out / JOB
         if previous.is_file():
-            before = json.loads(previous.read_text())
+            before = read_job(previous)
             if before != job:
                 changed = sorted(k for k in set(job) | set(before) if job.get(k) != before.get(k))
                 raise ConfigError(
@@ -57,11 +108,11 @@ class ResultStore:
             raise ConfigError(
                 f"{self.out} is not empty and holds no medres predictions; choose a new -o folder"
             )
-        write_json(previous, job)
+        write_json(previous, {FORMAT_KEY: FORMAT, **job})
 
     def done(self) -> pd.DataFrame:
         """Rows already predicted (the final table and any parts), duplicates dropped."""
-        tables = [pd.read_parquet(p) for p in self._row_files()]
+        tables = [read_predictions(p) for p in self._row_files()]
         if not tables:
             return pd.DataFrame(columns=["scan_id", "input_hash"])
         rows = pd.concat(tables, ignore_index=True)
@@ -73,8 +124,7 @@ class ResultStore:
             return
         self._seq += 1
         path = self.out / PARTS / f"part-{self._run}-{self._seq:05d}.parquet"
-        table = pd.DataFrame(rows)
-        atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False), private=True)
+        write_predictions(pd.DataFrame(rows), path)
 
     def finish(self, keys: set[tuple[str, str]], failures: list[dict[str, Any]]) -> pd.DataFrame:
         """Merge the parts into ``predictions.parquet`` / ``.csv``: one row per scan ever
@@ -89,7 +139,7 @@ class ResultStore:
             rows = rows.drop_duplicates("scan_id", keep="last").drop(columns="_now")
             rows = rows.sort_values("path", kind="stable").reset_index(drop=True)
         final = self.out / PREDICTIONS
-        atomic_write(final, lambda tmp: rows.to_parquet(tmp, index=False), private=True)
+        write_predictions(rows, final)
         write_text(self.out / "predictions.csv", rows.to_csv(index=False), private=True)
         table = pd.DataFrame(failures, columns=list(FAILURE_COLUMNS))
         write_text(self.out / "failures.csv", table.to_csv(index=False), private=True)
@@ -101,7 +151,7 @@ class ResultStore:
 
     def write_summary(self, run: dict[str, Any]) -> None:
         """``run.json``: counts, timings, options (written last)."""
-        write_json(self.out / "run.json", run)
+        write_json(self.out / RUN, {FORMAT_KEY: FORMAT, **run})
 
     def _parts(self) -> list[Path]:
         return sorted((self.out / PARTS).glob("part-*.parquet"))

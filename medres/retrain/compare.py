@@ -14,6 +14,7 @@ new one (the lower bound of ΔAUC is above 0); otherwise ``keep``, with the reas
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,14 @@ from medres.bundle import Bundle, load_bundle, training_cohort
 from medres.calibrate import expected_calibration_error
 from medres.cohort import Cohort
 from medres.errors import ConfigError
-from medres.files import write_json, write_text
+from medres.files import FORMAT_KEY, check_format, write_json, write_text
 from medres.frozen import check_no_leak, freeze
 from medres.workflow import bundle_probabilities
 
 METRICS = ("auroc", "accuracy", "ece")
+COMPARISON = "compare.json"
+FORMAT = 1  # compare.json's format version (docs/formats.md#comparejson)
+READS = (1,)  # the major versions read_comparison reads (no version: before versions, 1)
 LOWER_IS_BETTER = {"ece"}
 
 
@@ -63,6 +67,7 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            FORMAT_KEY: FORMAT,
             "champion": self.champion,
             "challenger": self.challenger,
             "margin": self.margin,
@@ -155,7 +160,7 @@ def write_comparison(comparison: Comparison, out: str | Path, *, drift: bool = T
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "compare.json", comparison.to_dict())
+    write_json(out / COMPARISON, comparison.to_dict())
     _forest_plot(comparison, out / "differences.png")
     sections = [comparison_markdown(comparison)]
     old = [t for t in comparison.test_sets if t.role == "old"]
@@ -167,6 +172,29 @@ def write_comparison(comparison: Comparison, out: str | Path, *, drift: bool = T
         write_drift(report, out / folder)
         sections.append(drift_markdown(report, plot_prefix=f"{folder}/", level=2))
     return write_text(out / "compare.md", "\n".join(sections))
+
+
+def read_comparison(folder: str | Path) -> dict[str, Any]:
+    """``folder/compare.json`` as written by :func:`write_comparison`, its format checked.
+
+    Raises:
+        ConfigError: no compare.json in ``folder``, not JSON, or a format version this
+            medres does not read (the message names the file and both versions).
+    """
+    path = Path(folder) / COMPARISON
+    if not path.is_file():
+        raise ConfigError(
+            f"no {COMPARISON} in {folder}; run `medres compare CHAMPION CHALLENGER "
+            f"--cohort NEW.parquet -o {folder}` first"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is not a readable {COMPARISON} ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds no JSON object; it is not a medres {COMPARISON}")
+    check_format(path, data.get(FORMAT_KEY), READS, ConfigError)
+    return data
 
 
 def comparison_markdown(c: Comparison) -> str:

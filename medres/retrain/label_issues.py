@@ -23,11 +23,18 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
+from medres import __version__
 from medres.bundle import Bundle, load_bundle
 from medres.cohort import Cohort, read_row, real_files
 from medres.errors import BundleError, ConfigError, ScanError
-from medres.files import sha256_file, write_text
-from medres.review.issues import ACTIVE_LEARNING_REASON, LABEL_ERROR_REASON, LABEL_ISSUE_COLUMNS
+from medres.files import FORMAT_KEY, sha256_file, write_json, write_text
+from medres.review.issues import (
+    ACTIVE_LEARNING_REASON,
+    FORMAT,
+    LABEL_ERROR_REASON,
+    LABEL_ISSUE_COLUMNS,
+    format_sidecar,
+)
 from medres.tasks import label_key, predicted_class
 
 HELDOUT, UNREADABLE = "heldout", "unreadable"  # fold copies' splits that fit() ignores
@@ -274,7 +281,8 @@ def label_issues(
     ``bundle_id`` and ``bundle_checksum`` (the columns
     :data:`~medres.review.issues.LABEL_ISSUE_COLUMNS` then ``prob_<class>``).
 
-    Returns the table written.
+    Beside the CSV, ``OUT.json`` (:func:`~medres.review.issues.format_sidecar`) holds the
+    format version. Returns the table written.
 
     Raises:
         ConfigError: nothing to rank (no labelled ``split`` scans and no unlabelled
@@ -313,6 +321,8 @@ def label_issues(
     probs_columns = [c for c in table.columns if c.startswith("prob_")]
     table = table[[*LABEL_ISSUE_COLUMNS, *probs_columns]]
     write_text(out, table.to_csv(index=False), private=True)
+    sidecar = {FORMAT_KEY: FORMAT, "medres_version": __version__, "bundle_id": bundle.id}
+    write_json(format_sidecar(out), sidecar)
     return table
 
 

@@ -25,9 +25,11 @@ from typing import Any
 
 from medres.bundle import verify_bundle
 from medres.errors import ConfigError
-from medres.files import write_json
+from medres.files import FORMAT_KEY, check_format, write_json
+from medres.retrain.compare import read_comparison
 
-FORMAT = 1
+FORMAT = 1  # registry.json's format version (docs/formats.md#registryjson)
+READS = (1,)  # the major versions read_registry reads
 
 
 def promote(
@@ -47,7 +49,7 @@ def promote(
         ConfigError: no comparison in ``comparison_dir``; the registry names another
             champion than the one compared against; a bundle no longer verifies.
     """
-    comparison = _read_comparison(comparison_dir)
+    comparison = read_comparison(comparison_dir)
     registry = read_registry(registry_path)
     champion, challenger = comparison["champion"], comparison["challenger"]
     current = current_champion(registry)
@@ -102,8 +104,12 @@ def read_registry(path: str | Path) -> dict[str, Any]:
         registry = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path} is not a readable medres registry ({e})") from e
-    if registry.get("format") != FORMAT or "models" not in registry:
-        raise ConfigError(f"{path} is not a medres registry (format {FORMAT})")
+    if not isinstance(registry, dict):
+        raise ConfigError(f"{path} is not a medres registry (no JSON object)")
+    check_format(path, registry.get(FORMAT_KEY), READS, ConfigError)
+    if not isinstance(registry.get("models"), dict) or not isinstance(registry.get("events"), list):
+        raise ConfigError(f"{path} is not a medres registry (no 'models' and 'events')")
+    registry[FORMAT_KEY] = FORMAT  # rewritten by promote in this medres's format
     return registry
 
 
@@ -121,16 +127,6 @@ def _entry(model: dict[str, Any], status: str, now: str, metrics: dict) -> dict[
         "status_since": now,
         "metrics": metrics,
     }
-
-
-def _read_comparison(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / "compare.json"
-    if not path.is_file():
-        raise ConfigError(
-            f"no compare.json in {folder}; run `medres compare CHAMPION CHALLENGER "
-            f"--cohort NEW.parquet -o {folder}` first"
-        )
-    return json.loads(path.read_text())
 
 
 def _now() -> str:

@@ -22,6 +22,11 @@ bundle_checksum  sha256 of that bundle's ``bundle.json``
 conformal_set    the calibrated conformal set, classes joined by ``|`` (may be empty)
 prob_<class>     one column per class, in the bundle's class order
 ===============  ===================================================================
+
+A CSV holds no metadata that pandas and spreadsheets would still read, so the format
+version lives in a sidecar beside it, ``ISSUES.csv.json`` (:func:`format_sidecar`:
+``{"format": 1, ...}``). A CSV without its sidecar (copied alone, or written before
+versions existed) reads as version 1; a sidecar naming another major version is refused.
 """
 
 from __future__ import annotations
@@ -36,8 +41,11 @@ from typing import Any
 import pandas as pd
 
 from medres.errors import ReviewError
+from medres.files import FORMAT_KEY, check_format
 from medres.review.outdir import pseudonym
 
+FORMAT = 1  # the label-issues CSV's format version (docs/formats.md#label-issues-csv)
+READS = (1,)  # the major versions read_label_issues reads
 LABEL_ERROR_REASON = "possible label error"
 ACTIVE_LEARNING_REASON = "uncertain (active learning)"
 LABEL_ISSUE_COLUMNS: tuple[str, ...] = (
@@ -79,6 +87,12 @@ class LabelIssues:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+def format_sidecar(csv: str | Path) -> Path:
+    """The JSON file beside a label-issues CSV that holds its format version."""
+    csv = Path(csv)
+    return csv.with_name(csv.name + ".json")
+
+
 def read_label_issues(path: str | Path) -> LabelIssues:
     """Read and check a label-issues CSV.
 
@@ -90,6 +104,14 @@ def read_label_issues(path: str | Path) -> LabelIssues:
     hint = "write it with `medres label-issues BUNDLE COHORT -o ISSUES.csv`"
     if not path.is_file():
         raise ReviewError(f"no label-issues CSV at {path}; {hint}")
+    sidecar = format_sidecar(path)
+    if sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ReviewError(f"{sidecar} is not readable JSON ({e}); {hint}") from e
+        version = meta.get(FORMAT_KEY) if isinstance(meta, dict) else meta
+        check_format(f"{path} (format in {sidecar.name})", version, READS, ReviewError)
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, ValueError) as e:

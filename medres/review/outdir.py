@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from medres.errors import ReviewError
+from medres.predict.store import read_job, read_predictions, read_run
 
 REQUIRED = (
     "scan_id",
@@ -66,10 +67,10 @@ def read_outdir(outdir: str | Path) -> PredictOutput:
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise ReviewError(f"{hint} ({', '.join(missing)} missing)")
-    try:
-        job = json.loads(files[0].read_text())
-        summary = json.loads(files[1].read_text())
-        table = pd.read_parquet(files[2])
+    try:  # each file's format version checked: another major one is a ReviewError naming it
+        job = read_job(files[0], ReviewError)  # without its "format": run_key stays as before
+        summary = read_run(files[1], ReviewError)
+        table = read_predictions(files[2], ReviewError)
     except (OSError, ValueError) as e:  # JSONDecodeError and Arrow errors are ValueErrors
         raise ReviewError(f"{hint} ({e})") from e
     if "prediction" in table.columns and "predicted_class" not in table.columns:

@@ -1,7 +1,8 @@
 """The review store's tables (SQLAlchemy Core; SQLite by default, any SQLAlchemy URL).
 
 ==========  ====================================================================
-settings    name → value: the pseudonymisation salt (created once per store)
+settings    name → value: the pseudonymisation salt (created once per store) and the
+            store's ``schema_version`` (:data:`SCHEMA_VERSION`)
 runs        one per loaded ``medres predict`` OUTDIR: bundle id(s) and checksum, the
             OUTDIR and the scan folder it predicted, classes, run.json summary;
             ``run_key`` (unique) makes loading the same OUTDIR twice a no-op
@@ -17,6 +18,10 @@ audit       append-only log: who did what to which run / case, when, details
 Times are ISO 8601 UTC text (``2026-11-22T19:41:14.123456+00:00``): portable across
 SQLite and PostgreSQL and sortable as text. On SQLite, triggers refuse UPDATE and
 DELETE on ``decisions`` and ``audit``.
+
+:func:`check_schema` refuses a store whose ``schema_version`` has a major version this
+medres does not read, and records the version in a store that has none (created before
+versions existed: read as version 1). docs/formats.md is the written contract.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Connection,
     Float,
     ForeignKey,
     Index,
@@ -36,7 +42,16 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    insert,
+    select,
 )
+
+from medres.errors import ReviewError
+from medres.files import check_format
+
+SCHEMA_KEY = "schema_version"  # the settings row holding the store's schema version
+SCHEMA_VERSION = 1  # the review store's schema version (docs/formats.md#review-store)
+READS = (1,)  # the major versions this medres opens (no row: before versions, 1)
 
 DECISIONS: tuple[str, ...] = ("agree", "disagree", "uncertain")
 
@@ -140,3 +155,14 @@ def _append_only(table: Table) -> None:
 
 _append_only(decisions)
 _append_only(audit)
+
+
+def check_schema(conn: Connection, store: str) -> None:
+    """Refuse the store ``store`` (named in the message) when its ``schema_version`` has a
+    major version this medres does not read; write the version into a store that has
+    none. Call inside the write transaction that creates the tables."""
+    found = conn.execute(select(settings.c.value).where(settings.c.name == SCHEMA_KEY)).scalar()
+    if found is None:
+        conn.execute(insert(settings).values(name=SCHEMA_KEY, value=str(SCHEMA_VERSION)))
+        return
+    check_format(f"review store {store}", found, READS, ReviewError)

@@ -30,7 +30,16 @@ from medres.files import PRIVATE_MODE, write_text
 from medres.review.db import make_engine, write_transaction
 from medres.review.issues import issue_case_rows, read_label_issues, select_top
 from medres.review.outdir import case_rows, read_outdir
-from medres.review.schema import DECISIONS, audit, cases, decisions, metadata, runs, settings
+from medres.review.schema import (
+    DECISIONS,
+    audit,
+    cases,
+    check_schema,
+    decisions,
+    metadata,
+    runs,
+    settings,
+)
 
 SALT = "patient_id_salt"
 EXPORT_COLUMNS = (
@@ -111,6 +120,7 @@ class ReviewStore:
         self.engine = make_engine(self.url)
         with self._write() as conn:
             metadata.create_all(conn)
+            check_schema(conn, self.url.render_as_string(hide_password=True))
             salt = conn.execute(select(settings.c.value).where(settings.c.name == SALT)).scalar()
             if salt is None:
                 salt = secrets.token_hex(16)
