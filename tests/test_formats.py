@@ -219,6 +219,22 @@ def test_real_predict_outdir(review_run, tmp_path):
     _refused(e, out / "job.json")
 
 
+def test_bundle_major_99_refused(review_run, tmp_path):
+    """bundle.json has carried ``format: 1`` from the start; another one is refused even
+    with a matching seal, naming the bundle, the format found and the one read."""
+    from medres.bundle import verify_bundle, write_manifest
+    from medres.errors import BundleError
+
+    bundle = shutil.copytree(review_run.parent / "b", tmp_path / "b")
+    manifest = verify_bundle(bundle)
+    assert manifest["format"] == 1
+    write_manifest(bundle, {**manifest, "format": 99})  # resealed: only the format differs
+    with pytest.raises(BundleError) as e:
+        verify_bundle(bundle)
+    assert str(bundle) in str(e.value) and "99" in str(e.value)
+    assert "reads format 1" in str(e.value)
+
+
 # --------------------------------------------------------------------------- report.json
 
 
