@@ -99,6 +99,22 @@ def format_major(version: Any) -> int | None:
     return None
 
 
+def read_versioned_json(
+    path: Path, what: str, reads: tuple[int, ...], error: type[Exception]
+) -> dict[str, Any]:
+    """The JSON object in ``path`` (a medres ``what``, e.g. "report"), its format version
+    checked by :func:`check_format`; ``error`` names the file when it is not readable JSON,
+    not an object, or of a format this medres does not read."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path} is not a readable medres {what} ({e})") from e
+    if not isinstance(data, dict):
+        raise error(f"{path} holds no JSON object; it is not a medres {what}")
+    check_format(path, data.get(FORMAT_KEY), reads, error)
+    return data
+
+
 def check_format(
     file: str | Path, version: Any, reads: tuple[int, ...], error: type[Exception]
 ) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -14,7 +13,14 @@ from medres.errors import ConfigError
 from medres.evaluate.evaluation import Evaluation
 from medres.evaluate.metrics import MetricCI
 from medres.evaluate.trust import TrustReport
-from medres.files import FORMAT_KEY, atomic_write, check_format, jsonable, write_json, write_text
+from medres.files import (
+    FORMAT_KEY,
+    atomic_write,
+    jsonable,
+    read_versioned_json,
+    write_json,
+    write_text,
+)
 
 REPORT = "report.json"
 FORMAT = 1  # report.json's format version (docs/formats.md#reportjson)
@@ -68,14 +74,7 @@ def read_report(path) -> dict:
     """
     path = Path(path)
     path = path / REPORT if path.is_dir() else path
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path} is not a readable medres report ({e})") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} holds no JSON object; it is not a medres report")
-    check_format(path, data.get(FORMAT_KEY), READS, ConfigError)
-    return data
+    return read_versioned_json(path, "report", READS, ConfigError)
 
 
 def metrics_table(evaluation: Evaluation) -> Table:

@@ -14,7 +14,6 @@ new one (the lower bound of ΔAUC is above 0); otherwise ``keep``, with the reas
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from medres.bundle import Bundle, load_bundle, training_cohort
 from medres.calibrate import expected_calibration_error
 from medres.cohort import Cohort
 from medres.errors import ConfigError
-from medres.files import FORMAT_KEY, check_format, write_json, write_text
+from medres.files import FORMAT_KEY, read_versioned_json, write_json, write_text
 from medres.frozen import check_no_leak, freeze
 from medres.workflow import bundle_probabilities
 
@@ -187,14 +186,7 @@ def read_comparison(folder: str | Path) -> dict[str, Any]:
             f"no {COMPARISON} in {folder}; run `medres compare CHAMPION CHALLENGER "
             f"--cohort NEW.parquet -o {folder}` first"
         )
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path} is not a readable {COMPARISON} ({e})") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} holds no JSON object; it is not a medres {COMPARISON}")
-    check_format(path, data.get(FORMAT_KEY), READS, ConfigError)
-    return data
+    return read_versioned_json(path, COMPARISON, READS, ConfigError)
 
 
 def comparison_markdown(c: Comparison) -> str:
