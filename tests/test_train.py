@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pydantic import ValidationError
 
 from medres.cohort import Cohort
 from medres.errors import ConfigError
@@ -21,6 +22,7 @@ from medres.tasks import infer_task, label_key
 from medres.train import (
     CHECKPOINT,
     ScanDataset,
+    StopReason,
     TrainConfig,
     auto_stem_stride,
     fit,
@@ -85,7 +87,7 @@ def test_fit_writes_history_and_checkpoint_and_is_deterministic(example_cohort, 
     assert {"train_loss", "val_loss", "val_auroc", "lr"} <= set(history.columns)
     assert (tmp_path / "a" / CHECKPOINT).is_file()
     assert first.metric == "auroc" and 1 <= first.best_epoch <= 2
-    assert first.stopped_by == "the last epoch"
+    assert first.stopped_by is StopReason.LAST_EPOCH
     again = fit(cohort, TrainConfig(**FAST), tmp_path / "b", show_progress=False)
     pd.testing.assert_frame_equal(
         first.history.drop(columns="seconds"), again.history.drop(columns="seconds")
@@ -138,7 +140,7 @@ def test_time_limit_stops_before_an_epoch_that_would_end_past_it(example_cohort,
     cohort = Cohort.load(small_cohort(example_cohort, tmp_path / "c.parquet"))
     config = TrainConfig(**{**FAST, "epochs": 3}, time_limit_minutes=1e-4)  # 6 ms
     result = fit(cohort, config, tmp_path / "a", show_progress=False)
-    assert list(result.history["epoch"]) == [1] and result.stopped_by == "the time limit"
+    assert list(result.history["epoch"]) == [1] and result.stopped_by is StopReason.TIME_LIMIT
     assert result.best_epoch == 1
 
 
@@ -210,7 +212,7 @@ def _fit_on_scripted_validation(cohort, out, script, monkeypatch, **config):
         margin = [next(positives) if t == 1 else next(negatives) for t in targets]
         return np.stack([np.zeros(len(margin)), margin], axis=1).astype(np.float32)
 
-    monkeypatch.setattr("medres.train.infer", scripted_infer)
+    monkeypatch.setattr("medres.train.loop.infer", scripted_infer)  # what fit calls
     config = TrainConfig(**{**FAST, "epochs": len(script), **config})
     return fit(cohort, config, out, show_progress=False), validated
 
@@ -235,7 +237,7 @@ def test_near_ties_in_validation_score_go_to_the_lower_loss(example_cohort, tmp_
     assert history["val_loss"][0] < history["val_loss"][1]  # as scripted
     assert history["best"].tolist() == [True, False, False]
     assert result.best_epoch == 1 and result.best_score == 15 / 16
-    assert result.stopped_by == "the last epoch"
+    assert result.stopped_by is StopReason.LAST_EPOCH
     assert _same_weights(result.model, validated[0])
     assert not _same_weights(result.model, validated[-1])  # the weights moved on
     saved = pd.read_csv(tmp_path / "a" / "metrics.csv")
@@ -247,9 +249,16 @@ def test_near_ties_in_validation_score_go_to_the_lower_loss(example_cohort, tmp_
     assert strict.history["best"].tolist() == [True, True] and strict.best_epoch == 2
 
 
-def test_a_binary_only_calibration_is_refused_before_training(example_cohort, tmp_path):
-    config = TrainConfig(**FAST, task="ordinal", trust={"calibration": "platt"})
-    with pytest.raises(ConfigError, match="binary tasks only"):
+def test_settings_that_do_not_fit_the_task_are_refused_before_training(example_cohort, tmp_path):
+    """A task named in the config is checked when the config is read; an inferred one
+    ("auto") by fit, before any epoch runs."""
+    with pytest.raises(ValidationError, match="binary tasks only"):
+        TrainConfig(**FAST, task="ordinal", trust={"calibration": "platt"})
+    with pytest.raises(ValidationError, match="apply to regression; task is binary"):
+        TrainConfig(**FAST, task="binary", flag_below=0.9)
+    assert TrainConfig(task="regression", flag_below=0.9, value_range=(0, 1)).flag_below == 0.9
+    config = TrainConfig(**FAST, value_range=(0, 1))  # task "auto": binary labels
+    with pytest.raises(ConfigError, match="apply to regression; task is binary"):
         fit(example_cohort, config, tmp_path / "x", show_progress=False)
     assert not (tmp_path / "x" / "metrics.csv").exists()  # no epoch ran
 

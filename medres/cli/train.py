@@ -67,7 +67,8 @@ def train_command(
 
     from medres.config import apply_overrides, read_toml, validate
     from medres.errors import ConfigError
-    from medres.train import TrainConfig
+    from medres.train import StopReason
+    from medres.train.config import TrainConfig
     from medres.workflow import train_bundle
 
     with user_errors():
@@ -90,7 +91,7 @@ def train_command(
             cohort_path, settings, out, resume=resume, allow_leakage=allow_leakage
         )
     training = json.loads(bundle_json.read_text())["training"]
-    if training["stopped_by"] == "the time limit":
+    if StopReason(training["stopped_by"]) is StopReason.TIME_LIMIT:
         console.print(
             f"[yellow]training reached its {settings.time_limit_minutes:g}-minute limit after "
             f"{training['epochs_run']} of {settings.epochs} epochs[/] (the best of them is "

@@ -172,7 +172,7 @@ def variant_split_config(config: PipelineConfig, variant: Variant) -> SplitConfi
 def variant_train_config(config: PipelineConfig, variant: Variant, overrides: list[str]):
     """The validated :class:`~medres.train.TrainConfig` of one run: [train], then the
     variant's table, then ``--set`` overrides."""
-    from medres.train import TrainConfig
+    from medres.train.config import TrainConfig
 
     settings = apply_overrides(merge_tables(config.train, variant.train), overrides)
     return validate(TrainConfig, settings, f"[train] of {config.name}/{variant.name}")

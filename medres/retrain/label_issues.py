@@ -338,7 +338,7 @@ def _classifier(bundle: Bundle | str | Path) -> Bundle:
 
 def _train_config(bundle: Bundle, epochs: int | None):
     """The bundle's training configuration with its own preprocessing (and ``epochs``)."""
-    from medres.train import TrainConfig
+    from medres.train.config import TrainConfig
 
     path = Path(bundle.path) / "config.json"
     try:
