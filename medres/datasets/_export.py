@@ -288,7 +288,8 @@ def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object
 
 
 class Progress:
-    """A rich progress bar on stderr, or nothing; ``with`` yields ``advance()``."""
+    """Progress on stderr (:func:`medres.progress.progress`), or nothing; ``with`` yields
+    ``advance()``."""
 
     def __init__(self, show: bool, total: int, description: str) -> None:
         self.show, self.total, self.description = show, total, description
@@ -297,21 +298,15 @@ class Progress:
     def __enter__(self):
         if not self.show:
             return lambda: None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-        from rich.progress import Progress as RichProgress
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-        self._progress = RichProgress(
+        from medres.progress import progress as progress_display
+
+        self._progress = progress_display(  # bars on a terminal, timestamped lines in a log
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
             transient=True,
         )
         self._progress.start()
