@@ -4,8 +4,9 @@ A preprocessing spec's ``spatial_size`` decides how large every network input is
 scan's header how large its pixel array is; a number read from a bundle, a config or a
 DICOM header must not be able to ask a worker for terabytes. :func:`max_voxels` bounds
 both; :func:`max_pixels` further bounds a 2D image, whose anti-aliased resize to the
-network's input takes seconds per megapixel (8192² took 17 s on one core), so that a
-bomb or a lying header costs milliseconds and a failure row, not memory or minutes.
+network's input grows with its pixel count (8192² took 17 s on one core in a one-off
+timing of ``build_transform`` on random pixels), so that a bomb or a lying header costs
+milliseconds and a failure row, not memory or minutes.
 Both are read from the environment at each call, so DataLoader workers see them too.
 """
 
