@@ -17,7 +17,6 @@ from scipy.special import softmax
 from medres.errors import ConfigError
 
 MAX_AUTO_CLASSES = 20
-TASKS = ("binary", "multiclass", "ordinal", "regression")  # the tasks a TaskInfo can hold
 
 
 def label_key(value: Any) -> str:
@@ -37,10 +36,86 @@ def median_grade(probs: np.ndarray) -> np.ndarray:
     return np.argmax(cum >= 0.5 - 1e-9, axis=1)
 
 
+@dataclass(frozen=True)
+class Task:
+    """What kind of task a model solves, and everything that follows from it: whether
+    its outputs are class probabilities, which class a clinician is shown, the metric
+    that selects the epoch and the metrics shown first. One object per task
+    (:data:`TASK`); :attr:`TaskInfo.kind` gives a model's.
+
+    Attributes:
+        name: ``binary``, ``multiclass``, ``ordinal`` or ``regression`` (as stored in
+            ``bundle.json``).
+        classifies: outputs are K class logits (softmax probabilities, calibration,
+            conformal sets, referral); False: one value in label units (regression).
+        operating_point: a threshold on P(positive) decides the shown class (binary).
+        graded: the classes are ordered grades: the shown class is the median grade (it
+            minimises the expected grade error) and grade-error metrics apply (ordinal).
+        selection_metric: the validation metric that selects the epoch (maximised;
+            ``mae`` is maximised as −MAE).
+        headline: the metrics shown first (per site, in tables), in order.
+    """
+
+    name: str
+    classifies: bool
+    operating_point: bool
+    graded: bool
+    selection_metric: str
+    headline: tuple[str, ...]
+
+    @property
+    def min_classes(self) -> int:
+        """Classes a model of this task needs (0: regression has none)."""
+        return 2 if self.classifies else 0
+
+    def classes_problem(self, classes: list[Any] | None) -> str | None:
+        """Why ``classes`` cannot be this task's classes (None when they can)."""
+        if not self.classifies:
+            return "null (or []) for task 'regression'" if classes else None
+        exact = self.operating_point  # binary: exactly two
+        if not classes or len(classes) < 2 or (exact and len(classes) != 2):
+            return f"{2 if exact else 'at least 2'} classes for task {self.name!r}"
+        return None
+
+    def shown_class(self, probs: np.ndarray) -> np.ndarray:
+        """The class a clinician is shown for probabilities (N, K), (N,) int: the median
+        grade for graded tasks, else the most probable class. (Binary with an operating
+        point: the caller applies its threshold to P(positive).)"""
+        return median_grade(probs) if self.graded else probs.argmax(axis=1)
+
+
+BINARY = Task(
+    "binary", True, True, False, "auroc", ("auroc", "accuracy", "sensitivity", "specificity")
+)
+MULTICLASS = Task("multiclass", True, False, False, "auroc", ("auroc", "accuracy", "kappa"))
+ORDINAL = Task(
+    "ordinal",
+    True,
+    False,
+    True,
+    "kappa_quadratic",
+    ("auroc", "accuracy", "kappa", "kappa_quadratic"),
+)
+REGRESSION = Task("regression", False, False, False, "mae", ("mae", "r2"))
+TASK: dict[str, Task] = {t.name: t for t in (BINARY, MULTICLASS, ORDINAL, REGRESSION)}
+TASKS = tuple(TASK)  # the task names a TaskInfo can hold
+
+
+def task_named(name: str) -> Task:
+    """The :class:`Task` called ``name``.
+
+    Raises:
+        ConfigError: an unknown name, listing the known ones.
+    """
+    try:
+        return TASK[name]
+    except KeyError:
+        raise ConfigError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}") from None
+
+
 def predicted_class(task: str, probs: np.ndarray) -> np.ndarray:
-    """The class a clinician is shown, (N,) int: the median grade for ordinal tasks (it
-    minimises the expected grade error), else the most probable class."""
-    return median_grade(probs) if task == "ordinal" else probs.argmax(axis=1)
+    """The class a clinician is shown, (N,) int (:meth:`Task.shown_class`)."""
+    return task_named(task).shown_class(probs)
 
 
 @dataclass
@@ -56,12 +131,17 @@ class TaskInfo:
     value_range: tuple[float, float] | None = None
 
     @property
+    def kind(self) -> Task:
+        """The :class:`Task` this model solves."""
+        return task_named(self.task)
+
+    @property
     def num_outputs(self) -> int:
-        return 1 if self.task == "regression" else len(self.classes)
+        return len(self.classes) if self.kind.classifies else 1
 
     def encode(self, labels: pd.Series) -> np.ndarray:
         """Labels → class indices (int64) or standardised targets (float32)."""
-        if self.task == "regression":
+        if not self.kind.classifies:
             values = pd.to_numeric(labels, errors="coerce").astype(float)
             return ((values - self.target_mean) / self.target_std).to_numpy("float32")
         index = {label_key(c): i for i, c in enumerate(self.classes)}
@@ -73,7 +153,7 @@ class TaskInfo:
 
     def outputs_to_scores(self, outputs: np.ndarray) -> np.ndarray:
         """Network outputs → class probabilities (N, K), or predictions (N,) in label units."""
-        if self.task == "regression":
+        if not self.kind.classifies:
             return outputs[:, 0] * self.target_std + self.target_mean
         return softmax(np.asarray(outputs, dtype=np.float64), axis=1)
 
@@ -82,7 +162,7 @@ class TaskInfo:
         if referable_from is None:
             return None
         keys = [label_key(c) for c in self.classes or []]
-        if self.task != "ordinal" or label_key(referable_from) not in keys[1:]:
+        if not self.kind.graded or label_key(referable_from) not in keys[1:]:
             raise ConfigError(
                 f"referable_from={referable_from!r} needs task=ordinal and one of the grades "
                 f"above the lowest: {self.classes[1:] if self.classes else []}"
@@ -106,7 +186,7 @@ def infer_task(labels: pd.Series, requested: str = "auto", positive_class: Any =
     is_number = bool(numeric.notna().all())
     integral = is_number and bool(np.all(np.mod(numeric, 1) == 0))
     task = requested
-    if task == "auto":
+    if task == "auto":  # the user's request, not yet a task
         if is_number and not integral:
             task = "regression"
         else:
@@ -117,7 +197,8 @@ def infer_task(labels: pd.Series, requested: str = "auto", positive_class: Any =
                     "--set task=regression (or task=multiclass if they are classes)"
                 )
             task = "binary" if distinct == 2 else "multiclass"
-    if task == "regression":
+    kind = task_named(task)
+    if not kind.classifies:
         if not is_number:
             raise ConfigError("regression needs numeric labels")
         std = float(numeric.std()) if len(numeric) > 1 else 0.0
@@ -125,7 +206,7 @@ def infer_task(labels: pd.Series, requested: str = "auto", positive_class: Any =
         lo, hi = float(numeric.min()), float(numeric.max())
         span = (lo, hi) if hi > lo else None
         return TaskInfo("regression", None, float(numeric.mean()), std, span)
-    if task == "ordinal" and not integral:
+    if kind.graded and not integral:
         raise ConfigError("ordinal grades must be integers (0, 1, 2 ...)")
     if integral:
         classes: list[Any] = sorted({int(v) for v in numeric})
@@ -133,7 +214,7 @@ def infer_task(labels: pd.Series, requested: str = "auto", positive_class: Any =
         classes = sorted({label_key(v) for v in values})
     if len(classes) < 2:
         raise ConfigError(f"only one class ({classes}) in the labels; a classifier needs two")
-    if task == "binary":
+    if kind.operating_point:
         classes = _positive_last(classes, positive_class, integral)
     elif positive_class is not None:
         raise ConfigError("positive_class applies to binary tasks only")
