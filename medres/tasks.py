@@ -48,7 +48,10 @@ class Task:
             ``bundle.json``).
         classifies: outputs are K class logits (softmax probabilities, calibration,
             conformal sets, referral); False: one value in label units (regression).
-        operating_point: a threshold on P(positive) decides the shown class (binary).
+        operating_point: one positive class (binary): its probability P(positive) is
+            what the metrics score, a threshold on it (the operating point) decides the
+            shown class, platt and isotonic calibrate it and a patient's scans may be
+            aggregated by its maximum.
         graded: the classes are ordered grades: the shown class is the median grade (it
             minimises the expected grade error) and grade-error metrics apply (ordinal).
         selection_metric: the validation metric that selects the epoch (maximised;
@@ -83,6 +86,34 @@ class Task:
         point: the caller applies its threshold to P(positive).)"""
         return median_grade(probs) if self.graded else probs.argmax(axis=1)
 
+    @property
+    def ordered(self) -> bool:
+        """The classes are ordered (binary: negative < positive; ordinal: grades), so a
+        patient's truth is their highest class (multiclass: their most frequent one)."""
+        return self.operating_point or self.graded
+
+    def metric_scores(self, scores: np.ndarray) -> np.ndarray:
+        """What this task's metrics score, from the scores of
+        :meth:`TaskInfo.outputs_to_scores`: P(positive) (N,) for binary, the probabilities
+        (N, K) for other classifiers, the predictions (N,) for regression."""
+        return scores[:, 1] if self.operating_point else scores
+
+    def loss(self, targets, num_outputs: int, *, class_weights: str, label_smoothing: float):
+        """The training loss ``(outputs, targets) -> loss`` (torch): MSE on the
+        standardised target (regression), else cross-entropy, with class weights
+        inversely proportional to the class counts of ``targets`` when ``class_weights``
+        is ``balanced``, and ``label_smoothing``."""
+        import torch  # here, not at the top: `medres --help` imports this module
+
+        if not self.classifies:
+            mse = torch.nn.MSELoss()
+            return lambda outputs, y: mse(outputs[:, 0], y.float())
+        weight = None
+        if class_weights == "balanced":
+            counts = torch.bincount(targets, minlength=num_outputs).float().clamp(min=1)
+            weight = counts.sum() / (len(counts) * counts)
+        return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+
 
 BINARY = Task(
     "binary", True, True, False, "auroc", ("auroc", "accuracy", "sensitivity", "specificity")
@@ -109,7 +140,7 @@ def task_named(name: str) -> Task:
     """
     try:
         return TASK[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: an unhashable name
         raise ConfigError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}") from None
 
 

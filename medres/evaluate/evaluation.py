@@ -35,16 +35,11 @@ from medres.errors import ConfigError
 from medres.evaluate.bootstrap import draw_counts, id_text, intervals, patient_codes, replicate
 from medres.evaluate.metrics import MetricCI, task_metrics
 from medres.files import jsonable
-from medres.tasks import TASKS, predicted_class
+from medres.tasks import TASK, TASKS, Task, task_named
 
 __all__ = ["HEADLINE", "TASKS", "Evaluation", "choose_threshold", "evaluate"]
 
-HEADLINE: dict[str, tuple[str, ...]] = {  # the per-site columns
-    "binary": ("auroc", "accuracy", "sensitivity", "specificity"),
-    "multiclass": ("auroc", "accuracy", "kappa"),
-    "ordinal": ("auroc", "accuracy", "kappa", "kappa_quadratic"),
-    "regression": ("mae", "r2"),
-}
+HEADLINE: dict[str, tuple[str, ...]] = {t.name: t.headline for t in TASK.values()}  # per site
 _ROW_SUM_TOL = 1e-3
 _NAN = float("nan")
 
@@ -56,7 +51,8 @@ class Evaluation:
     Attributes:
         metrics / patient_metrics: metric name -> :class:`MetricCI`, on scans / on patients.
         per_site: one row per site: ``site``, ``n_scans``, ``n_patients`` and the task's
-            :data:`HEADLINE` metrics (scan level, no intervals); empty without sites.
+            :attr:`~medres.tasks.Task.headline` metrics (scan level, no intervals); empty
+            without sites.
         threshold: the binary operating point used (``None`` for other tasks).
         curves: plot data (numpy arrays): binary ``roc``, ``operating_point``, ``pr``;
             multiclass/ordinal ``roc`` per class name and ``confusion`` (K, K) with rows =
@@ -92,6 +88,11 @@ class Evaluation:
                 "per_site": self.per_site.to_dict("records"),
             }
         )
+
+    @property
+    def kind(self) -> Task:
+        """The :class:`~medres.tasks.Task` evaluated."""
+        return task_named(self.task)
 
 
 def choose_threshold(y_true, prob_pos) -> float:
@@ -185,21 +186,22 @@ def evaluate(
     Raises:
         ConfigError: inputs of the wrong shape, length, range or option.
     """
-    y, scores, names = _check_inputs(y_true, probs, task, classes)
-    thr = _check_options(task, scores, threshold, referable_from, patient_aggregate, n_boot)
+    kind = task_named(task)
+    y, scores, names = _check_inputs(y_true, probs, kind, classes)
+    thr = _check_options(kind, scores, threshold, referable_from, patient_aggregate, n_boot)
     n = len(y)
     codes = patient_codes(patient_ids, n)
     site_of = _site_labels(sites, n)
-    s = scores[:, 1] if task == "binary" else scores
+    s = kind.metric_scores(scores)
     opts = {"threshold": thr, "referable_from": referable_from}
-    if task == "regression":
+    if not kind.classifies:
         opts["value_range"] = _value_range(value_range, y)
         opts["flag_below"] = flag_below
-    y_pat, s_pat = _aggregate(task, y, s, codes, patient_aggregate)
-    point, p_point = task_metrics(task, y, s, **opts), task_metrics(task, y_pat, s_pat, **opts)
+    y_pat, s_pat = _aggregate(kind, y, s, codes, patient_aggregate)
+    point, p_point = task_metrics(kind, y, s, **opts), task_metrics(kind, y_pat, s_pat, **opts)
     counts = draw_counts(len(y_pat), n_boot, seed)  # both levels from the same draws of patients
-    scans = replicate(lambda w: task_metrics(task, y, s, w, **opts), counts, codes)
-    patients = replicate(lambda w: task_metrics(task, y_pat, s_pat, w, **opts), counts)
+    scans = replicate(lambda w: task_metrics(kind, y, s, w, **opts), counts, codes)
+    patients = replicate(lambda w: task_metrics(kind, y_pat, s_pat, w, **opts), counts)
     cis, p_cis = intervals(scans, n_boot), intervals(patients, n_boot)
     return Evaluation(
         task=task,
@@ -209,9 +211,9 @@ def evaluate(
         patient_metrics={
             k: MetricCI(float(v), *p_cis.get(k, (_NAN, _NAN))) for k, v in p_point.items()
         },
-        per_site=_per_site(task, y, s, codes, site_of, opts),
+        per_site=_per_site(kind, y, s, codes, site_of, opts),
         threshold=thr,
-        curves=_curves(task, y, s, names, point, thr),
+        curves=_curves(kind, y, s, names, point, thr),
         classes=names,
         patient_aggregate=patient_aggregate,
         n_boot=n_boot,
@@ -252,9 +254,7 @@ def _numeric(values, what: str) -> np.ndarray:
     return y
 
 
-def _check_inputs(y_true, probs, task: str, classes) -> tuple[np.ndarray, np.ndarray, Any]:
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+def _check_inputs(y_true, probs, kind: Task, classes) -> tuple[np.ndarray, np.ndarray, Any]:
     y = _numeric(y_true, "y_true")
     p = np.asarray(probs, dtype=float)
     if p.ndim == 0 or len(p) != len(y):
@@ -262,14 +262,14 @@ def _check_inputs(y_true, probs, task: str, classes) -> tuple[np.ndarray, np.nda
         raise ConfigError(f"lengths differ: y_true has {len(y)} scans but probs has {got}")
     if np.isnan(p).any():
         raise ConfigError(f"probs has NaN in {int(np.isnan(p).any(axis=-1).sum())} scans")
-    if task == "regression":
+    if not kind.classifies:
         p = p.reshape(len(p), -1)
         if p.shape[1] != 1:
             raise ConfigError(f"regression predictions must have shape (N,); got {p.shape}")
         return y, p[:, 0], None
-    if p.ndim != 2 or p.shape[1] < 2 or (task == "binary" and p.shape[1] != 2):
-        want = "(N, 2): P(negative), P(positive)" if task == "binary" else "(N, K), K >= 2"
-        raise ConfigError(f"probs for a {task} task must have shape {want}; got {p.shape}")
+    if p.ndim != 2 or kind.classes_problem(list(range(p.shape[1]))):
+        want = "(N, 2): P(negative), P(positive)" if kind.operating_point else "(N, K), K >= 2"
+        raise ConfigError(f"probs for a {kind.name} task must have shape {want}; got {p.shape}")
     k = p.shape[1]
     sums = p.sum(axis=1)
     off = np.flatnonzero((np.abs(sums - 1) > _ROW_SUM_TOL) | (p < -_ROW_SUM_TOL).any(axis=1))
@@ -284,26 +284,27 @@ def _check_inputs(y_true, probs, task: str, classes) -> tuple[np.ndarray, np.nda
     return _labels(y, k, "y_true"), p, names
 
 
-def _check_options(task, scores, threshold, referable_from, aggregate, n_boot) -> float | None:
-    if threshold is not None and task != "binary":
+def _check_options(kind, scores, threshold, referable_from, aggregate, n_boot) -> float | None:
+    task = kind.name
+    if threshold is not None and not kind.operating_point:
         raise ConfigError(f"threshold applies to binary tasks only; task is {task!r}")
     if threshold is not None and not 0 <= threshold <= 1:
         raise ConfigError(f"threshold must be a probability in [0, 1]; got {threshold}")
     if referable_from is not None:
-        k = scores.shape[1] if task == "ordinal" else 0
+        k = scores.shape[1] if kind.graded else 0
         if not isinstance(referable_from, int | np.integer) or not 0 < referable_from < k:
             raise ConfigError(
                 f"referable_from must be an ordinal grade in 1..K-1 (grades >= it are "
                 f"referable); got {referable_from!r} for task {task!r}"
             )
-    if aggregate not in ("mean", "max") or (aggregate == "max" and task != "binary"):
+    if aggregate not in ("mean", "max") or (aggregate == "max" and not kind.operating_point):
         raise ConfigError(
             f"patient_aggregate must be 'mean', or 'max' for binary tasks; got {aggregate!r} "
             f"for task {task!r}"
         )
     if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 0:
         raise ConfigError(f"n_boot must be a whole number >= 0; got {n_boot!r}")
-    return (0.5 if threshold is None else float(threshold)) if task == "binary" else None
+    return (0.5 if threshold is None else float(threshold)) if kind.operating_point else None
 
 
 def _site_labels(sites, n: int) -> np.ndarray | None:
@@ -313,23 +314,23 @@ def _site_labels(sites, n: int) -> np.ndarray | None:
     return np.where(known, text, "(unknown)")
 
 
-def _aggregate(task, y, s, codes, how) -> tuple[np.ndarray, np.ndarray]:
+def _aggregate(kind, y, s, codes, how) -> tuple[np.ndarray, np.ndarray]:
     """Per patient (P rows): the truth and the aggregated score (see :func:`evaluate`)."""
     g = codes.max() + 1
     count = np.bincount(codes, minlength=g)
-    if task == "regression":
+    if not kind.classifies:
         return np.bincount(codes, y, g) / count, np.bincount(codes, s, g) / count
     y_pat = np.zeros(g, dtype=int)
-    if task in ("binary", "ordinal"):
+    if kind.ordered:  # the highest class: binary, positive if any scan is; ordinal grade
         np.maximum.at(y_pat, codes, y)
     else:
         votes = np.zeros((g, s.shape[1]))
         np.add.at(votes, (codes, y), 1)
         y_pat = votes.argmax(axis=1)
-    if task == "binary" and how == "max":
+    if kind.operating_point and how == "max":  # s is P(positive), (N,)
         s_pat = np.zeros(g)
         np.maximum.at(s_pat, codes, s)
-    elif task == "binary":
+    elif kind.operating_point:
         s_pat = np.bincount(codes, s, g) / count
     else:
         s_pat = np.zeros((g, s.shape[1]))
@@ -352,21 +353,21 @@ def _value_range(given, y) -> tuple[float, float] | None:
 # ---------------------------------------------------------------- per site, curves
 
 
-def _per_site(task, y, s, codes, site_of, opts) -> pd.DataFrame:
-    columns = ["site", "n_scans", "n_patients", *HEADLINE[task]]
+def _per_site(kind, y, s, codes, site_of, opts) -> pd.DataFrame:
+    columns = ["site", "n_scans", "n_patients", *kind.headline]
     rows = []
     for site in [] if site_of is None else sorted(set(site_of)):
         mask = site_of == site
-        m = task_metrics(task, y[mask], s[mask], **opts)
+        m = task_metrics(kind, y[mask], s[mask], **opts)
         counts = {"n_scans": int(mask.sum()), "n_patients": len(np.unique(codes[mask]))}
-        rows.append({"site": site, **counts, **{k: float(m[k]) for k in HEADLINE[task]}})
+        rows.append({"site": site, **counts, **{k: float(m[k]) for k in kind.headline}})
     return pd.DataFrame(rows, columns=columns)
 
 
-def _curves(task, y, s, names, point, threshold) -> dict:
-    if task == "regression":
+def _curves(kind, y, s, names, point, threshold) -> dict:
+    if not kind.classifies:
         return {"scatter": {"y_true": y, "y_pred": s}}
-    if task == "binary":
+    if kind.operating_point:
         curves: dict = {"prevalence": float(y.mean())}
         if 0 < y.sum() < len(y):
             fpr, tpr, thr = skm.roc_curve(y, s)
@@ -383,5 +384,5 @@ def _curves(task, y, s, names, point, threshold) -> dict:
         if 0 < (y == c).sum() < len(y):
             fpr, tpr, _ = skm.roc_curve(y == c, s[:, c])
             roc[names[c]] = {"fpr": fpr, "tpr": tpr}
-    pred = predicted_class(task, s)
+    pred = kind.shown_class(s)
     return {"roc": roc, "confusion": skm.confusion_matrix(y, pred, labels=range(k))}

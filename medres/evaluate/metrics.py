@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from medres.tasks import predicted_class
+from medres.tasks import Task, task_named
 
 BIN_COUNTS = (3, 5, 10)  # regression: equal-width bins for the binned accuracies
 _NAN = float("nan")
@@ -326,10 +326,12 @@ def binary_metrics(y, p, w=None, *, threshold: float = 0.5) -> dict[str, Any]:
 
 
 def class_metrics(task, y, probs, w=None, *, referable_from=None) -> dict[str, Any]:
-    """Multiclass and ordinal: auroc, auprc (macro one-vs-rest), accuracy,
-    balanced_accuracy, f1 (macro), kappa of the shown class; ordinal also kappa_quadratic,
-    mae, accuracy_argmax and, with ``referable_from``, referable_auroc."""
-    pred = predicted_class(task, probs)
+    """Multiclass and ordinal (``task``: a :class:`~medres.tasks.Task` or its name):
+    auroc, auprc (macro one-vs-rest), accuracy, balanced_accuracy, f1 (macro), kappa of
+    the shown class; ordinal (graded) also kappa_quadratic, mae, accuracy_argmax and, with
+    ``referable_from``, referable_auroc."""
+    kind = _kind(task)
+    pred = kind.shown_class(probs)
     ranked = _one_vs_rest(y, probs, w)  # ovr_roc_auc and ovr_average_precision
     m = {
         "auroc": _macro(_auc, ranked),
@@ -339,7 +341,7 @@ def class_metrics(task, y, probs, w=None, *, referable_from=None) -> dict[str, A
         "f1": macro_f1(y, pred, w),
         "kappa": cohen_kappa(y, pred, w),
     }
-    if task == "ordinal":
+    if kind.graded:
         m["kappa_quadratic"] = cohen_kappa(y, pred, w, quadratic=True)
         m["mae"] = mean_absolute_error(y, pred, w)
         m["accuracy_argmax"] = accuracy(y, probs.argmax(axis=1), w)
@@ -377,14 +379,20 @@ def regression_metrics(y, pred, w=None, *, value_range=None, flag_below=None) ->
 def task_metrics(
     task, y, s, w=None, *, threshold=None, referable_from=None, value_range=None, flag_below=None
 ) -> dict[str, Any]:
-    """The metrics of ``task`` on truth ``y`` and scores ``s`` (binary: P(positive) (N,);
+    """The metrics of ``task`` (a :class:`~medres.tasks.Task` or its name) on truth ``y``
+    and scores ``s`` (:meth:`~medres.tasks.Task.metric_scores`: binary: P(positive) (N,);
     multiclass / ordinal: probabilities (N, K); regression: predictions (N,)), each a
     number, or (R,) for weights (R, N)."""
-    if task == "binary":
+    kind = _kind(task)
+    if kind.operating_point:
         return binary_metrics(y, s, w, threshold=0.5 if threshold is None else threshold)
-    if task == "regression":
+    if not kind.classifies:
         return regression_metrics(y, s, w, value_range=value_range, flag_below=flag_below)
-    return class_metrics(task, y, s, w, referable_from=referable_from)
+    return class_metrics(kind, y, s, w, referable_from=referable_from)
+
+
+def _kind(task: Task | str) -> Task:
+    return task if isinstance(task, Task) else task_named(task)
 
 
 def __getattr__(name: str):

@@ -202,11 +202,11 @@ def _plot_roc(ev: Evaluation, ax) -> None:
     ax.plot([0, 1], [0, 1], ls=":", color="grey")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC", xlim=(0, 1), ylim=(0, 1))
     roc = ev.curves.get("roc") or {}
-    if ev.task == "binary" and roc:
+    if ev.kind.operating_point and roc:
         ax.plot(roc["fpr"], roc["tpr"], label=f"AUROC {format_metric(ev.metrics['auroc'])}")
         op = ev.curves["operating_point"]
         ax.plot(op["fpr"], op["tpr"], "o", label=f"threshold {op['threshold']:.3f}")
-    elif ev.task != "binary":
+    elif not ev.kind.operating_point:
         for name, c in roc.items():
             ax.plot(c["fpr"], c["tpr"], label=f"{name} vs rest")
     if not roc:
