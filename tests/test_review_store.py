@@ -150,10 +150,10 @@ def test_a_decision_and_its_audit_row_commit_together_and_audit_is_append_only(
         case = int(store.worklist(store.load_run(predicted).run_id)["case_id"][0])
         store.decide(case, "dr_lee", "agree")
 
-        def audit_fails(self, conn, actor, action, **row):
+        def audit_fails(conn, actor, action, **row):
             raise OSError("disk full while writing the audit row")
 
-        monkeypatch.setattr(ReviewStore, "_audit", audit_fails)
+        monkeypatch.setattr("medres.review.store.append_audit", audit_fails)
         with pytest.raises(OSError, match="disk full"):
             store.decide(case, "dr_okafor", "uncertain")
     assert _rows(db, "decisions") == 1 and _rows(db, "audit") == 2  # load + first decision

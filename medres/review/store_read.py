@@ -1,0 +1,182 @@
+"""Reads of the review store: the worklist, one case and its decisions, dashboard counts.
+
+Plain functions over an open SQLAlchemy :class:`~sqlalchemy.Connection` (or the
+query they build); :class:`~medres.review.store.ReviewStore` wraps them. A case's
+*current* decision is its latest (highest decision id).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Connection, Select, func, select
+
+from medres.errors import ReviewError
+from medres.review.schema import DECISIONS, cases, decisions, runs
+
+CASE_FIELDS = (
+    "run_id",
+    "scan_id",
+    "path",
+    "modality",
+    "site",
+    "patient_id",
+    "predicted_class",
+    "confidence",
+    "conformal_set",
+    "set_size",
+    "uncertainty",
+    "ood_score",
+    "ood",
+    "refer",
+    "refer_reason",
+    "bundle_id",
+    "priority_tier",
+)
+DECISION_FIELDS = ("decision", "corrected_label", "reviewer", "decided_at")
+WORKLIST_COLUMNS = ("case_id", *CASE_FIELDS, *DECISION_FIELDS)
+STATUSES = ("pending", "reviewed", "all")
+
+
+def whole(value: Any, what: str) -> int:
+    """``value`` as a Python int (numpy integers and digit strings included)."""
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ReviewError(f"{what} must be a whole number; got {value!r}") from None
+
+
+def latest_decisions() -> Select:
+    """SELECT case_id, the id of its latest decision."""
+    return select(decisions.c.case_id, func.max(decisions.c.id).label("decision_id")).group_by(
+        decisions.c.case_id
+    )
+
+
+def worklist_query(
+    run_id: int | None,
+    status: str,
+    predicted_class: str | None,
+    site: str | None,
+    reason: str | None,
+) -> Select:
+    """The worklist's SELECT (see :meth:`ReviewStore.worklist`): :data:`WORKLIST_COLUMNS`,
+    filtered, most urgent first (priority tier, then priority score descending)."""
+    if status not in STATUSES:
+        raise ReviewError(f"status must be pending, reviewed or all; got {status!r}")
+    latest = latest_decisions().subquery()
+    query = (
+        select(
+            cases.c.id.label("case_id"),
+            *[cases.c[name] for name in CASE_FIELDS],
+            *[decisions.c[name] for name in DECISION_FIELDS],
+        )
+        .outerjoin(latest, latest.c.case_id == cases.c.id)
+        .outerjoin(decisions, decisions.c.id == latest.c.decision_id)
+    )
+    if run_id is not None:
+        query = query.where(cases.c.run_id == whole(run_id, "run id"))
+    if status == "pending":
+        query = query.where(latest.c.decision_id.is_(None))
+    elif status == "reviewed":
+        query = query.where(latest.c.decision_id.is_not(None))
+    if predicted_class is not None:
+        query = query.where(cases.c.predicted_class == str(predicted_class))
+    if site is not None:
+        query = query.where(cases.c.site == site)
+    if reason:
+        query = query.where(cases.c.refer_reason.contains(reason, autoescape=True))
+    return query.order_by(
+        cases.c.priority_tier, cases.c.priority_score.desc(), cases.c.run_id, cases.c.id
+    )
+
+
+def runs_query() -> Select:
+    """One row per run: its columns but run_key and summary, and ``cases`` (its count)."""
+    n = select(func.count()).where(cases.c.run_id == runs.c.id).scalar_subquery()
+    query = select(*[c for c in runs.c if c.name not in ("run_key", "summary")], n.label("cases"))
+    return query.order_by(runs.c.id)
+
+
+def case_row(conn: Connection, case_id: int):
+    """The ``cases`` row of ``case_id`` with its run's classes, outdir and
+    show_patient_ids; ReviewError for an unknown case id."""
+    case_id = whole(case_id, "case id")
+    query = (
+        select(cases, runs.c.classes, runs.c.outdir, runs.c.show_patient_ids)
+        .join(runs, runs.c.id == cases.c.run_id)
+        .where(cases.c.id == case_id)
+    )
+    row = conn.execute(query).first()
+    if row is None:
+        raise ReviewError(
+            f"no case {case_id} in this review store; take a case_id from the worklist"
+        )
+    return row
+
+
+def case_history(conn: Connection, case_id: int) -> list[dict[str, Any]]:
+    """The decisions of case ``case_id`` (a known id), newest first, with ``current``."""
+    query = (
+        select(decisions.c.id.label("decision_id"), *list(decisions.c)[2:])
+        .where(decisions.c.case_id == case_id)
+        .order_by(decisions.c.id.desc())
+    )
+    rows = [dict(r) for r in conn.execute(query).mappings()]
+    for n, row in enumerate(rows):
+        row["current"] = n == 0
+    return rows
+
+
+def current_decisions(conn: Connection, run_id: int | None) -> pd.DataFrame:
+    """Every case's current decision (of run ``run_id``, or of every run) as a table:
+    decision_id, decision, corrected_label, reviewer, decided_at, bundle_id, scan_id,
+    path, predicted_class."""
+    latest = latest_decisions().subquery()
+    query = (
+        select(
+            decisions.c.id.label("decision_id"),
+            decisions.c.decision,
+            decisions.c.corrected_label,
+            decisions.c.reviewer,
+            decisions.c.decided_at,
+            decisions.c.bundle_id,
+            cases.c.scan_id,
+            cases.c.path,
+            cases.c.predicted_class,
+        )
+        .join(latest, latest.c.decision_id == decisions.c.id)
+        .join(cases, cases.c.id == decisions.c.case_id)
+    )
+    if run_id is not None:
+        query = query.where(cases.c.run_id == whole(run_id, "run id"))
+    rows = conn.execute(query).mappings().all()
+    return pd.DataFrame(rows, columns=[c.name for c in query.selected_columns])
+
+
+def decision_counts(table: pd.DataFrame) -> dict[str, Any]:
+    """``reviewed``, one count per decision, and ``agreement_rate`` (agree / (agree +
+    disagree), None before any) of a worklist table."""
+    counts = {d: int((table["decision"] == d).sum()) for d in DECISIONS}
+    judged = counts["agree"] + counts["disagree"]
+    return {
+        "reviewed": int(table["decision"].notna().sum()),
+        **counts,
+        "agreement_rate": counts["agree"] / judged if judged else None,
+    }
+
+
+def worklist_stats(table: pd.DataFrame) -> dict[str, Any]:
+    """The dashboard figures of a worklist table (status ``all``): see
+    :meth:`ReviewStore.stats`."""
+    figures: dict[str, Any] = {"cases": len(table)} | decision_counts(table)
+    figures["pending"] = figures["cases"] - figures["reviewed"]
+    figures["referred"] = int(table["refer"].sum()) if len(table) else 0
+    figures["ood"] = int(table["ood"].sum()) if len(table) else 0
+    for name, column in (("per_class", "predicted_class"), ("per_site", "site")):
+        groups = table.assign(**{column: table[column].fillna("(none)")}).groupby(column)
+        rows = [{column: key, "cases": len(g)} | decision_counts(g) for key, g in groups]
+        columns = [column, "cases", "reviewed", *DECISIONS, "agreement_rate"]
+        figures[name] = pd.DataFrame(rows, columns=columns)
+    return figures
