@@ -1,0 +1,180 @@
+"""DICOM headers: reading one file without its pixels, telling scans from other objects.
+
+:func:`read_header` reads a Part 10 file (pixels only when asked) and refuses empty,
+non-DICOM and damaged files with a :class:`~medres.errors.ScanReadError`;
+:func:`skip_reason` names objects that are not scans (DICOMDIR, reports, RT objects);
+:func:`scan_meta` keeps the identifying and display facts.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from medres.errors import ScanReadError, first_line
+from medres.io.dicom_values import number, text, transfer_syntax, window
+
+# pydicom's value checks on reading warn and log the offending value: a hostile UID or a
+# patient's name would reach stderr and logs (the review server reads scans from many
+# threads, where catching warnings is not safe). medres reads; it does not validate.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+# Objects that carry pixels but are not scans to classify, and objects without pixels.
+NON_SCAN_MODALITIES = {
+    "SEG": "a segmentation object",
+    "RTDOSE": "an RT dose grid",
+    "RTSTRUCT": "an RT structure set",
+    "RTPLAN": "an RT plan",
+    "RTIMAGE": "an RT portal image",
+    "SR": "a structured report",
+    "PR": "a presentation state",
+    "KO": "a key-object selection",
+    "REG": "a registration object",
+    "ECG": "a waveform",
+    "DOC": "an encapsulated document",
+}
+
+
+_DICOMDIR_UID = "1.2.840.10008.1.3.10"
+
+
+def has_dicom_preamble(path: str | Path) -> bool:
+    """True when ``path`` has the 128-byte preamble followed by ``DICM`` (Part 10 file)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_header(path: str | Path, *, pixels: bool = False) -> Dataset:
+    """Read one DICOM file, without its pixel data unless ``pixels``.
+
+    Raises:
+        ScanReadError: the file is empty, not DICOM (its real type is named when
+            recognisable), or its header is corrupt.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ScanReadError(str(path), f"cannot open file: {e.strerror}") from e
+    if size == 0:
+        raise ScanReadError(str(path), "empty file (0 bytes); re-export or remove it")
+    try:
+        with warnings.catch_warnings():  # pydicom's warnings quote header values: hostile
+            warnings.simplefilter("ignore")  # text, or a patient's name, would reach the log
+            ds = pydicom.dcmread(path, stop_before_pixels=not pixels, force=False)
+            _parse_public(ds)
+    except InvalidDicomError as e:
+        kind = sniff_file_type(path)
+        hint = f"it looks like a {kind} file: give it the right extension" if kind else ""
+        raise ScanReadError(
+            str(path), f"not a DICOM file (no 'DICM' preamble){'; ' + hint if hint else ''}"
+        ) from e
+    except MemoryError:  # read_scan names it
+        raise
+    except Exception as e:  # pydicom raises many types for damaged files; translated once here
+        raise ScanReadError(
+            str(path), f"damaged DICOM header ({type(e).__name__}: {first_line(e)})"
+        ) from e
+    damage = _damage(ds)
+    if damage:
+        raise ScanReadError(str(path), damage)
+    return ds
+
+
+def _parse_public(ds: Dataset) -> None:
+    """Convert every public element now (pydicom defers it, and a damaged value would
+    then raise wherever it is first read); private elements stay raw until asked for."""
+    for tag in list(ds.keys()):
+        if not tag.is_private:
+            element = ds[tag]
+            if element.VR == "SQ":
+                for item in element.value:
+                    _parse_public(item)
+
+
+def _damage(ds: Dataset) -> str | None:
+    """Why a parsed header cannot be a whole DICOM object (no SOP class at all, or an
+    image SOP class without its image attributes: the file was cut short or corrupted)."""
+    sop = ds.get("SOPClassUID") or getattr(
+        ds.get("file_meta", Dataset()), "MediaStorageSOPClassUID", None
+    )
+    if not sop:
+        return (
+            "damaged DICOM: the header holds no SOP Class UID (the file is truncated or "
+            "corrupt); export the object again"
+        )
+    name = getattr(sop, "name", str(sop))
+    if "Image Storage" in name and ("Rows" not in ds or "Columns" not in ds):
+        return (
+            f"damaged DICOM: a {name} object without Rows/Columns (the header ends early: "
+            "the file is truncated or corrupt); export the object again"
+        )
+    for key in ("Rows", "Columns"):
+        if key in ds and not (number(ds.get(key)) or 0) >= 1:
+            return f"damaged DICOM: {key} is {ds.get(key)!r}, not a positive number; export again"
+    return None
+
+
+def sniff_file_type(path: str | Path) -> str | None:
+    """Name a common image format by its magic bytes, or None."""
+    with open(path, "rb") as fh:
+        head = fh.read(352)
+    signatures = {
+        b"\x89PNG": "PNG",
+        b"\xff\xd8\xff": "JPEG",
+        b"\x1f\x8b": "gzip (perhaps .nii.gz)",
+        b"GIF8": "GIF",
+        b"II*\x00": "TIFF",
+        b"MM\x00*": "TIFF",
+    }
+    for magic, name in signatures.items():
+        if head.startswith(magic):
+            return name
+    if head[344:348] in (b"n+1\x00", b"ni1\x00"):
+        return "NIfTI"
+    return None
+
+
+def skip_reason(ds: Dataset) -> str | None:
+    """Why this DICOM object is not a scan (DICOMDIR, report, RT object...), or None."""
+    media_class = str(getattr(ds.get("file_meta", Dataset()), "MediaStorageSOPClassUID", ""))
+    if media_class == _DICOMDIR_UID or "DirectoryRecordSequence" in ds:
+        return "DICOMDIR (a media index, not an image)"
+    modality = str(ds.get("Modality", "") or "").upper()
+    if modality in NON_SCAN_MODALITIES:
+        return f"{NON_SCAN_MODALITIES[modality]} ({modality}), not a scan"
+    if "Rows" not in ds or "Columns" not in ds:
+        sop = ds.get("SOPClassUID")
+        name = sop.name if sop is not None else "unknown SOP class"
+        return f"no image pixels ({name})"
+    return None
+
+
+def scan_meta(ds: Dataset) -> dict[str, Any]:
+    """Identifying and display facts kept with the scan (strings, numbers or None)."""
+    window_center, window_width = window(ds)
+    syntax = transfer_syntax(ds)
+    return {
+        "format": "dicom",
+        "modality": text(ds.get("Modality")),
+        "patient_id": text(ds.get("PatientID")),
+        "study_uid": text(ds.get("StudyInstanceUID")),
+        "series_uid": text(ds.get("SeriesInstanceUID")),
+        "site": text(ds.get("InstitutionName")),
+        "manufacturer": text(ds.get("Manufacturer")),
+        "series_description": text(ds.get("SeriesDescription")),
+        "body_part": text(ds.get("BodyPartExamined")),
+        "photometric": text(ds.get("PhotometricInterpretation")),
+        "transfer_syntax": syntax.name if syntax else None,
+        "window_center": window_center,
+        "window_width": window_width,
+    }
