@@ -192,9 +192,8 @@ def build_adrenal(work: Path, per_class: int) -> Folder:
 
 def predict_precision(bundle) -> str:
     """The precision ``medres predict`` uses for this bundle (as in ``_Predictor``)."""
-    trained = json.loads((bundle.path / "config.json").read_text()).get("precision")
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return "bf16" if trained == "bf16" and native else "fp32"
+    return "bf16" if bundle.config.precision == "bf16" and native else "fp32"
 
 
 def memory_format(dims: int) -> torch.memory_format:
@@ -396,8 +395,8 @@ def folder_lines(r: dict, batch_size: int) -> list[str]:
         f"## {r['name']}",
         "",
         f"{r['n']} scans; bundle preprocessing `{spec.preset}` → "
-        f"{'×'.join(map(str, spec.spatial_size))}, model `{manifest['model']['name']}` "
-        f"stem_stride {manifest['model']['args'].get('stem_stride')}, precision "
+        f"{'×'.join(map(str, spec.spatial_size))}, model `{manifest.model.name}` "
+        f"stem_stride {manifest.model.args.get('stem_stride')}, precision "
         f"{r['precision']}, batch {batch_size}. Reading + preprocessing alone (`read_scan` + "
         f"transform, one thread as in a DataLoader worker): {prep:.1f} scans/s "
         f"({_rounds(r['prep'])}).",

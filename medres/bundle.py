@@ -42,6 +42,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,7 +59,8 @@ from medres.files import atomic_write, jsonable, sha256_file, write_json, write_
 from medres.frozen import FROZEN_TEST
 from medres.limits import MAX_VOXELS_ENV, max_voxels
 from medres.models import create_model
-from medres.tasks import TASKS, TaskInfo, label_key
+from medres.tasks import TASKS, TaskInfo, label_key, task_named
+from medres.train.config import TrainConfig
 from medres.transforms import PreprocessSpec
 from medres.uncertainty.trust import CALIBRATION, Trust
 
@@ -76,23 +78,67 @@ OPTIONAL = ("metrics.csv", TRAINING_COHORT)
 
 @dataclass
 class Bundle:
-    """A loaded bundle: the manifest (``bundle.json``) and the ready model (eval mode)."""
+    """A loaded, verified bundle: its typed manifest (``bundle.json``), the ready model
+    (eval mode), preprocessing, task and trust layer. The only way the rest of medres
+    reads a bundle's files: no other module opens ``bundle.json`` or ``config.json``."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     model: torch.nn.Module
     spec: PreprocessSpec
     info: TaskInfo
-
-    @property
-    def id(self) -> str:
-        return self.manifest["id"]
-
     trust: Trust | None = None
 
     @property
+    def id(self) -> str:
+        return self.manifest.id
+
+    @property
     def threshold(self) -> float | None:
-        return self.manifest.get("threshold")
+        """The binary operating point on calibrated P(positive); None for other tasks."""
+        return self.manifest.threshold
+
+    @property
+    def training(self) -> ManifestTraining:
+        """Facts of the training run (selected epoch, stop reason, seed, referral grade,
+        regression flag)."""
+        return self.manifest.training
+
+    @property
+    def trained_on(self) -> TrainedOn:
+        """The training cohort's record (path, fingerprint, modalities, photometry)."""
+        return self.manifest.cohort
+
+    @property
+    def lineage(self) -> list[dict[str, Any]]:
+        """Every cohort the weights have seen, oldest first (``{path, fingerprint,
+        bundle_id}`` ...); a bundle from before lineage was kept lists its own cohort."""
+        if self.manifest.lineage is not None:
+            return [dict(entry) for entry in self.manifest.lineage]
+        cohort = self.manifest.cohort
+        return [{"path": cohort.path, "fingerprint": cohort.fingerprint, "bundle_id": self.id}]
+
+    @cached_property
+    def checksum(self) -> str:
+        """sha256 of ``bundle.json`` (verified against its sidecar when loaded)."""
+        return sha256_file(self.path / MANIFEST)
+
+    @cached_property
+    def config(self) -> TrainConfig:
+        """The resolved training configuration (``config.json``, checksummed).
+
+        Raises:
+            BundleError: it no longer validates as a :class:`TrainConfig` (a bundle from
+                an older medres).
+        """
+        path = self.path / "config.json"
+        try:
+            return TrainConfig.model_validate(json.loads(path.read_text()))
+        except (OSError, ValueError, ValidationError) as e:
+            raise BundleError(
+                f"{path} cannot be read as a training configuration ({e}); retrain the "
+                "bundle with this medres"
+            ) from e
 
 
 def save_bundle(
@@ -201,9 +247,9 @@ def training_cohort(bundle: Bundle) -> Path | None:
     own = bundle.path / TRAINING_COHORT
     if own.is_file():
         return own
-    recorded = bundle.manifest.get("cohort") or {}
-    path = Path(recorded.get("path") or "")
-    if path.is_file() and Cohort.load(path).fingerprint() == recorded.get("fingerprint"):
+    recorded = bundle.trained_on
+    path = Path(recorded.path or "")
+    if path.is_file() and Cohort.load(path).fingerprint() == recorded.fingerprint:
         return path
     return None
 
@@ -306,6 +352,43 @@ class ManifestModel(BaseModel):
     args: dict[str, Any]  # free-form: create_model checks each argument
 
 
+class ManifestTraining(BaseModel):
+    """``training``: facts of the run that made the weights. Keys beyond these (seconds,
+    leakage counts, ...) are kept as they were written."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    best_epoch: int | None = None
+    metric: str | None = None
+    epochs_run: int | None = None
+    stopped_by: str | None = None  # a medres.train.StopReason value
+    seed: int | None = None
+    referable_from: Any = None  # ordinal: the lowest referable grade
+    flag_below: float | None = None  # regression: flag predictions below this value
+    leakage_allowed: bool = False
+
+
+class TrainedOn(BaseModel):
+    """``cohort``: what the training cohort was (path, fingerprint, counts, the DICOM
+    modalities and the photometry of its training scans)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    path: str | None = None
+    fingerprint: str | None = None
+    modalities: list[str] = []
+    channels: list[int] = []
+    photometric: Literal["grey", "colour"] | None = None
+
+    def grey(self, in_channels: int) -> bool:
+        """Whether the training scans were grey: judged on their content
+        (``photometric``), else their channel counts, else (the oldest bundles) the
+        model's ``in_channels``."""
+        if self.photometric:
+            return self.photometric == "grey"
+        if self.channels:
+            return max(self.channels) < 3
+        return in_channels == 1
+
+
 class Manifest(BaseModel):
     """The typed fields of ``bundle.json``. Free-form records (``training``, ``cohort``,
     ``lineage``, ``versions``) are dicts, and keys added later (``updated``,
@@ -324,9 +407,9 @@ class Manifest(BaseModel):
     calibrated: bool = False
     model: ManifestModel
     preprocess: PreprocessSpec
-    training: dict[str, Any] = {}
-    cohort: dict[str, Any] = {}
-    lineage: list[dict[str, Any]] = []
+    training: ManifestTraining = ManifestTraining()
+    cohort: TrainedOn = TrainedOn()
+    lineage: list[dict[str, Any]] | None = None  # None: a bundle from before lineage
     versions: dict[str, str] = {}
     files: dict[str, str]
 
@@ -374,20 +457,17 @@ def validate_manifest(path: str | Path, manifest: dict[str, Any]) -> Manifest:
         raise _field_error(path, field, found, expected) from None
     except ConfigError as e:  # PreprocessSpec's checks between its own fields
         raise _field_error(path, "preprocess", manifest.get("preprocess"), str(e)) from None
-    task, classes = typed.task, typed.classes
-    if task == "regression" and classes:
-        raise _field_error(path, "classes", classes, "null (or []) for task 'regression'")
-    if task != "regression":
-        wanted = 2 if task == "binary" else "at least 2"
-        if not classes or len(classes) < 2 or (task == "binary" and len(classes) != 2):
-            raise _field_error(path, "classes", classes, f"{wanted} classes for task {task!r}")
+    task, classes = task_named(typed.task), typed.classes
+    problem = task.classes_problem(classes)
+    if problem:
+        raise _field_error(path, "classes", classes, problem)
     if typed.threshold is not None:
-        if task != "binary":
+        if not task.operating_point:
             raise _field_error(
                 path,
                 "threshold",
                 typed.threshold,
-                f"null for task {task!r} (only binary bundles have an operating point)",
+                f"null for task {task.name!r} (only binary bundles have an operating point)",
             )
         # choose_threshold may return the float just above 1 (nothing positive)
         if not 0 <= typed.threshold <= 1 + 1e-9:
@@ -431,7 +511,7 @@ def _check_head(path: Path, typed: Manifest, info: TaskInfo, state: dict[str, An
     if outputs != needed:
         gives = "task 'regression' (1 output)" if outputs == 1 else f"{outputs} classes"
         expected = f"{gives}: the weights' head ({HEAD}) has shape {tuple(head.shape)}"
-        if typed.task == "regression" or outputs == 1:
+        if not info.kind.classifies or outputs == 1:
             found = f"{typed.task!r} ({needed} output{'s' * (needed != 1)})"
             raise _field_error(path, "task", found, expected)
         found = f"{typed.classes} ({needed} outputs for task {typed.task!r})"
@@ -443,6 +523,12 @@ def _check_head(path: Path, typed: Manifest, info: TaskInfo, state: dict[str, An
             typed.model.args.get("num_classes"),
             f"{outputs}, the outputs of the weights' head ({HEAD})",
         )
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """The verified (:func:`verify_bundle`) and typed (:func:`validate_manifest`)
+    ``bundle.json`` of the bundle at ``path``, without loading its weights."""
+    return validate_manifest(path, verify_bundle(path))
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -457,7 +543,7 @@ def load_bundle(path: str | Path) -> Bundle:
     manifest = verify_bundle(path)
     typed = validate_manifest(path, manifest)
     target = typed.target
-    classes = None if typed.task == "regression" else list(typed.classes)
+    classes = list(typed.classes) if task_named(typed.task).classifies else None
     info = TaskInfo(typed.task, classes, target.mean, target.std, target.range)
     try:
         state = load_file(path / WEIGHTS)
@@ -482,7 +568,7 @@ def load_bundle(path: str | Path) -> Bundle:
             f"{path / CALIBRATION} cannot be read ({e!r}); refit it with "
             f"`medres calibrate {path} COHORT.parquet`"
         ) from e
-    return Bundle(path, manifest, model.eval(), typed.preprocess, info, trust)
+    return Bundle(path, typed, model.eval(), typed.preprocess, info, trust)
 
 
 def versions() -> dict[str, str]:

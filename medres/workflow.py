@@ -157,7 +157,7 @@ def train_bundle(
         threshold=threshold,
         trust=trust,
         parent_id=parent.id if parent is not None else None,
-        parent_lineage=_lineage(parent.manifest) if parent is not None else [],
+        parent_lineage=parent.lineage if parent is not None else [],
         frozen_test=frozen_test,
     )
     shutil.rmtree(out / CHECKPOINT.parent, ignore_errors=True)
@@ -183,15 +183,6 @@ def _hashed_scans(scan_ids: list[str], salt: str) -> dict[str, Any]:
     return {"scans": len(scan_ids), "scan_hashes": sorted(hash_id(salt, s) for s in scan_ids)}
 
 
-def _lineage(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """A bundle's lineage; bundles from before lineage was kept list their own cohort."""
-    if "lineage" in manifest:
-        return list(manifest["lineage"])
-    cohort = manifest.get("cohort") or {}
-    seen = {"path": cohort.get("path"), "fingerprint": cohort.get("fingerprint")}
-    return [{**seen, "bundle_id": manifest["id"]}]
-
-
 def calibrate_bundle(
     bundle_path: str | Path, cohort_path: str | Path, config: TrustConfig | None = None
 ) -> dict[str, Evaluation]:
@@ -203,7 +194,7 @@ def calibrate_bundle(
     if bundle.info.task == "regression":
         raise ConfigError("regression bundles have no calibration, conformal sets or referral")
     cohort = Cohort.load(cohort_path)
-    referable = bundle.manifest["training"].get("referable_from")
+    referable = bundle.training.referable_from
     trust, evaluations, threshold = _fit_trust_and_evaluate(
         bundle.model, bundle.info, bundle.spec, cohort, config or TrustConfig(), referable
     )
@@ -304,9 +295,9 @@ def evaluate_bundle(
     scored = score_rows(bundle.model, bundle.info, bundle.spec, rows)
     if scored.rows.empty:
         raise ConfigError(f"none of the {len(rows)} '{split}' scans could be read; see the errors")
-    referable = bundle.info.referable_index(bundle.manifest["training"].get("referable_from"))
+    referable = bundle.info.referable_index(bundle.training.referable_from)
     assessed = _assess(bundle.info, scored, bundle.trust)
-    flag_below = bundle.manifest["training"].get("flag_below")
+    flag_below = bundle.training.flag_below
     evaluation = _evaluate(bundle.info, scored, assessed, bundle.threshold, referable, flag_below)
     extra = {
         "bundle_id": bundle.id,

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 import medres.io as medres_io
+from medres.bundle import TrainedOn
 from medres.cohort import Cohort, build_cohort, read_row
 from medres.errors import ManifestError, ScanContentError
 from medres.io import Volume, discover, read_scan
@@ -192,14 +193,16 @@ def test_colour_is_judged_by_content_and_against_what_the_bundle_trained_on():
     colour = Volume(np.concatenate([grey, grey // 2, 255 - grey]), np.eye(4))
     time_points = Volume(np.repeat(grey[..., None], 3, axis=0), np.eye(4))  # 3 volumes
     assert not is_colour(rgb_grey) and is_colour(colour) and not is_colour(time_points)
-    for trained in ({"photometric": "grey"}, {"channels": [1]}, {"in_channels": 1}):
+    # judged on the training scans' content, else their channels, else the model's input
+    for trained in (TrainedOn(photometric="grey"), TrainedOn(channels=[1]), TrainedOn()):
         with pytest.raises(ScanContentError, match="colour image"):
-            check_colour("c", colour, trained)
-        check_colour("g", rgb_grey, trained)  # a grey X-ray saved as RGB is grey
+            check_colour("c", colour, trained.grey(in_channels=1))
+        check_colour("g", rgb_grey, trained.grey(in_channels=1))  # an RGB-saved X-ray is grey
     # trained on RGB-stored grey images: colour is still refused; trained on colour: not
-    check_colour("c", colour, {"photometric": "colour", "channels": [3]})
+    check_colour("c", colour, TrainedOn(photometric="colour", channels=[3]).grey(3))
     with pytest.raises(ScanContentError, match="colour image"):
-        check_colour("c", colour, {"photometric": "grey", "channels": [3]})
+        check_colour("c", colour, TrainedOn(photometric="grey", channels=[3]).grey(3))
+    assert not TrainedOn().grey(in_channels=3)
 
 
 def test_ingest_modality_declares_what_png_exports_are(tmp_path):

@@ -178,7 +178,7 @@ def test_calibrate_refits_the_trust_layer_of_a_copy(trained, tmp_path):
     after = load_bundle(copy)  # checksums were updated with the new files
     assert after.trust.conformal.to_dict()["coverage"] == 0.8
     assert after.trust.config.conformal_score == "aps"
-    assert after.id == before.id and after.manifest["updated"]
+    assert after.id == before.id and after.manifest.updated
     assert "## Recalibrated" in (copy / "model_card.md").read_text()
     weights = zip(
         before.model.state_dict().values(), after.model.state_dict().values(), strict=True

@@ -63,8 +63,8 @@ def train_command(
         medres train --cohort cohort_split.parquet -o bundles/pneumonia
         medres train pipeline.toml --set task=ordinal --set epochs=50 -o bundles/dr
     """
-    import json
 
+    from medres.bundle import read_manifest
     from medres.config import apply_overrides, read_toml, validate
     from medres.errors import ConfigError
     from medres.train import StopReason
@@ -90,11 +90,11 @@ def train_command(
         bundle_json, evaluations = train_bundle(
             cohort_path, settings, out, resume=resume, allow_leakage=allow_leakage
         )
-    training = json.loads(bundle_json.read_text())["training"]
-    if StopReason(training["stopped_by"]) is StopReason.TIME_LIMIT:
+    training = read_manifest(bundle_json.parent).training
+    if StopReason(training.stopped_by) is StopReason.TIME_LIMIT:
         console.print(
             f"[yellow]training reached its {settings.time_limit_minutes:g}-minute limit after "
-            f"{training['epochs_run']} of {settings.epochs} epochs[/] (the best of them is "
+            f"{training.epochs_run} of {settings.epochs} epochs[/] (the best of them is "
             "bundled); --set time_limit_minutes=0 lifts the limit"
         )
     print_metrics(evaluations)

@@ -33,7 +33,7 @@ def collect(variant: Variant, here: Path) -> dict[str, Any]:
 
     bundle = load_bundle(here / "bundle")
     manifest = bundle.manifest
-    training = manifest["training"]
+    training = manifest.training
     val = json.loads((here / "bundle" / "metrics.json").read_text())["val"]
     report = json.loads((here / "report" / "report.json").read_text())
     run = json.loads((here / "predictions" / "run.json").read_text())
@@ -41,13 +41,13 @@ def collect(variant: Variant, here: Path) -> dict[str, Any]:
     return {
         "name": variant.name,
         "label": variant.label or variant.name,
-        "model": manifest["model"]["name"],
-        "task": manifest["task"],
+        "model": manifest.model.name,
+        "task": manifest.task,
         "parameters": sum(p.numel() for p in bundle.model.parameters()),
         "train_seconds": float(history["seconds"].sum()),
         "seconds_per_epoch": float(history["seconds"].mean()),
-        "epochs_run": training["epochs_run"],
-        "best_epoch": training["best_epoch"],
+        "epochs_run": training.epochs_run,
+        "best_epoch": training.best_epoch,
         "val": val["metrics"],
         "test": report["metrics"],
         "test_patient": report.get("patient_metrics", {}),
@@ -55,8 +55,8 @@ def collect(variant: Variant, here: Path) -> dict[str, Any]:
         "n_test_patients": report["n_patients"],
         "n_val_scans": val["n_scans"],
         "per_class": report.get("conformal_per_class"),
-        "value_range": (manifest.get("target") or {}).get("range"),
-        "flag_below": training.get("flag_below"),
+        "value_range": manifest.target.range,
+        "flag_below": training.flag_below,
         "referral_sentence": report.get("referral_sentence"),
         "predict": {
             "scans_per_second": run["scans_per_second"],

@@ -8,7 +8,6 @@ conformal sets, OOD model and referral rule are applied exactly as stored.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -28,7 +27,6 @@ from medres.calibrate import softmax
 from medres.cohort import progress_task
 from medres.errors import BundleError, ConfigError
 from medres.explain import grad_cam, map_to_scan, write_explanation
-from medres.files import sha256_file
 from medres.io.discover import ScanSource, discover
 from medres.io.names import path_text
 from medres.predict.scans import Item, PredictScans, decoded_batches, failure_row
@@ -124,7 +122,7 @@ def predict_folder(
     members = [load_bundle(p) for p in [bundle, *options.ensemble]]
     _check_members(members)
     job = {
-        "bundles": [{"id": b.id, "checksum": sha256_file(b.path / "bundle.json")} for b in members],
+        "bundles": [{"id": b.id, "checksum": b.checksum} for b in members],
         **options.contract(),
     }
     store = ResultStore(out, job)
@@ -135,7 +133,7 @@ def predict_folder(
     dataset = PredictScans(
         found.scans,
         members[0].spec,
-        trained=members[0].manifest["cohort"],
+        trained=members[0].trained_on,
         done=set(zip(done["scan_id"], done["input_hash"], strict=True)),
         keep_volume=options.explain,
     )
@@ -221,13 +219,12 @@ class _Predictor:
         self.info, self.trust = first.info, first.trust
         self.flag_below = options.flag_below
         if self.flag_below is None:
-            self.flag_below = first.manifest["training"].get("flag_below")
+            self.flag_below = first.training.flag_below
         if self.flag_below is not None and self.info.task != "regression":
             raise ConfigError(f"--flag-below applies to regression bundles; {first.path} is not")
         self.views = tta_views(first.spec) if options.tta else None
         native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        trained = json.loads((first.path / "config.json").read_text()).get("precision")
-        self.precision = "bf16" if trained == "bf16" and native_bf16 else "fp32"
+        self.precision = "bf16" if first.config.precision == "bf16" and native_bf16 else "fp32"
         self.transform = build_transform(first.spec)
         dims = first.spec.spatial_dims
         self.memory_format = torch.channels_last if dims == 2 else torch.channels_last_3d

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from medres.bundle import TrainedOn
 from medres.errors import ScanContentError, ScanError, ScanReadError, first_line
 from medres.explain import transform_with_meta
 from medres.files import sha256_file
@@ -93,24 +94,15 @@ def check_modality(scan_id: str, modality: str | None, expected: list[str]) -> N
         )
 
 
-def check_colour(scan_id: str, volume: Volume, trained: dict[str, Any]) -> None:
-    """Refuse a colour image for a bundle whose training scans were grey.
-
-    ``trained``: the bundle's ``cohort`` facts: ``photometric`` (``grey`` / ``colour``,
-    judged on the training scans' content), else ``channels`` (their channel counts);
-    a bundle older than both is judged by its preset. A grey image stored as RGB is grey
-    (:func:`medres.io.volume.is_colour`).
+def check_colour(scan_id: str, volume: Volume, trained_grey: bool) -> None:
+    """Refuse a colour image for a bundle whose training scans were grey
+    (``trained_grey``: :meth:`medres.bundle.TrainedOn.grey`). A grey image stored as RGB
+    is grey (:func:`medres.io.volume.is_colour`).
 
     Raises:
         ScanContentError: naming the colour found and what the bundle was trained on.
     """
-    if trained.get("photometric"):
-        grey = trained["photometric"] == "grey"
-    elif trained.get("channels"):
-        grey = max(trained["channels"]) < 3
-    else:
-        grey = trained["in_channels"] == 1
-    if grey and is_colour(volume):
+    if trained_grey and is_colour(volume):
         raise ScanContentError(
             scan_id,
             f"is a colour image ({volume.channels} channels that differ) but the bundle was "
@@ -127,13 +119,14 @@ class PredictScans(torch.utils.data.Dataset):
         scans: list[ScanSource],
         spec: PreprocessSpec,
         *,
-        trained: dict[str, Any],
+        trained: TrainedOn,
         done: set[tuple[str, str]],
         keep_volume: bool = False,
     ) -> None:
         self.scans = scans
         self.transform = build_transform(spec)
-        self.trained = {"in_channels": spec.in_channels, **trained}
+        self.modalities = trained.modalities
+        self.trained_grey = trained.grey(spec.in_channels)
         self.done = done
         self.keep_volume = keep_volume
 
@@ -160,9 +153,8 @@ class PredictScans(torch.utils.data.Dataset):
             volume = read_scan(scan)
             volume.meta["scan_id"] = scan.scan_id
             stage = "validate"
-            modalities = self.trained.get("modalities", [])
-            check_modality(scan.scan_id, scan.meta.get("modality"), modalities)
-            check_colour(scan.scan_id, volume, self.trained)
+            check_modality(scan.scan_id, scan.meta.get("modality"), self.modalities)
+            check_colour(scan.scan_id, volume, self.trained_grey)
             # with explanations, the input keeps its spatial history (MetaTensor) so the
             # heatmap maps back to the scan without preprocessing it a second time
             traced = self.keep_volume

@@ -343,7 +343,7 @@ def _champion_cohort(champion: Bundle, given) -> Path:
     path = training_cohort(champion)
     if path is None:
         raise ConfigError(
-            f"the champion's test cohort {champion.manifest['cohort'].get('path')} is gone or "
+            f"the champion's test cohort {champion.trained_on.path} is gone or "
             "changed since it was trained; give it with --old-cohort COHORT.parquet"
         )
     return path
@@ -368,8 +368,8 @@ def _describe(b: Bundle) -> dict[str, Any]:
     return {
         "id": b.id,
         "path": str(b.path.resolve()),
-        "parent_id": b.manifest.get("parent_id"),
-        "created": b.manifest.get("created"),
+        "parent_id": b.manifest.parent_id,
+        "created": b.manifest.created,
     }
 
 

@@ -18,7 +18,6 @@ selects its epoch and fits its calibration on val, as ``medres train`` does.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +116,7 @@ def retrain_bundle(
         old = training_cohort(parent)
         if old is None:
             raise ConfigError(
-                f"the champion's training cohort {parent.manifest['cohort'].get('path')} is "
+                f"the champion's training cohort {parent.trained_on.path} is "
                 "gone or changed since it was trained, so it cannot be rehearsed; give it "
                 "again with --cohort OLD.parquet --new-only, or train on the new cohorts "
                 "alone with --new-only"
@@ -288,11 +287,11 @@ def _challenger_config(parent, from_scratch: bool, overrides: Sequence[str]) -> 
             f"a challenger keeps the champion's {', '.join(FIXED)}; cannot override {fixed}. "
             "To change them, train a new model with `medres train`"
         )
-    base = json.loads((parent.path / "config.json").read_text())
+    base = parent.config.model_dump(mode="json")
     if not from_scratch:
         base.update(lr=base["lr"] * FINE_TUNE_LR, epochs=max(1, base["epochs"] // 2))
         base["warmup_epochs"] = 0
-    args = dict(parent.manifest["model"]["args"])
+    args = dict(parent.manifest.model.args)
     if not from_scratch:
         args.pop("pretrained", None)  # the champion's weights replace them
     base.update(preprocess=parent.spec.model_dump(mode="json"), model_args=args)

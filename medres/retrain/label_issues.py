@@ -14,20 +14,18 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import ValidationError
 
 from medres import __version__
 from medres.bundle import Bundle, load_bundle
 from medres.cohort import Cohort, read_row, real_files
-from medres.errors import BundleError, ConfigError, ScanError
-from medres.files import FORMAT_KEY, sha256_file, write_json, write_text
+from medres.errors import ConfigError, ScanError
+from medres.files import FORMAT_KEY, write_json, write_text
 from medres.review.issues import (
     ACTIVE_LEARNING_REASON,
     FORMAT,
@@ -317,7 +315,7 @@ def label_issues(
         )
     table["input_hash"] = [input_hash(tuple(real_files(files[s]))) for s in table["scan_id"]]
     table["bundle_id"] = bundle.id
-    table["bundle_checksum"] = sha256_file(Path(bundle.path) / "bundle.json")
+    table["bundle_checksum"] = bundle.checksum
     probs_columns = [c for c in table.columns if c.startswith("prob_")]
     table = table[[*LABEL_ISSUE_COLUMNS, *probs_columns]]
     write_text(out, table.to_csv(index=False), private=True)
@@ -338,16 +336,7 @@ def _classifier(bundle: Bundle | str | Path) -> Bundle:
 
 def _train_config(bundle: Bundle, epochs: int | None):
     """The bundle's training configuration with its own preprocessing (and ``epochs``)."""
-    from medres.train.config import TrainConfig
-
-    path = Path(bundle.path) / "config.json"
-    try:
-        config = TrainConfig.model_validate(json.loads(path.read_text()))
-    except (OSError, ValueError, ValidationError) as e:
-        raise BundleError(
-            f"{path} cannot be read as a training configuration ({e}); retrain the bundle "
-            "with this medres"
-        ) from e
+    config = bundle.config
     if epochs is not None and epochs < 1:
         raise ConfigError(f"--epochs must be at least 1; got {epochs}")
     return config.model_copy(update={"preprocess": bundle.spec, "epochs": epochs or config.epochs})

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from medres.bundle import verify_bundle
+from medres.bundle import read_manifest
 from medres.errors import ConfigError
 from medres.files import FORMAT_KEY, check_format, write_json
 from medres.retrain.compare import read_comparison
@@ -62,10 +62,10 @@ def promote(
     if champion["id"] == challenger["id"]:
         raise ConfigError(f"{comparison_dir} compares bundle {champion['id']} with itself")
     for model in (champion, challenger):
-        manifest = verify_bundle(model["path"])  # BundleError names the file if it changed
-        if manifest["id"] != model["id"]:
+        manifest = read_manifest(model["path"])  # BundleError names the file if it changed
+        if manifest.id != model["id"]:
             raise ConfigError(
-                f"{model['path']} now holds bundle {manifest['id']}, not {model['id']} that "
+                f"{model['path']} now holds bundle {manifest.id}, not {model['id']} that "
                 "was compared; compare again"
             )
     now = _now()
