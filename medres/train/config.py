@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medres.tasks import task_named
 from medres.transforms import PreprocessSpec
 from medres.uncertainty.trust import TrustConfig
 
@@ -86,9 +87,10 @@ class TrainConfig(BaseModel):
 def task_conflict(config: TrainConfig, task: str) -> str | None:
     """Why ``config`` cannot train a ``task`` model, or None: regression-only settings
     on another task, a binary-only calibration on a task that is not binary."""
-    if (config.value_range or config.flag_below is not None) and task != "regression":
+    kind = task_named(task)
+    if (config.value_range or config.flag_below is not None) and kind.classifies:
         return f"value_range and flag_below apply to regression; task is {task}"
-    if config.trust.calibration in ("platt", "isotonic") and task != "binary":
+    if config.trust.calibration in ("platt", "isotonic") and not kind.operating_point:
         return (
             f"trust.calibration={config.trust.calibration} fits binary tasks only and this "
             f"task is {task}; use --set trust.calibration=temperature"

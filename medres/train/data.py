@@ -96,7 +96,7 @@ def cohort_spec(given, train_rows: pd.DataFrame, val_rows: pd.DataFrame) -> Prep
 
 def require_every_class(info: TaskInfo, targets: torch.Tensor, split: str) -> None:
     """Every class in ``split``, or its AUROC / kappa (the selection score) is undefined."""
-    if info.task == "regression":
+    if not info.kind.classifies:
         return
     missing = sorted(set(range(info.num_outputs)) - set(targets.tolist()))
     if missing:

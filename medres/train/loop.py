@@ -219,7 +219,7 @@ def _task(config: TrainConfig, train_rows, val_rows, test_rows) -> TaskInfo:
     target is standardised with the training rows' mean and sd."""
     labelled = pd.concat([train_rows, val_rows, test_rows])
     info = infer_task(labelled["label"], config.task, config.positive_class)
-    if info.task == "regression":
+    if not info.kind.classifies:
         fitted = infer_task(train_rows["label"], "regression")
         info.target_mean, info.target_std = fitted.target_mean, fitted.target_std
         info.value_range = config.value_range or fitted.value_range

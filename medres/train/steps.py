@@ -13,7 +13,7 @@ import torch
 from sklearn.metrics import cohen_kappa_score, mean_absolute_error, roc_auc_score
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from medres.tasks import TaskInfo, median_grade
+from medres.tasks import TaskInfo
 from medres.train.config import TrainConfig
 from medres.transforms import PreprocessSpec
 
@@ -53,15 +53,13 @@ def precision(requested: str) -> str:
 
 def loss_function(info: TaskInfo, config: TrainConfig, targets: torch.Tensor):
     """MSE on the standardised target (regression), else cross-entropy (optionally with
-    balanced class weights and label smoothing)."""
-    if info.task == "regression":
-        mse = torch.nn.MSELoss()
-        return lambda outputs, y: mse(outputs[:, 0], y.float())
-    weight = None
-    if config.class_weights == "balanced":
-        counts = torch.bincount(targets, minlength=info.num_outputs).float().clamp(min=1)
-        weight = counts.sum() / (len(counts) * counts)
-    return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+    balanced class weights and label smoothing): :meth:`~medres.tasks.Task.loss`."""
+    return info.kind.loss(
+        targets,
+        info.num_outputs,
+        class_weights=config.class_weights,
+        label_smoothing=config.label_smoothing,
+    )
 
 
 def optimizer(model, config: TrainConfig):
@@ -141,7 +139,7 @@ def infer(
 
 
 def selection_metric(info: TaskInfo) -> str:
-    return {"regression": "mae", "ordinal": "kappa_quadratic"}.get(info.task, "auroc")
+    return info.kind.selection_metric
 
 
 def shown(metric: str, score: float) -> float:
@@ -155,15 +153,32 @@ def selection_score(info: TaskInfo, targets: np.ndarray, outputs: np.ndarray) ->
     in ``targets`` (:func:`~medres.train.fit` checks the validation split before training)."""
     if not np.isfinite(outputs).all():
         return -math.inf  # a diverged epoch is never selected
-    scores = info.outputs_to_scores(outputs)
-    if info.task == "regression":
-        truth = targets * info.target_std + info.target_mean
-        return -float(mean_absolute_error(truth, scores))
-    if info.task == "ordinal":
-        return float(cohen_kappa_score(targets, median_grade(scores), weights="quadratic"))
-    if info.task == "binary":
-        return float(roc_auc_score(targets, scores[:, 1]))
+    scores = info.kind.metric_scores(info.outputs_to_scores(outputs))
+    return _SELECTION_SCORE[info.kind.selection_metric](info, targets, scores)
+
+
+def _negative_mae(info: TaskInfo, targets: np.ndarray, predictions: np.ndarray) -> float:
+    truth = targets * info.target_std + info.target_mean  # standardised → label units
+    return -float(mean_absolute_error(truth, predictions))
+
+
+def _kappa_quadratic(info: TaskInfo, targets: np.ndarray, probs: np.ndarray) -> float:
+    """Of the shown class (ordinal: the median grade)."""
+    return float(cohen_kappa_score(targets, info.kind.shown_class(probs), weights="quadratic"))
+
+
+def _auroc(info: TaskInfo, targets: np.ndarray, scores: np.ndarray) -> float:
+    """Binary: of P(positive) (N,); else macro one-vs-rest over the K columns."""
+    if scores.ndim == 1:
+        return float(roc_auc_score(targets, scores))
     return float(roc_auc_score(targets, scores, multi_class="ovr", labels=range(scores.shape[1])))
+
+
+_SELECTION_SCORE = {  # Task.selection_metric -> the score, maximised
+    "mae": _negative_mae,
+    "kappa_quadratic": _kappa_quadratic,
+    "auroc": _auroc,
+}
 
 
 def selects(score: float, loss: float, selection: Selection, tolerance: float) -> bool:

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from medres.calibrate import calibrator_from_dict, make_calibrator, softmax
 from medres.files import atomic_write, write_json
-from medres.tasks import predicted_class
+from medres.tasks import Task, task_named
 from medres.uncertainty.conformal import ConformalClassifier
 from medres.uncertainty.ood import MahalanobisOOD
 from medres.uncertainty.referral import choose_uncertainty_threshold, referral_reasons
@@ -88,6 +88,11 @@ class Trust:
     referral: dict[str, Any]
     config: TrustConfig
 
+    @property
+    def kind(self) -> Task:
+        """The :class:`~medres.tasks.Task` of the bundle (``task`` is its stored name)."""
+        return task_named(self.task)
+
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
         """(…, K) logits → calibrated probabilities of the same shape."""
         flat = logits.reshape(-1, logits.shape[-1])
@@ -111,7 +116,7 @@ class Trust:
         scores = uncertainty_scores(samples)
         sets = self.conformal.predict_sets(probs)
         n = len(probs)
-        predicted = predicted_class(self.task, probs)
+        predicted = self.kind.shown_class(probs)
         sets[np.arange(n), predicted] = True  # the class shown (ordinal: median grade) is in it
         if self.ood is not None and features is not None:
             ood_score = self.ood.score(features)
@@ -199,7 +204,7 @@ def fit_trust(
     ).fit(probs, val_targets)
     scores = uncertainty_scores(probs[None])
     uncertainty = as_uncertainty(config.referral_score, scores)
-    correct = predicted_class(task, probs) == val_targets
+    correct = task_named(task).shown_class(probs) == val_targets
     threshold = choose_uncertainty_threshold(uncertainty, correct, config.target_accuracy)
     kept = uncertainty <= threshold
     referral = {
