@@ -22,6 +22,7 @@ arguments (with :func:`whole_number` and :func:`unit_interval`), and writes::
   the folder and the warning that a re-run replaces it.
 
 Plus the pieces every export uses: :class:`Summary` (``labels_csv`` of a summary),
+:func:`note_text` (an adapter's ``SOURCE.md`` prose, a Markdown template next to it),
 :func:`markdown_table`, :func:`counts_text`, :func:`write_png` and :class:`Progress`.
 """
 
@@ -30,10 +31,12 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import string
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +151,18 @@ def write_export(
             yield export
         if not export.finished:  # a bug: the folder would lack its marker and labels
             raise RuntimeError(f"{exporter.what}: finish() was not called")
+
+
+def note_text(template_path: str, **fields: object) -> str:
+    """The Markdown template at ``template_path`` (relative to this package, e.g.
+    ``"motion/note.md"``) with its ``$field`` placeholders filled in
+    (:class:`string.Template`), without its final newline.
+
+    Raises KeyError for a placeholder missing from ``fields``.
+    """
+    template = resources.files(__package__).joinpath(*template_path.split("/"))
+    text = template.read_text(encoding="utf-8").removesuffix("\n")
+    return string.Template(text).substitute(fields)
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

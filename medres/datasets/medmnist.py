@@ -48,20 +48,19 @@ Axis conventions (no transposes, no flips: the files hold the array as it is):
 
 The folder is written like every medres export (:mod:`medres.datasets._export`):
 atomically, replacing an earlier MedMNIST export as a whole (no stale files from a larger
-one remain) and refusing any other non-empty folder.
+one remain) and refusing any other non-empty folder. Reading the ``.npz``:
+:mod:`.medmnist_input`; the ``SOURCE.md``: :mod:`.medmnist_note` (prose in
+``medmnist_note.md``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shlex
 import time
-import zipfile
-import zlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,50 +68,19 @@ import numpy as np
 from medres.datasets._export import (
     SPLITS,
     Exporter,
-    SourceNote,
+    StagedExport,
     Summary,
     check_out_dir,
-    counts_text,
-    markdown_table,
-    whole_number,
     write_export,
 )
 from medres.datasets._export import write_png as _write_png  # a global: tests patch it
+from medres.datasets.medmnist_input import check_args, image_kind, load_npz, select_indices
+from medres.datasets.medmnist_note import source_note
 from medres.errors import ConfigError
 
 CSV_COLUMNS: tuple[str, ...] = ("path", "label", "split", "patient_id")
 PROGRESS_THRESHOLD = 1000  # show a progress bar above this many images
-
 EXPORTER = Exporter("MedMNIST export", "`medres datasets medmnist`", "medmnist")
-
-# Display names of the MedMNIST v2 subsets (file stem -> name used in the paper).
-_NAMES = {
-    "pathmnist": "PathMNIST",
-    "chestmnist": "ChestMNIST",
-    "dermamnist": "DermaMNIST",
-    "octmnist": "OCTMNIST",
-    "pneumoniamnist": "PneumoniaMNIST",
-    "retinamnist": "RetinaMNIST",
-    "breastmnist": "BreastMNIST",
-    "bloodmnist": "BloodMNIST",
-    "tissuemnist": "TissueMNIST",
-    "organamnist": "OrganAMNIST",
-    "organcmnist": "OrganCMNIST",
-    "organsmnist": "OrganSMNIST",
-    "organmnist3d": "OrganMNIST3D",
-    "nodulemnist3d": "NoduleMNIST3D",
-    "adrenalmnist3d": "AdrenalMNIST3D",
-    "fracturemnist3d": "FractureMNIST3D",
-    "vesselmnist3d": "VesselMNIST3D",
-    "synapsemnist3d": "SynapseMNIST3D",
-}
-_CITATION = (
-    "Jiancheng Yang, Rui Shi, Donglai Wei, Zequan Liu, Lin Zhao, Bilian Ke, Hanspeter "
-    "Pfister, Bingbing Ni. MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D "
-    "biomedical image classification. Scientific Data 10, 41 (2023). "
-    "https://doi.org/10.1038/s41597-022-01721-8"
-)
-_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 @dataclass(frozen=True)
@@ -186,32 +154,19 @@ def export_medmnist(
     t0 = time.perf_counter()
     npz_path = Path(npz_path)
     out_dir = Path(out_dir)
-    splits = _check_args(splits, limit, per_class)
+    splits = check_args(splits, limit, per_class)
     dataset = npz_path.name.removesuffix(".npz").lower()
 
-    data = _load(npz_path, splits)
+    data = load_npz(npz_path, splits)
     image_shape = next(iter(data.values()))[0].shape[1:]
-    kind = _kind(image_shape, named_3d="3d" in dataset, path=npz_path)
+    kind = image_kind(image_shape, named_3d="3d" in dataset, path=npz_path)
     multi_label = any(lab.shape[1] > 1 for _, lab in data.values())
     if per_class is not None and multi_label:
         raise ConfigError(
             f"{npz_path}: --per-class needs one class per image, but this file has "
             f"multi-label vectors; use --limit instead"
         )
-
-    chosen: dict[str, np.ndarray] = {}
-    warnings: list[str] = []
-    for split, (_, labels) in data.items():
-        chosen[split] = _select(labels, limit, per_class)
-        if limit is not None and not multi_label and len(chosen[split]):
-            classes = np.unique(labels[chosen[split], 0])
-            all_classes = np.unique(labels[:, 0])
-            if len(classes) < len(all_classes):
-                warnings.append(
-                    f"{split}: the first {limit} images hold only class(es) "
-                    f"{classes.tolist()} of {all_classes.tolist()}; use per_class "
-                    f"(--per-class) for a small export with every class"
-                )
+    chosen, warnings = _choose(data, limit, per_class, multi_label)
 
     given_out = out_dir
     out_dir = check_out_dir(out_dir, EXPORTER)
@@ -222,189 +177,74 @@ def export_medmnist(
     with write_export(
         EXPORTER, out_dir, total=total, show_progress=show, description=dataset
     ) as export:
-        rows: list[tuple[str, str, str, str]] = []
-        for split, (images, labels) in data.items():
-            (export.folder / split).mkdir()
-            ext = ".nii.gz" if kind == "3d" else ".png"
-            for i in chosen[split]:
-                rel = f"{split}/{split}_{i:05d}{ext}"
-                if kind == "3d":
-                    _write_nifti(images[i], export.folder / rel, f"{dataset} {split} {i}")
-                else:
-                    _write_png(images[i], os.path.join(export.folder, rel))
-                rows.append((rel, _label_text(labels[i]), split, ""))
-                export.advance()
-        counts = {s: len(chosen[s]) for s in data}
-        label_counts = {s: _count(lab[chosen[s]], multi_label) for s, (_, lab) in data.items()}
-        note = _source_note(
-            npz_path,
-            given_out,
-            dataset,
-            md5,
-            kind,
-            image_shape,
-            counts,
-            label_counts,
-            multi_label,
-            splits,
-            limit,
-            per_class,
+        rows = _write_images(export, data, chosen, kind, dataset)
+        summary = ExportSummary(
+            dataset=dataset,
+            out_dir=out_dir,
+            is_3d=kind == "3d",
+            image_shape=tuple(int(x) for x in image_shape),
+            counts={s: len(chosen[s]) for s in data},
+            label_counts={s: _count(lab[chosen[s]], multi_label) for s, (_, lab) in data.items()},
+            multi_label=multi_label,
+            n_written=total,
+            md5=md5,
+            seconds=0.0,
+            warnings=warnings,
         )
+        note = source_note(npz_path, given_out, summary, kind, splits, limit, per_class)
         export.finish(CSV_COLUMNS, rows, note)
-
-    return ExportSummary(
-        dataset=dataset,
-        out_dir=out_dir,
-        is_3d=kind == "3d",
-        image_shape=tuple(int(x) for x in image_shape),
-        counts=counts,
-        label_counts=label_counts,
-        multi_label=multi_label,
-        n_written=total,
-        md5=md5,
-        seconds=time.perf_counter() - t0,
-        warnings=warnings,
-    )
+    return replace(summary, seconds=time.perf_counter() - t0)
 
 
-# --- input -----------------------------------------------------------------------------
-
-
-def _check_args(splits: Sequence[str], limit: int | None, per_class: int | None) -> list[str]:
-    if isinstance(splits, str):
-        splits = [s.strip() for s in splits.split(",") if s.strip()]
-    unknown = [s for s in splits if s not in SPLITS]
-    if unknown or not splits:
-        raise ConfigError(
-            f"splits must be a non-empty selection of {list(SPLITS)}; got {list(splits)}"
-        )
-    if len(set(splits)) != len(splits):
-        raise ConfigError(f"splits are repeated: {list(splits)}")
-    for name, value in (("limit", limit), ("per_class", per_class)):
-        if value is not None:
-            whole_number(name, value, minimum=1)
-    if limit is not None and per_class is not None:
-        raise ConfigError("give either limit (first N per split) or per_class, not both")
-    return [s for s in SPLITS if s in splits]  # always in train, val, test order
-
-
-def _load(path: Path, splits: Iterable[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Read and check the requested splits: {split: (images, labels as (N, L) int64)}."""
-    if not path.exists():
-        raise ConfigError(
-            f"no such file: {path}. Give the path of a MedMNIST v2 .npz "
-            f"(e.g. pneumoniamnist.npz; downloads: https://medmnist.com)"
-        )
-    if path.is_dir():
-        raise ConfigError(f"{path} is a folder; give the MedMNIST .npz file itself")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except _NPZ_ERRORS as e:
-        raise ConfigError(
-            f"{path} is not a readable .npz archive ({type(e).__name__}: {e}); "
-            f"expected a MedMNIST v2 file such as pneumoniamnist.npz — re-download it"
-        ) from e
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise ConfigError(
-            f"{path} holds a single array (.npy), not a MedMNIST .npz archive with "
-            f"train_images, train_labels, val_images, ..."
-        )
-    with npz:
-        needed = [f"{s}_{what}" for s in splits for what in ("images", "labels")]
-        missing = [k for k in needed if k not in npz.files]
-        if missing:
-            raise ConfigError(
-                f"{path} lacks {missing}; it holds {sorted(npz.files)}. A MedMNIST v2 file "
-                f"has {{train,val,test}}_images and {{train,val,test}}_labels — check that "
-                f"this is a MedMNIST .npz, or export only the splits it has (--splits)"
-            )
-        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        shape0: tuple[int, ...] | None = None
-        for split in splits:
-            try:
-                images = npz[f"{split}_images"]
-                labels = npz[f"{split}_labels"]
-            except _NPZ_ERRORS as e:
-                raise ConfigError(
-                    f"{path}: cannot read {split}_images / {split}_labels "
-                    f"({type(e).__name__}: {e}); the file is damaged — re-download it"
-                ) from e
-            out[split] = (images, _check_labels(path, split, images, labels))
-            if images.dtype != np.uint8:
-                raise ConfigError(
-                    f"{path}: {split}_images has dtype {images.dtype}; MedMNIST images are "
-                    f"uint8 — this file is not a MedMNIST v2 release"
+def _choose(
+    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    limit: int | None,
+    per_class: int | None,
+    multi_label: bool,
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The indices kept in each split, and a warning for each split where ``limit`` left
+    out whole classes."""
+    chosen: dict[str, np.ndarray] = {}
+    warnings: list[str] = []
+    for split, (_, labels) in data.items():
+        chosen[split] = select_indices(labels, limit, per_class)
+        if limit is not None and not multi_label and len(chosen[split]):
+            classes = np.unique(labels[chosen[split], 0])
+            all_classes = np.unique(labels[:, 0])
+            if len(classes) < len(all_classes):
+                warnings.append(
+                    f"{split}: the first {limit} images hold only class(es) "
+                    f"{classes.tolist()} of {all_classes.tolist()}; use per_class "
+                    f"(--per-class) for a small export with every class"
                 )
-            if images.ndim not in (3, 4):
-                raise ConfigError(
-                    f"{path}: {split}_images has shape {images.shape}; expected (N, H, W) "
-                    f"grey, (N, H, W, 3) colour or (N, D, H, W) 3D"
-                )
-            if shape0 is None:
-                shape0 = images.shape[1:]
-            elif images.shape[1:] != shape0:
-                raise ConfigError(
-                    f"{path}: image shapes differ between splits ({shape0} vs "
-                    f"{images.shape[1:]} in {split}); a MedMNIST file has one size"
-                )
-    return out
+    return chosen, warnings
 
 
-def _check_labels(path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    if labels.ndim == 1:
-        labels = labels[:, None]
-    if labels.ndim != 2:
-        raise ConfigError(
-            f"{path}: {split}_labels has shape {labels.shape}; expected (N, 1) or (N, L)"
-        )
-    if len(labels) != len(images):
-        raise ConfigError(
-            f"{path}: {split}_images holds {len(images)} images but {split}_labels holds "
-            f"{len(labels)} labels; the file is inconsistent — re-download it"
-        )
-    integral = labels.dtype.kind in "iub" or (
-        labels.dtype.kind == "f" and bool(np.all(np.isfinite(labels) & (labels % 1 == 0)))
-    )
-    if not integral:
-        raise ConfigError(
-            f"{path}: {split}_labels has dtype {labels.dtype} with non-integer values; "
-            f"MedMNIST labels are integer classes"
-        )
-    return labels.astype(np.int64)
+def _write_images(
+    export: StagedExport,
+    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    chosen: dict[str, np.ndarray],
+    kind: str,
+    dataset: str,
+) -> list[tuple[str, str, str, str]]:
+    """Write the chosen images of each split into ``export.folder/{split}/`` (PNG, or
+    NIfTI for ``kind`` 3d) and return their ``labels.csv`` rows."""
+    rows: list[tuple[str, str, str, str]] = []
+    for split, (images, labels) in data.items():
+        (export.folder / split).mkdir()
+        ext = ".nii.gz" if kind == "3d" else ".png"
+        for i in chosen[split]:
+            rel = f"{split}/{split}_{i:05d}{ext}"
+            if kind == "3d":
+                _write_nifti(images[i], export.folder / rel, f"{dataset} {split} {i}")
+            else:
+                _write_png(images[i], os.path.join(export.folder, rel))
+            rows.append((rel, _label_text(labels[i]), split, ""))
+            export.advance()
+    return rows
 
 
-def _kind(shape: tuple[int, ...], *, named_3d: bool, path: Path) -> str:
-    """'grey', 'rgb' or '3d' for one image of ``shape``; see the module docstring."""
-    if len(shape) == 2:
-        if named_3d:
-            raise ConfigError(
-                f"{path.name} is named as a 3D dataset but its images have shape {shape} "
-                f"(2D); rename the file if it is a 2D MedMNIST subset"
-            )
-        return "grey"
-    if shape[-1] == 3:
-        if named_3d:
-            raise ConfigError(
-                f"{path.name} is named as a 3D dataset but its images have shape {shape}, "
-                f"which also reads as 2D colour (H, W, RGB); cannot tell which it is"
-            )
-        return "rgb"
-    return "3d"
-
-
-def _select(labels: np.ndarray, limit: int | None, per_class: int | None) -> np.ndarray:
-    n = len(labels)
-    if limit is not None:
-        return np.arange(min(n, limit))
-    if per_class is not None:
-        keep = np.zeros(n, dtype=bool)
-        for c in np.unique(labels[:, 0]):
-            keep[np.flatnonzero(labels[:, 0] == c)[:per_class]] = True
-        return np.flatnonzero(keep)
-    return np.arange(n)
-
-
-# --- output ----------------------------------------------------------------------------
+# --- choosing and writing ---------------------------------------------------------------
 
 
 def _write_nifti(volume: np.ndarray, path: Path, descrip: str) -> None:
@@ -434,91 +274,3 @@ def _md5(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _command(
-    npz_path: Path, out_dir: Path, splits: list[str], limit: int | None, per_class: int | None
-) -> str:
-    parts = ["medres", "datasets", "medmnist", str(npz_path), "-o", str(out_dir)]
-    if list(splits) != list(SPLITS):
-        parts += ["--splits", ",".join(splits)]
-    if limit is not None:
-        parts += ["--limit", str(limit)]
-    if per_class is not None:
-        parts += ["--per-class", str(per_class)]
-    return shlex.join(parts)
-
-
-def _source_note(
-    npz_path: Path,
-    out_dir: Path,
-    dataset: str,
-    md5: str,
-    kind: str,
-    image_shape: tuple[int, ...],
-    counts: dict[str, int],
-    label_counts: dict[str, dict[int, int]],
-    multi_label: bool,
-    splits: list[str],
-    limit: int | None,
-    per_class: int | None,
-) -> SourceNote:
-    name = _NAMES.get(dataset.removesuffix("_64").removesuffix("_128").removesuffix("_224"))
-    title = name or dataset
-    licence = (
-        "CC BY-NC 4.0 (Creative Commons Attribution-NonCommercial 4.0 International)"
-        if dataset.startswith("dermamnist")
-        else "CC BY 4.0 (Creative Commons Attribution 4.0 International)"
-    )
-    fmt = {
-        "grey": "PNG, 8-bit grey ('L')",
-        "rgb": "PNG, 8-bit colour ('RGB')",
-        "3d": "NIfTI-1 (.nii.gz), uint8, identity affine (1 mm isotropic, nominal)",
-    }[kind]
-    label_note = (
-        "`label` is the 0/1 label vector joined with `;` (multi-label data)."
-        if multi_label
-        else "`label` is the integer class from the `.npz`."
-    )
-    if dataset.startswith("adrenalmnist3d"):
-        patient_note = (
-            "`patient_id` is empty: MedMNIST carries no patient identifiers and none are "
-            "invented. AdrenalMNIST3D's official split is patient-level by construction, so "
-            "keep it (`medres split --keep-column split`)."
-        )
-    else:
-        patient_note = (
-            "`patient_id` is empty: MedMNIST carries no patient identifiers and none are "
-            "invented. A patient-level split cannot be made from these files; prefer the "
-            "official split in the `split` column (`medres split --keep-column split`), since "
-            "re-splitting image by image may put one patient in two splits."
-        )
-    subset = "all images"
-    if limit is not None:
-        subset = f"the first {limit} images of each split"
-    elif per_class is not None:
-        subset = f"the first {per_class} images of each class in each split"
-    counts_head = "positives per label" if multi_label else "images per class"
-    table = markdown_table(
-        ["split", "images", counts_head],
-        [(s, counts[s], counts_text(label_counts[s])) for s in counts],
-    )
-    body = f"""- Source file: `{npz_path.name}`, {npz_path.stat().st_size} bytes, md5 `{md5}`.
-- Licence: {licence}.
-  Keep this notice and cite the MedMNIST v2 paper, and, as MedMNIST asks, the source
-  dataset of this subset named in that paper:
-  {_CITATION}
-- Subset: {subset}; official splits {", ".join(splits)}.
-- Files: {fmt}.
-  One image of shape {tuple(int(x) for x in image_shape)} per file, named
-  `{{split}}/{{split}}_{{index:05d}}`, index = the image's position in its split of the `.npz`.
-- `labels.csv`: `path` (relative to this folder), `label`, `split` (the official MedMNIST
-  split), `patient_id`. {label_note}
-- {patient_note}
-
-{table}"""
-    return SourceNote(
-        f"{title} (MedMNIST v2), exported by medres",
-        body,
-        made_with=_command(npz_path, out_dir, splits, limit, per_class),
-    )

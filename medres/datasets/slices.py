@@ -45,7 +45,8 @@ two visits) become two "patients"; keep the source's patient-level test split th
 
 The folder is written like every medres export (:mod:`medres.datasets._export`):
 atomically, replacing an earlier slice export as a whole and refusing any other
-non-empty folder.
+non-empty folder. Reading the input: :mod:`.slices_input`; the ``SOURCE.md``:
+:mod:`.slices_note` (prose in ``slices_note.md``).
 
 Example::
 
@@ -57,13 +58,12 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -73,28 +73,34 @@ from medres.datasets._export import (
     SOURCE_MD,
     SPLITS,
     Exporter,
-    SourceNote,
     Summary,
     check_out_dir,
-    counts_text,
-    markdown_table,
-    unit_interval,
-    whole_number,
     write_export,
 )
 from medres.datasets._export import write_png as _write_png  # a global: tests patch it
-from medres.errors import ConfigError, ManifestError, ScanError, quote_some
-from medres.files import sha256_file
+from medres.datasets.slices_input import (
+    CSV_COLUMNS,
+    check_args,
+    plane,
+    read_labels,
+    single_3d,
+    to_uint8,
+    volume_id_of,
+)
+from medres.datasets.slices_note import SOURCE_VOLUMES_MD, source_note
+from medres.errors import ConfigError, ScanError
 from medres.io import read_scan
 
-SOURCE_VOLUMES_MD = "SOURCE-volumes.md"
-CSV_COLUMNS: tuple[str, ...] = ("path", "label", "split", "patient_id", "volume", "slice_index")
+__all__ = [
+    "CSV_COLUMNS",
+    "EXPORTER",
+    "SOURCE_VOLUMES_MD",
+    "SliceExportSummary",
+    "export_slices",
+    "select_slices",
+]
 
 EXPORTER = Exporter("slice export", "export_slices", "slices")
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_PLANES = {"S": "axial", "I": "axial", "A": "coronal", "P": "coronal"}
-_PLANES |= {"R": "sagittal", "L": "sagittal"}
 
 
 @dataclass(frozen=True)
@@ -211,7 +217,7 @@ def export_slices(
     ``failed`` and skipped, like ingest does.
     """
     t0 = time.perf_counter()
-    axis, min_fraction, per_volume = _check_args(axis, min_fraction, per_volume)
+    axis, min_fraction, per_volume = check_args(axis, min_fraction, per_volume)
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(
@@ -220,209 +226,121 @@ def export_slices(
         )
     folder = folder.resolve()
     labels_path = Path(labels_csv) if labels_csv is not None else folder / LABELS_CSV
-    table = _read_labels(labels_path, folder)
+    table = read_labels(labels_path, folder)
     given_out = out_dir
     out_dir = _check_out_dir(out_dir, folder)
 
-    extra = [c for c in table.columns if c not in CSV_COLUMNS]
-    rows: list[list[object]] = []
-    per_volume_counts: dict[str, int] = {}
-    skipped: list[str] = []
-    failed: list[tuple[str, str]] = []
-    rescaled = patients_from_volume = 0
-    planes: Counter[str] = Counter()
+    tally = _Tally(extra=[c for c in table.columns if c not in CSV_COLUMNS])
     with write_export(
         EXPORTER, out_dir, total=len(table), show_progress=show_progress, description="slices"
     ) as export:
         for record in table.to_dict("records"):
-            rel = record["path"]
-            volume_id = _volume_id(rel)
-            try:
-                volume = read_scan(folder / rel)
-            except ScanError as e:
-                failed.append((volume_id, e.message))
-                export.advance()
-                continue
-            data = _single_3d(volume.array, rel)
-            planes[_plane(volume.affine.tobytes(), axis)] += 1
-            indices = select_slices(data, axis, min_fraction, per_volume)
-            if not len(indices):
-                skipped.append(volume_id)
-                export.advance()
-                continue
-            stack = np.moveaxis(_to_uint8(data), axis, 0)  # stack[k]: slice k, a view
-            rescaled += data.dtype != np.uint8
-            patient = record["patient_id"] or volume_id
-            patients_from_volume += not record["patient_id"]
-            width = max(3, len(str(data.shape[axis] - 1)))
-            (export.folder / volume_id).parent.mkdir(parents=True, exist_ok=True)
-            for k in indices:
-                png = f"{volume_id}_slice{k:0{width}d}.png"
-                # (a, b) slice -> PNG rows b, columns a: medres reads it back as (a, b)
-                _write_png(np.ascontiguousarray(stack[k].T), export.folder / png)
-                rows.append(
-                    [png, record["label"], record["split"], patient, volume_id, int(k)]
-                    + [record[c] for c in extra]
-                )
-            per_volume_counts[volume_id] = len(indices)
+            _cut_volume(export.folder, folder, record, axis, min_fraction, per_volume, tally)
             export.advance()
-        if not rows:
+        if not tally.rows:
             raise ConfigError(
                 f"no slice to write from {len(table)} volume(s) in {folder}: "
-                f"{len(skipped)} had no slice with at least {min_fraction:g} of its voxels "
-                f"above the volume minimum, {len(failed)} were unreadable"
-                + (f" (first: {failed[0][0]}: {failed[0][1]})" if failed else "")
+                f"{len(tally.skipped)} had no slice with at least {min_fraction:g} of its "
+                f"voxels above the volume minimum, {len(tally.failed)} were unreadable"
+                + (f" (first: {tally.failed[0][0]}: {tally.failed[0][1]})" if tally.failed else "")
                 + "; lower min_fraction or check the volumes"
             )
-        out = pd.DataFrame(rows, columns=list(CSV_COLUMNS) + extra)
-        summary = SliceExportSummary(
-            out_dir=out_dir,
-            axis=axis,
-            min_fraction=min_fraction,
-            per_volume=per_volume,
-            n_volumes=len(table),
-            n_slices=len(rows),
-            counts=_by_split(out.groupby("split").size()),
-            volume_counts=_by_split(out.groupby("split")["volume"].nunique()),
-            label_counts={
-                split: {str(k): int(v) for k, v in sorted(group["label"].value_counts().items())}
-                for split, group in _split_groups(out)
-            },
-            slices_per_volume=per_volume_counts,
-            skipped=skipped,
-            failed=failed,
-            rescaled=int(rescaled),
-            patients_from_volume=int(patients_from_volume),
-            planes=dict(planes),
-            seconds=0.0,
-        )
+        summary = _summary(out_dir, len(table), axis, min_fraction, per_volume, tally)
         source = folder / SOURCE_MD
         if source.is_file():
             shutil.copyfile(source, export.folder / SOURCE_VOLUMES_MD)
-        note = _source_note(summary, folder, labels_path, given_out, source.is_file())
-        export.finish(CSV_COLUMNS + tuple(extra), rows, note)
+        note = source_note(summary, folder, labels_path, given_out, source.is_file())
+        export.finish(CSV_COLUMNS + tuple(tally.extra), tally.rows, note)
     return replace(summary, seconds=time.perf_counter() - t0)
 
 
-# --- input -----------------------------------------------------------------------------
+@dataclass
+class _Tally:
+    """What the volumes gave so far: ``labels.csv`` rows and the counts of the summary."""
+
+    extra: list[str]  # the input table's other columns, copied to each slice's row
+    rows: list[list[object]] = field(default_factory=list)
+    slices_per_volume: dict[str, int] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    rescaled: int = 0
+    patients_from_volume: int = 0
+    planes: Counter[str] = field(default_factory=Counter)
 
 
-def _check_args(
-    axis: object, min_fraction: object, per_volume: object
-) -> tuple[int, float, int | None]:
-    if isinstance(axis, bool) or not isinstance(axis, int | np.integer) or axis not in (0, 1, 2):
-        raise ConfigError(
-            f"axis must be 0, 1 or 2 (a voxel axis of the 3D volume; 2 is axial in RAS "
-            f"volumes); got {axis!r}"
-        )
-    fraction = unit_interval("min_fraction", min_fraction, " (0.01 = 1 % of a slice's voxels)")
-    if per_volume is not None:
-        per_volume = whole_number("per_volume (or None)", per_volume, minimum=1)
-    return int(axis), fraction, per_volume
-
-
-def _read_labels(path: Path, folder: Path) -> pd.DataFrame:
-    """The labels table with text columns path, label, split, patient_id (+ others)."""
-    if not path.is_file():
-        raise ConfigError(
-            f"no labels file {path}: slices take their label, split and patient from the "
-            "volumes' labels.csv (columns path,label[,split,patient_id]); export the volumes "
-            "with `medres datasets medmnist`, or pass labels_csv"
-        )
+def _cut_volume(
+    out: Path,
+    folder: Path,
+    record: dict,
+    axis: int,
+    min_fraction: float,
+    per_volume: int | None,
+    tally: _Tally,
+) -> None:
+    """Write the kept slices of the volume of ``record`` (a labels row) into ``out`` and
+    add their rows to ``tally``; an unreadable volume is recorded as failed, one without
+    a kept slice as skipped."""
+    rel = record["path"]
+    volume_id = volume_id_of(rel)
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ManifestError(f"cannot read labels file {path}: {e}") from e
-    missing = [c for c in ("path", "label") if c not in table.columns]
-    if missing:
-        raise ManifestError(
-            f"{path} lacks column(s) {missing}; it has {list(table.columns)}. Expected "
-            "path,label[,split,patient_id], one row per 3D volume"
+        volume = read_scan(folder / rel)
+    except ScanError as e:
+        tally.failed.append((volume_id, e.message))
+        return
+    data = single_3d(volume.array, rel)
+    tally.planes[plane(volume.affine.tobytes(), axis)] += 1
+    indices = select_slices(data, axis, min_fraction, per_volume)
+    if not len(indices):
+        tally.skipped.append(volume_id)
+        return
+    stack = np.moveaxis(to_uint8(data), axis, 0)  # stack[k]: slice k, a view
+    tally.rescaled += data.dtype != np.uint8
+    patient = record["patient_id"] or volume_id
+    tally.patients_from_volume += not record["patient_id"]
+    width = max(3, len(str(data.shape[axis] - 1)))
+    (out / volume_id).parent.mkdir(parents=True, exist_ok=True)
+    for k in indices:
+        png = f"{volume_id}_slice{k:0{width}d}.png"
+        # (a, b) slice -> PNG rows b, columns a: medres reads it back as (a, b)
+        _write_png(np.ascontiguousarray(stack[k].T), out / png)
+        tally.rows.append(
+            [png, record["label"], record["split"], patient, volume_id, int(k)]
+            + [record[c] for c in tally.extra]
         )
-    taken = [c for c in ("volume", "slice_index") if c in table.columns]
-    if taken:
-        raise ManifestError(
-            f"{path} already has column(s) {taken}: it looks like a slice export; give the "
-            "folder of 3D volumes instead"
-        )
-    if table.empty:
-        raise ManifestError(f"{path} lists no volumes")
-    for column in ("split", "patient_id"):
-        if column not in table.columns:
-            table[column] = ""
-    table = table.apply(lambda c: c.str.strip())
-    table["path"] = [_relative(p, folder, path) for p in table["path"]]
-    repeated = sorted(table["path"][table["path"].duplicated()].unique())
-    if repeated:
-        raise ManifestError(f"{path}: paths repeat ({quote_some(repeated)}); list each volume once")
-    flat = table["path"][table["path"].str.lower().str.endswith(_IMAGE_SUFFIXES)].tolist()
-    if flat:
-        raise ConfigError(
-            f"{path} lists {len(flat)} 2D image(s) ({quote_some(flat)}); slices need 3D "
-            "volumes (NIfTI): give the folder of a 3D dataset, e.g. adrenalmnist3d_64"
-        )
-    return table[list(CSV_COLUMNS[:4]) + [c for c in table.columns if c not in CSV_COLUMNS]]
+    tally.slices_per_volume[volume_id] = len(indices)
 
 
-def _relative(value: str, folder: Path, labels: Path) -> str:
-    """``value`` as a forward-slash path inside ``folder``; ManifestError if it is not."""
-    p = Path(value)
-    if not value:
-        raise ManifestError(f"{labels}: a row has an empty path; every row names a volume")
-    if p.is_absolute():
-        try:
-            p = p.resolve().relative_to(folder)
-        except ValueError:
-            raise ManifestError(
-                f"{labels}: {value} is outside {folder}; paths must name volumes in the folder"
-            ) from None
-    rel = PurePosixPath(p.as_posix())
-    if ".." in rel.parts:
-        raise ManifestError(f"{labels}: {value} climbs out of the folder ('..'); give paths in it")
-    return str(rel)
-
-
-def _volume_id(rel: str) -> str:
-    """The volume's path without its NIfTI suffix: ``train/train_00000``."""
-    for suffix in _NIFTI_SUFFIXES:
-        if rel.lower().endswith(suffix):
-            return rel[: -len(suffix)]
-    return rel
-
-
-def _single_3d(array: np.ndarray, rel: str) -> np.ndarray:
-    """The ``(X, Y, Z)`` voxels of a one-channel volume; ConfigError for anything else."""
-    if array.ndim == 3:
-        raise ConfigError(
-            f"{rel} is a 2D image (shape {tuple(array.shape[1:])}); slices need 3D volumes: "
-            "remove it from labels.csv or give a folder of 3D scans"
-        )
-    if array.shape[0] != 1:
-        raise ConfigError(
-            f"{rel} has {array.shape[0]} channels / time points (shape "
-            f"{tuple(array.shape[1:])} x {array.shape[0]}); slices need one-channel 3D "
-            "volumes: split the 4D file into 3D volumes first"
-        )
-    return array[0]
-
-
-@functools.lru_cache(maxsize=64)  # volumes of one dataset share a few affines
-def _plane(affine: bytes, axis: int) -> str:
-    """What voxel ``axis`` of a 4x4 float64 affine (as bytes) points along: ``"S (axial)"``."""
-    import nibabel as nib
-
-    code = nib.aff2axcodes(np.frombuffer(affine, dtype=np.float64).reshape(4, 4))[axis]
-    return f"{code} ({_PLANES.get(code, '?')})"
-
-
-def _to_uint8(data: np.ndarray) -> np.ndarray:
-    """uint8 as is; anything else min-max scaled to 0..255 over the whole volume."""
-    if data.dtype == np.uint8:
-        return data
-    lo, hi = float(data.min()), float(data.max())
-    if hi == lo:
-        return np.zeros(data.shape, dtype=np.uint8)
-    return np.rint((data.astype(np.float64) - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+def _summary(
+    out_dir: Path,
+    n_volumes: int,
+    axis: int,
+    min_fraction: float,
+    per_volume: int | None,
+    tally: _Tally,
+) -> SliceExportSummary:
+    """The summary of the slices in ``tally`` (``seconds`` left at 0)."""
+    out = pd.DataFrame(tally.rows, columns=list(CSV_COLUMNS) + tally.extra)
+    return SliceExportSummary(
+        out_dir=out_dir,
+        axis=axis,
+        min_fraction=min_fraction,
+        per_volume=per_volume,
+        n_volumes=n_volumes,
+        n_slices=len(tally.rows),
+        counts=_by_split(out.groupby("split").size()),
+        volume_counts=_by_split(out.groupby("split")["volume"].nunique()),
+        label_counts={
+            split: {str(k): int(v) for k, v in sorted(group["label"].value_counts().items())}
+            for split, group in _split_groups(out)
+        },
+        slices_per_volume=tally.slices_per_volume,
+        skipped=tally.skipped,
+        failed=tally.failed,
+        rescaled=int(tally.rescaled),
+        patients_from_volume=int(tally.patients_from_volume),
+        planes=dict(tally.planes),
+        seconds=0.0,
+    )
 
 
 # --- output ----------------------------------------------------------------------------
@@ -449,89 +367,3 @@ def _split_groups(table: pd.DataFrame):
 
 def _by_split(series: pd.Series) -> dict[str, int]:
     return {str(k): int(series[k]) for k in sorted(series.index, key=_split_key)}
-
-
-def _call(folder: Path, labels: Path, out_dir: object, s: SliceExportSummary) -> str:
-    args = [repr(str(folder)), repr(str(out_dir))]
-    if labels != folder / LABELS_CSV:
-        args.append(f"labels_csv={str(labels)!r}")
-    args += [f"axis={s.axis}", f"min_fraction={s.min_fraction:g}", f"per_volume={s.per_volume}"]
-    return f"from medres.datasets.slices import export_slices\nexport_slices({', '.join(args)})"
-
-
-def _source_note(
-    s: SliceExportSummary, folder: Path, labels: Path, out_dir: object, copied: bool
-) -> SourceNote:
-    lo, median, hi = s.slice_stats
-    planes = ", ".join(f"{k} in {v} volume(s)" for k, v in sorted(s.planes.items()))
-    licence = (
-        f"Its `{SOURCE_MD}` is copied here as `{SOURCE_VOLUMES_MD}`: the licence and "
-        "citation given there apply to these slices."
-        if copied
-        else f"The input folder has no `{SOURCE_MD}`: check the licence of the volumes."
-    )
-    taken = (
-        f"at most {s.per_volume} per volume, evenly spaced among those (the centres of "
-        f"{s.per_volume} equal runs)"
-        if s.per_volume
-        else "all of them"
-    )
-    scaling = (
-        f"{s.rescaled} volume(s) were not uint8 and were **min-max scaled to 0..255 per "
-        "volume** (the volume's minimum → 0, its maximum → 255, rounded); the others keep "
-        "their uint8 values"
-        if s.rescaled
-        else "every volume was uint8: the values are kept as they are (no scaling)"
-    )
-    patients = (
-        f"{s.patients_from_volume} volume(s) had no `patient_id`; for them `patient_id` is "
-        "the volume id (every such volume is its own patient), so a patient-level split "
-        "keeps all slices of a volume together. Two volumes of one person are then two "
-        "patients: keep the source's patient-level test split (`split_cohort(..., "
-        "keep_test_column='split')`)."
-        if s.patients_from_volume
-        else "Every volume had a `patient_id`; its slices carry it."
-    )
-    table = markdown_table(
-        ["split", "volumes", "slices", "slices per label"],
-        [
-            (split or "(none)", s.volume_counts[split], n, counts_text(s.label_counts[split]))
-            for split, n in s.counts.items()
-        ],
-    )
-    skipped = "\n".join(f"- `{v}`" for v in s.skipped) or "- none"
-    failed = "\n".join(f"- `{v}`: {why}" for v, why in s.failed) or "- none"
-    body = f"""- Source: `{folder}`, {s.n_volumes} volumes listed in `{labels.name}` (sha256
-  `{sha256_file(labels)}`). {licence}
-- Slices along voxel axis {s.axis} ({planes}, as the volumes' affines say) where at
-  least {s.min_fraction:g} of the slice's voxels are above the volume's minimum (the
-  structure is present); {taken}.
-- Files: PNG, 8-bit grey, `{{volume}}_slice{{index}}.png`. Orientation as in the volume
-  (voxel axes kept in order, no flips): `medres.io.read_scan(png).array[0]` equals the
-  volume's slice; the PNG's columns run along the slice's first axis, its rows along
-  the second. No geometry is stored (nominal 1 mm pixels).
-- Intensities: {scaling}.
-- `labels.csv`: `path` (relative to this folder), `label`, `split`, `patient_id` (the
-  volume's), `volume` (its path in the source folder without `.nii` / `.nii.gz`),
-  `slice_index` (along axis {s.axis}), then the source table's other columns.
-- {patients}
-
-{table}
-
-Slices per volume (volumes that gave any): min {lo}, median {median:g}, max {hi};
-{s.n_slices} slices from {len(s.slices_per_volume)} of {s.n_volumes} volumes.
-
-Volumes skipped (no slice passed `min_fraction`): {len(s.skipped)}
-
-{skipped}
-
-Volumes that could not be read: {len(s.failed)}
-
-{failed}"""
-    return SourceNote(
-        f"2D slices of `{folder.name}`, cut by medres",
-        body,
-        made_with=_call(folder, labels, out_dir, s),
-        language="python",
-        rerun="that",
-    )

@@ -76,19 +76,7 @@ def simulate_motion(
         ConfigError: image not 2D, not finite or negative; severity outside [0, 1];
             pe_axis not 0 or 1.
     """
-    image = np.asarray(image)
-    if image.ndim != 2 or min(image.shape) < 1:
-        raise ConfigError(f"simulate_motion needs a 2D (X, Y) image; got shape {image.shape}")
-    if image.dtype.kind not in "uif":
-        raise ConfigError(f"simulate_motion needs a real-valued image; got dtype {image.dtype}")
-    image = image.astype(np.float64)
-    if not np.all(np.isfinite(image)):
-        raise ConfigError("simulate_motion: the image holds NaN or infinite values")
-    if image.min() < 0:
-        raise ConfigError(
-            f"simulate_motion needs a magnitude image (>= 0); its minimum is {image.min():g}. "
-            "Shift or clip it first (e.g. percentile-normalise to [0, 1])"
-        )
+    image = _magnitude_image(image)
     severity = unit_interval("severity", severity)
     if pe_axis not in (0, 1):
         raise ConfigError(f"pe_axis must be 0 or 1; got {pe_axis!r}")
@@ -117,6 +105,25 @@ def simulate_motion(
     )
     out = np.abs(np.fft.ifft2(np.fft.ifftshift(kspace)))
     return out.T.copy() if pe_axis == 1 else out
+
+
+def _magnitude_image(image: np.ndarray) -> np.ndarray:
+    """``image`` as a (X, Y) float64 array; ConfigError unless it is 2D, real, finite and
+    non-negative."""
+    image = np.asarray(image)
+    if image.ndim != 2 or min(image.shape) < 1:
+        raise ConfigError(f"simulate_motion needs a 2D (X, Y) image; got shape {image.shape}")
+    if image.dtype.kind not in "uif":
+        raise ConfigError(f"simulate_motion needs a real-valued image; got dtype {image.dtype}")
+    image = image.astype(np.float64)
+    if not np.all(np.isfinite(image)):
+        raise ConfigError("simulate_motion: the image holds NaN or infinite values")
+    if image.min() < 0:
+        raise ConfigError(
+            f"simulate_motion needs a magnitude image (>= 0); its minimum is {image.min():g}. "
+            "Shift or clip it first (e.g. percentile-normalise to [0, 1])"
+        )
+    return image
 
 
 def ssim(clean: np.ndarray, corrupted: np.ndarray, data_range: float) -> float:
