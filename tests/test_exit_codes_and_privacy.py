@@ -75,7 +75,7 @@ def test_exit_codes_a_scheduler_can_act_on(monkeypatch, capsys, scans, tmp_path,
     assert _medres(monkeypatch, "ingest", tmp_path / "nowhere", "-o", out) == 2
     # 3: an internal error (a bug): one red line, the traceback in a private file
     capsys.readouterr()
-    monkeypatch.setattr("medres.cohort.discover", _boom)
+    monkeypatch.setattr("medres.cohort.ingest.discover", _boom)
     assert _medres(monkeypatch, "ingest", scans, "-o", tmp_path / "c3.parquet") == 3
     said = capsys.readouterr().err
     assert "bug in medres" in said and "RuntimeError" in said
@@ -86,7 +86,7 @@ def test_exit_codes_a_scheduler_can_act_on(monkeypatch, capsys, scans, tmp_path,
     text = saved.read_text()
     assert "Traceback" in text and SECRET in text and "_boom" in text
     # 130: interrupted
-    monkeypatch.setattr("medres.cohort.discover", _interrupt)
+    monkeypatch.setattr("medres.cohort.ingest.discover", _interrupt)
     assert _medres(monkeypatch, "ingest", scans, "-o", tmp_path / "c4.parquet") == 130
 
 
@@ -109,9 +109,9 @@ def test_console_script_entry_maps_an_internal_error_to_3(tmp_path):
     assert run("-m", "medres", "--help").returncode == 0
     assert run("-m", "medres", "ingest").returncode == 2
     provoke = (
-        "import sys, medres.cohort\n"
+        "import sys, medres.cohort.ingest\n"
         f"def boom(*a, **k): raise RuntimeError({SECRET!r})\n"
-        "medres.cohort.discover = boom\n"
+        "medres.cohort.ingest.discover = boom\n"
         f"sys.argv = ['medres', 'ingest', {str(EXAMPLE)!r}, '-o', 'c.parquet']\n"
         "from medres.cli import main\n"
         "main()\n"
