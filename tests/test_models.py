@@ -18,6 +18,7 @@ from medres.models import (
     create_model,
     list_models,
     load_pretrained,
+    registry,
     supported_spatial_dims,
 )
 
@@ -113,8 +114,8 @@ def test_bad_arguments_raise_config_error(name, change, message):
 
 
 def test_register_model_adds_a_builder(monkeypatch):
-    monkeypatch.setattr(models, "_MODELS", dict(models._MODELS))
-    monkeypatch.setattr(models, "_SPATIAL_DIMS", dict(models._SPATIAL_DIMS))
+    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
+    monkeypatch.setattr(registry, "_SPATIAL_DIMS", dict(registry._SPATIAL_DIMS))
 
     @models.register_model(spatial_dims=(2,))
     def tiny(*, in_channels, spatial_dims, stem_stride):
@@ -228,7 +229,7 @@ def test_3d_models_use_padding_aware_convs_with_the_same_initial_weights(name):
     torch.manual_seed(0)
     model = create_model(name, in_channels=1, num_classes=2, spatial_dims=3, stem_stride=4)
     torch.manual_seed(0)
-    raw, features = models._MODELS[name](in_channels=1, spatial_dims=3, stem_stride=4)
+    raw, features = registry._MODELS[name](in_channels=1, spatial_dims=3, stem_stride=4)
     plain = Classifier(raw, features, 2, 0.2)  # head drawn after the backbone, as in create_model
     convs = [m for m in model.modules() if isinstance(m, nn.Conv3d)]
     assert convs and all(isinstance(m, models.PaddingAwareConv3d) for m in convs)
