@@ -114,23 +114,7 @@ def stack_frames(frames: list[Frame], scan_id: str) -> Stack:
     row_cos, col_cos = _unit_cosines(frames[0], scan_id)
     normal = np.cross(row_cos, col_cos)
 
-    distances = np.array([f.position @ normal for f in frames])
-    slots = _group_positions(distances)
-    counts = {len(s) for s in slots}
-    if len(slots) == 1 and len(frames) > 1:
-        raise ScanGeometryError(
-            scan_id,
-            f"all {len(frames)} images lie at the same position, so this is not a volume "
-            "(a cine loop or duplicated export?); read the files one at a time instead",
-        )
-    if len(counts) > 1:
-        per_slot = [len(s) for s in slots]
-        raise ScanGeometryError(
-            scan_id,
-            f"missing slices: positions hold unequal numbers of images {per_slot} "
-            "(an incomplete time series or a partly copied series); re-export the series",
-        )
-    layout = _layout_by_time(frames, slots)
+    layout = _layout_by_time(frames, _position_slots(frames, normal, scan_id))
     first_volume = layout[0]
     positions = np.array([f.position for f in first_volume])
     steps = np.diff(positions @ normal)
@@ -151,6 +135,33 @@ def stack_frames(frames: list[Frame], scan_id: str) -> Stack:
     affine_lps[:3, 2] = slice_vector
     affine_lps[:3, 3] = positions[0]
     return Stack(layout, LPS_TO_RAS @ affine_lps, notes)
+
+
+def _position_slots(frames: list[Frame], normal: np.ndarray, scan_id: str) -> list[list[int]]:
+    """The frames grouped by their distance (mm) along ``normal``: one group of frame
+    indices per slice position, each holding the same number of frames (time points).
+
+    Raises:
+        ScanGeometryError: every frame at one position, or positions holding unequal
+            numbers of frames (missing slices).
+    """
+    distances = np.array([f.position @ normal for f in frames])
+    slots = _group_positions(distances)
+    counts = {len(s) for s in slots}
+    if len(slots) == 1 and len(frames) > 1:
+        raise ScanGeometryError(
+            scan_id,
+            f"all {len(frames)} images lie at the same position, so this is not a volume "
+            "(a cine loop or duplicated export?); read the files one at a time instead",
+        )
+    if len(counts) > 1:
+        per_slot = [len(s) for s in slots]
+        raise ScanGeometryError(
+            scan_id,
+            f"missing slices: positions hold unequal numbers of images {per_slot} "
+            "(an incomplete time series or a partly copied series); re-export the series",
+        )
+    return slots
 
 
 def _check_same_matrix(frames: list[Frame], scan_id: str) -> None:
