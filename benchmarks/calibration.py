@@ -48,7 +48,8 @@ from medres.uncertainty.conformal import ConformalClassifier, set_report
 from medres.uncertainty.referral import accuracy_after_referral, risk_coverage
 from medres.uncertainty.sampling import ensemble_samples, forward_samples
 from medres.uncertainty.scores import as_uncertainty, uncertainty_scores
-from medres.workflow import calibrate_bundle, score_rows
+from medres.inference import score_rows
+from medres.workflow import calibrate_bundle
 
 HERE = Path(__file__).resolve().parent
 DATASETS = ("pneumoniamnist", "retinamnist", "adrenalmnist3d")

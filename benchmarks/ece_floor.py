@@ -25,7 +25,7 @@ import torch
 from medres.bundle import load_bundle
 from medres.calibrate import expected_calibration_error
 from medres.cohort import Cohort
-from medres.workflow import score_rows
+from medres.inference import score_rows
 
 HERE = Path(__file__).resolve().parent
 DATASETS = ("pneumoniamnist", "retinamnist", "adrenalmnist3d")

@@ -8,29 +8,24 @@ model card. :func:`evaluate_bundle`: bundle + cohort split → report folder.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import DataLoader
 
 from medres.bundle import Bundle, load_bundle, save_bundle, update_bundle
-from medres.cohort import Cohort, photometric, read_row
-from medres.errors import ConfigError, ScanError
+from medres.cohort import Cohort, photometric
+from medres.errors import ConfigError
 from medres.evaluate import Evaluation, choose_threshold, evaluate, write_report
 from medres.evaluate.report import format_metric
 from medres.evaluate.trust import trust_report
 from medres.files import write_text
 from medres.frozen import freeze, hash_id, hash_patient
-from medres.io.discover import FAILURE_COLUMNS
+from medres.inference import Scored, score_rows
 from medres.split import TrainingAudit, audit_training_cohort
-from medres.tasks import TaskInfo, label_key
-from medres.train import CHECKPOINT, TrainConfig, auto_workers, fit
-from medres.transforms import PreprocessSpec, build_transform
-from medres.uncertainty.sampling import forward_samples, tta_views
+from medres.tasks import Task, TaskInfo, label_key
+from medres.train import CHECKPOINT, TrainConfig, fit
 from medres.uncertainty.trust import Trust, TrustConfig, fit_trust
 
 
@@ -97,7 +92,7 @@ def train_bundle(
         config.referable_from,
         config.flag_below,
     )
-    counts = _counts(cohort, result.info.task)
+    counts = _counts(cohort, result.info.kind)
     card_facts = {
         "model": config.model,
         "task": result.info.task,
@@ -191,7 +186,7 @@ def calibrate_bundle(
     ``calibration.json``, ``ood.safetensors``, operating point and ``metrics.json``.
     The weights are untouched. Returns the new evaluations (val, and test if present)."""
     bundle = load_bundle(bundle_path)
-    if bundle.info.task == "regression":
+    if not bundle.info.kind.classifies:
         raise ConfigError("regression bundles have no calibration, conformal sets or referral")
     cohort = Cohort.load(cohort_path)
     referable = bundle.training.referable_from
@@ -253,7 +248,7 @@ def _fit_trust_and_evaluate(
     if "val" not in scored:
         raise ConfigError("the cohort has no labelled validation scans to calibrate on")
     trust = None
-    if info.task != "regression":
+    if info.kind.classifies:
         train = score_rows(model, info, spec, cohort.labelled("train"))
         val = scored["val"]
         trust = fit_trust(
@@ -267,7 +262,7 @@ def _fit_trust_and_evaluate(
         )
     assessed = {split: _assess(info, s, trust) for split, s in scored.items()}
     threshold = None
-    if info.task == "binary":
+    if info.kind.operating_point:
         threshold = choose_threshold(scored["val"].targets, assessed["val"][0][:, 1])
     referable = info.referable_index(referable_from)
     evaluations = {
@@ -312,71 +307,6 @@ def evaluate_bundle(
     return report, evaluation, scored.failures
 
 
-@dataclass
-class Scored:
-    """A model's outputs on manifest rows: ``rows`` that could be read, their
-    ``targets`` (N,) (None when scored without them), the network ``outputs`` (S, N, K)
-    (S samples: 1 for a plain pass), the penultimate ``features`` (N, F), and one
-    ``failures`` row per scan that could not be read (scan_id, path, stage, error_type,
-    message)."""
-
-    rows: pd.DataFrame
-    targets: np.ndarray | None
-    outputs: np.ndarray
-    features: np.ndarray
-    failures: pd.DataFrame
-
-    def scores(self, info: TaskInfo) -> np.ndarray:
-        """Uncalibrated class probabilities (N, K), or predictions (N,) for regression."""
-        return info.outputs_to_scores(self.outputs.mean(0))
-
-
-def score_rows(
-    model,
-    info: TaskInfo,
-    spec: PreprocessSpec,
-    rows: pd.DataFrame,
-    *,
-    batch_size: int = 64,
-    mc_samples: int = 0,
-    tta: bool = False,
-    seed: int = 0,
-    with_targets: bool = True,
-) -> Scored:
-    """Run ``model`` over manifest rows (with MC dropout samples and test-time views when
-    asked); a scan that cannot be read is recorded, not fatal. ``with_targets=False``
-    scores unlabelled rows (or labels the model does not know): ``targets`` is None."""
-    loader = DataLoader(
-        _TolerantScans(rows, spec),
-        batch_size=batch_size,
-        collate_fn=list,
-        num_workers=auto_workers(),
-    )
-    views = tta_views(spec) if tta else None
-    kept, outputs, features, failures = [], [], [], []
-    for batch in loader:
-        good = [(i, image) for i, image, _ in batch if image is not None]
-        failures += [error for _, _, error in batch if error is not None]
-        if good:
-            kept += [i for i, _ in good]
-            images = torch.stack([image for _, image in good])
-            logits, feats = forward_samples(
-                model, images, mc_samples=mc_samples, views=views, seed=seed + len(kept)
-            )
-            outputs.append(logits)
-            features.append(feats)
-    used = rows.iloc[kept]
-    k = info.num_outputs
-    out = torch.cat(outputs, 1).numpy() if outputs else np.zeros((1, 0, k), "float32")
-    feats = torch.cat(features).numpy() if features else np.zeros((0, model.num_features))
-    targets = None
-    if with_targets:
-        targets = info.encode(used["label"]).astype(float if info.task == "regression" else int)
-        if info.task == "regression":
-            targets = targets * info.target_std + info.target_mean
-    return Scored(used, targets, out, feats, pd.DataFrame(failures, columns=list(FAILURE_COLUMNS)))
-
-
 def bundle_probabilities(bundle: Bundle, rows: pd.DataFrame) -> tuple[Scored, np.ndarray]:
     """A bundle over manifest rows: the :class:`Scored` readable rows and their
     calibrated class probabilities (N, K) (raw ones for a bundle without a trust layer;
@@ -385,31 +315,13 @@ def bundle_probabilities(bundle: Bundle, rows: pd.DataFrame) -> tuple[Scored, np
     return scored, _assess(bundle.info, scored, bundle.trust)[0]
 
 
-class _TolerantScans(torch.utils.data.Dataset):
-    """Item i → (i, tensor, None), or (i, None, failure row) when the scan is unreadable."""
-
-    def __init__(self, rows: pd.DataFrame, spec: PreprocessSpec) -> None:
-        self.items = rows[["scan_id", "path", "files"]].to_dict("records")
-        self.transform = build_transform(spec)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        item = self.items[i]
-        try:
-            return i, self.transform(read_row(item)), None
-        except ScanError as e:
-            return i, None, (item["scan_id"], item["path"], "read", type(e).__name__, e.message)
-
-
 def model_card(facts: dict[str, Any], evaluations: dict[str, Evaluation]) -> str:
     """``model_card.md``: intended use, data, metrics with CIs, limitations."""
     info, spec = facts["info"], facts["spec"]
     what = (
-        "a continuous score"
-        if info.task == "regression"
-        else f"{info.task} classification into {', '.join(map(str, info.classes))}"
+        f"{info.task} classification into {', '.join(map(str, info.classes))}"
+        if info.kind.classifies
+        else "a continuous score"
     )
     lines = [
         f"# Model card — {facts['model']} ({spec.spatial_dims}D, preset {spec.preset})",
@@ -564,11 +476,11 @@ def _limitations(facts, evaluations) -> list[str]:
     return notes
 
 
-def _counts(cohort: Cohort, task: str) -> dict[str, Any]:
+def _counts(cohort: Cohort, task: Task) -> dict[str, Any]:
     """Scans per split and class (per split: n, mean, sd of the target for regression)."""
     ok = cohort.ok[cohort.ok["label"].notna()]
     splits = ok["split"].fillna("none")
-    if task == "regression":
+    if not task.classifies:
         values = pd.to_numeric(ok["label"], errors="coerce")
         table = values.groupby(splits).agg(["count", "mean", "std"]).round(4).T
         table.index = ["n", "mean", "sd"]
@@ -620,7 +532,7 @@ def _evaluate(
         sites=scored.rows["site"].to_numpy(),
         threshold=threshold,
         referable_from=referable_index,
-        value_range=info.value_range if info.task == "regression" else None,
+        value_range=None if info.kind.classifies else info.value_range,
         flag_below=flag_below,
     )
     if trust is not None:

@@ -13,7 +13,7 @@ from medres.bundle import WEIGHTS, load_bundle, verify_bundle
 from medres.cli import app
 from medres.cohort import Cohort
 from medres.errors import BundleError
-from medres.workflow import score_rows
+from medres.inference import score_rows
 from tests.conftest import small_cohort
 
 runner = CliRunner()

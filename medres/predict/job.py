@@ -27,13 +27,14 @@ from medres.calibrate import softmax
 from medres.cohort import progress_task
 from medres.errors import BundleError, ConfigError
 from medres.explain import grad_cam, map_to_scan, write_explanation
+from medres.inference import Item, LocalEngine, forward
 from medres.io.discover import ScanSource, discover
 from medres.io.names import path_text
-from medres.predict.scans import Item, PredictScans, decoded_batches, failure_row
+from medres.predict.scans import failure_row, predict_inputs
 from medres.predict.store import ResultStore
 from medres.tasks import label_key
 from medres.transforms import build_transform
-from medres.uncertainty.sampling import forward_samples, tta_views
+from medres.uncertainty.sampling import tta_views
 from medres.uncertainty.trust import Assessment
 
 
@@ -130,7 +131,7 @@ def predict_folder(
     t_discover = time.perf_counter() - t0
     done = store.done()
     predictor = _Predictor(members, options, out, job["bundles"][0]["checksum"])
-    dataset = PredictScans(
+    dataset = predict_inputs(
         found.scans,
         members[0].spec,
         trained=members[0].trained_on,
@@ -151,7 +152,7 @@ def predict_folder(
     # the model: a 3D batch took 387 ms instead of 346 (339 with this limit)
     with threadpool_limits(limits=1, user_api="blas"):
         try:
-            for batch in decoded_batches(dataset, workers, options.batch_size):
+            for batch in LocalEngine(workers).batches(dataset, options.batch_size):
                 good: list[Item] = []
                 for item in batch:
                     scan = found.scans[item.index]
@@ -220,7 +221,7 @@ class _Predictor:
         self.flag_below = options.flag_below
         if self.flag_below is None:
             self.flag_below = first.training.flag_below
-        if self.flag_below is not None and self.info.task != "regression":
+        if self.flag_below is not None and self.info.kind.classifies:
             raise ConfigError(f"--flag-below applies to regression bundles; {first.path} is not")
         self.views = tta_views(first.spec) if options.tta else None
         native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -241,24 +242,24 @@ class _Predictor:
         images = images.contiguous(memory_format=self.memory_format)
         seeds = [int(item.input_hash[:15], 16) for item in items]
         outputs, features = [], None
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16")
-        with autocast:
-            for member in self.members:
-                logits, feats = forward_samples(
-                    member.model,
-                    images,
-                    mc_samples=self.options.mc_samples,
-                    views=self.views,
-                    seed=seeds,
-                )
-                outputs.append(logits.numpy().astype(np.float64))
-                features = feats.numpy() if features is None else features
+        for member in self.members:
+            logits, feats = forward(
+                member.model,
+                images,
+                precision=self.precision,
+                memory_format=self.memory_format,
+                mc_samples=self.options.mc_samples,
+                views=self.views,
+                seed=seeds,
+            )
+            outputs.append(logits.numpy().astype(np.float64))
+            features = feats.numpy() if features is None else features
         now = pd.Timestamp.now("UTC").isoformat(timespec="seconds")
         rows = [
             {**_scan_fields(s, i), **self.fixed, "predicted_at": now}
             for s, i in zip(scans, items, strict=True)
         ]
-        if self.info.task == "regression":
+        if not self.info.kind.classifies:
             values = np.mean(
                 [
                     m.info.outputs_to_scores(o.mean(0))
@@ -295,7 +296,7 @@ class _Predictor:
 
     def _add_trust(self, rows: list[dict[str, Any]], a: Assessment) -> None:
         names = [label_key(c) for c in self.info.classes]
-        threshold = self.members[0].threshold if self.info.task == "binary" else None
+        threshold = self.members[0].threshold if self.info.kind.operating_point else None
         for n, row in enumerate(rows):
             row["predicted_class"] = names[a.predicted[n]]
             row["confidence"] = float(a.probs[n, a.predicted[n]])
@@ -326,13 +327,13 @@ class _Predictor:
 
 def _check_members(members: list[Bundle]) -> None:
     first = members[0]
-    if first.info.task != "regression" and first.trust is None:
+    if first.info.kind.classifies and first.trust is None:
         raise BundleError(
             f"{first.path} has no calibration; run `medres calibrate {first.path} COHORT` first"
         )
     for other in members[1:]:
         same = (
-            other.info.task == first.info.task
+            other.info.kind == first.info.kind
             and other.info.classes == first.info.classes
             and other.spec == first.spec
         )
@@ -341,7 +342,7 @@ def _check_members(members: list[Bundle]) -> None:
                 f"--ensemble bundle {other.path} differs from {first.path} in task, classes "
                 "or preprocessing; an ensemble needs bundles trained for the same task"
             )
-        if other.info.task != "regression" and other.trust is None:
+        if other.info.kind.classifies and other.trust is None:
             raise BundleError(f"{other.path} has no calibration; run `medres calibrate` on it")
 
 

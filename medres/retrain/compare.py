@@ -350,12 +350,12 @@ def _champion_cohort(champion: Bundle, given) -> Path:
 
 
 def _check_comparable(a: Bundle, b: Bundle) -> None:
-    if a.info.task == "regression" or b.info.task == "regression":
+    if not (a.info.kind.classifies and b.info.kind.classifies):
         raise ConfigError(
             "medres compare compares classifiers; evaluate regression bundles with "
             "`medres evaluate` on the same cohort"
         )
-    if a.info.task != b.info.task or [str(c) for c in a.info.classes] != [
+    if a.info.kind != b.info.kind or [str(c) for c in a.info.classes] != [
         str(c) for c in b.info.classes
     ]:
         raise ConfigError(

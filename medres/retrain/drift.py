@@ -31,7 +31,7 @@ from medres.bundle import Bundle, load_bundle
 from medres.cohort import Cohort, read_row
 from medres.errors import ConfigError, ScanError
 from medres.files import jsonable
-from medres.tasks import MAX_AUTO_CLASSES, label_key, predicted_class
+from medres.tasks import MAX_AUTO_CLASSES, Task, label_key, predicted_class, task_named
 
 INTENSITY = ("mean", "sd", "p1", "p50", "p99")  # per-scan statistics, the scans' stored units
 TESTED = ("mean", "sd")  # the ones compared by a KS test (the others are shown)
@@ -98,6 +98,11 @@ class ModelDrift:
     shifts: list[Shift]
     predicted: Mix | None
     failed: dict[str, int]
+
+    @property
+    def kind(self) -> Task:
+        """The bundle's :class:`~medres.tasks.Task`."""
+        return task_named(self.task)
 
 
 @dataclass
@@ -303,7 +308,7 @@ def _read_sample(rows: pd.DataFrame, which: str, bar) -> tuple[pd.DataFrame, int
 def _model_drift(bundle: Bundle, samples, read, bar) -> ModelDrift:
     """Score each side's readable sample with the bundle (its own preprocessing and
     trust layer); the per-scan outputs become columns of ``read[side][0]``."""
-    from medres.workflow import score_rows  # torch: imported only when a bundle is given
+    from medres.inference import score_rows  # torch: imported only when a bundle is given
 
     info, trust = bundle.info, bundle.trust
     failed = {}
@@ -320,7 +325,7 @@ def _model_drift(bundle: Bundle, samples, read, bar) -> ModelDrift:
                 "trained on scans like these, or drop --bundle"
             )
         index = scored.rows.index
-        if info.task == "regression":
+        if not info.kind.classifies:
             scans.loc[index, "prediction"] = scored.scores(info)
             continue
         assessment = trust.assess(scored.outputs, scored.features) if trust else None
@@ -333,7 +338,7 @@ def _model_drift(bundle: Bundle, samples, read, bar) -> ModelDrift:
             scans.loc[index, "ood"] = assessment.ood.astype(float)
     old, new = read["old"][0], read["new"][0]
     shifts, predicted = [], None
-    if info.task == "regression":
+    if not info.kind.classifies:
         shifts.append(_shift("prediction", old["prediction"], new["prediction"], True))
     else:
         shifts.append(_shift("confidence", old["confidence"], new["confidence"], True, stat="mean"))
@@ -351,7 +356,7 @@ def _label_drift(old: pd.DataFrame, new: pd.DataFrame, bundle: Bundle | None):
     if o.empty or n.empty:
         which = " and ".join(k for k, v in (("old", o), ("new", n)) if v.empty)
         return None, None, f"no label prevalence: the {which} cohort has no labels"
-    if _continuous(o) or _continuous(n) or (bundle and bundle.info.task == "regression"):
+    if _continuous(o) or _continuous(n) or (bundle and not bundle.info.kind.classifies):
         values = [pd.to_numeric(v, errors="coerce") for v in (o, n)]
         return None, _shift("label", *values, True), "continuous labels: medians compared"
     order = None

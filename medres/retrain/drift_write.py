@@ -86,7 +86,7 @@ def drift_markdown(
     ]
     if r.model is not None:
         m = r.model
-        if m.task == "regression":
+        if not m.kind.classifies:
             what = "The median prediction is compared (a regression bundle)."
         else:
             what = (
@@ -207,7 +207,7 @@ def _plot_confidence(r: DriftReport, fig) -> None:
     title = f"Model {first.name} (KS {p_text(first.p_value)})"
     for s in r.model.shifts[1:]:
         title += f"; {s.name} {s.old:.2f} → {s.new:.2f}"
-    column = "prediction" if r.model.task == "regression" else "confidence"
+    column = "confidence" if r.model.kind.classifies else "prediction"
     _hist(fig.add_subplot(), r.old.scans[column], r.new.scans[column], title, first.name)
 
 

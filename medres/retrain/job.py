@@ -302,7 +302,7 @@ def _challenger_config(parent, from_scratch: bool, overrides: Sequence[str]) -> 
 def _check_classes(parent, cohort: Cohort, config: TrainConfig) -> None:
     labels = cohort.ok[cohort.ok["label"].notna()]["label"]
     info = infer_task(labels, config.task, config.positive_class)
-    if info.task != parent.info.task or [str(c) for c in info.classes or []] != [
+    if info.kind != parent.info.kind or [str(c) for c in info.classes or []] != [
         str(c) for c in parent.info.classes or []
     ]:
         raise ConfigError(

@@ -78,8 +78,8 @@ def out_of_fold_probabilities(
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
+    from medres.inference import score_rows
     from medres.train import fit
-    from medres.workflow import score_rows
 
     bundle = _classifier(bundle_path)
     cohort = cohort if isinstance(cohort, Cohort) else Cohort.load(cohort)
@@ -220,7 +220,7 @@ def rank_uncertain(
     Raises:
         ConfigError: a regression bundle, or no unlabelled scans to rank.
     """
-    from medres.workflow import score_rows
+    from medres.inference import score_rows
 
     bundle = _classifier(bundle_path)
     rows = cohort_or_rows
@@ -286,7 +286,7 @@ def label_issues(
         ConfigError: nothing to rank (no labelled ``split`` scans and no unlabelled
         ones), or as the functions above.
     """
-    from medres.predict.scans import input_hash
+    from medres.inference import input_hash
 
     cohort = Cohort.load(cohort_path)
     bundle = _classifier(bundle_path)
@@ -326,7 +326,7 @@ def label_issues(
 
 def _classifier(bundle: Bundle | str | Path) -> Bundle:
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    if bundle.info.task == "regression":
+    if not bundle.info.kind.classifies:
         raise ConfigError(
             f"{bundle.path} is a regression bundle; label issues and uncertainty ranking "
             "need a classifier's class probabilities"

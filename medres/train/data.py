@@ -3,8 +3,6 @@ them, the datasets (deterministic steps cached in memory) and their loaders."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pandas as pd
 import torch
@@ -13,6 +11,7 @@ from monai.transforms import Transform
 
 from medres.cohort import Cohort, read_row
 from medres.errors import ConfigError
+from medres.inference import auto_workers  # noqa: F401 - the loaders of train and inference share one rule
 from medres.tasks import TaskInfo
 from medres.transforms import Preprocess, PreprocessSpec, build_transform, fits_spec, resolve_spec
 
@@ -43,11 +42,6 @@ class ScanDataset(CacheDataset):
 
     def __getitem__(self, index):
         return super().__getitem__(index), self.targets[index]
-
-
-def auto_workers() -> int:
-    """One DataLoader worker beside the training process when there is a second core."""
-    return 1 if (os.cpu_count() or 1) > 1 else 0
 
 
 def make_loader(dataset, batch_size: int, workers: int, *, shuffle: bool, seed: int) -> DataLoader:

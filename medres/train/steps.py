@@ -13,6 +13,7 @@ import torch
 from sklearn.metrics import cohen_kappa_score, mean_absolute_error, roc_auc_score
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from medres.inference import forward
 from medres.tasks import TaskInfo
 from medres.train.config import TrainConfig
 from medres.transforms import PreprocessSpec
@@ -129,12 +130,12 @@ def train_one_epoch(
 def infer(
     model, loader, precision: str = "fp32", memory_format=torch.contiguous_format
 ) -> np.ndarray:
-    """Network outputs for every item of ``loader`` in order, shape (N, outputs), float32."""
-    model.eval()
-    chunks = []
-    for images, _ in loader:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            chunks.append(model(images.to(memory_format=memory_format)).float())
+    """Network outputs for every item of ``loader`` in order, shape (N, outputs), float32
+    (:func:`medres.inference.forward`, one pass without dropout)."""
+    chunks = [
+        forward(model, images, precision=precision, memory_format=memory_format)[0][0]
+        for images, _ in loader
+    ]
     return torch.cat(chunks).numpy()
 
 
