@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from itertools import pairwise
 
 import pytest
 import typer
@@ -59,7 +60,7 @@ def test_every_verb_answers_help_with_an_example_of_itself(path):
     assert f"Usage: medres {' '.join(path)} " in text
     assert "Example:" in text, f"`medres {' '.join(path)}` documents no example"
     example = text[text.index("Example:") :]
-    # Typer (rich markup mode) keeps the docstring's indented example lines as lines: one
+    # Typer (Markdown mode) keeps the docstring's indented example lines as a code block: one
     # starts with the command itself, ready to copy
     starts = [line.strip() for line in example.splitlines()]
     assert any(s.startswith(f"medres {' '.join(path)} ") for s in starts), example
@@ -103,3 +104,22 @@ def test_help_imports_no_torch_in_a_fresh_process():
     result = json.loads(proc.stdout.splitlines()[-1])
     assert result["codes"] == [0] * len(paths)
     assert result["heavy"] == [], f"--help imported {result['heavy']}"
+
+
+@pytest.mark.parametrize("path", VERBS, ids=" ".join)
+def test_help_text_reflows_to_the_terminal_width(path):
+    """At 80 columns a description paragraph wraps as one paragraph: no line of a single
+    word in the middle of it (the docstring's own line breaks kept, then wrapped again),
+    and text in square brackets (`[train]`) is shown, not taken for markup."""
+    result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0, result.output
+    lines = result.output[: result.output.index("Example:")].splitlines()
+    orphans = [
+        line.strip() for line, after in pairwise(lines) if len(line.split()) == 1 and after.strip()
+    ]
+    assert not orphans, f"`medres {' '.join(path)} --help` wraps badly: {orphans}"
+
+
+def test_square_brackets_in_help_are_shown():
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "100"})
+    assert "a [train] table" in result.output and "Override a [train] key" in result.output

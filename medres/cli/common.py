@@ -32,7 +32,7 @@ app = typer.Typer(
     help="Calibrated, uncertainty-aware ResNet classifiers for folders of medical scans.",
     no_args_is_help=True,
     add_completion=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
 )
 datasets_app = typer.Typer(help="Turn public datasets into scan folders.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
