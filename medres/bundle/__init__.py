@@ -1,0 +1,86 @@
+"""The model bundle on disk (DESIGN §3): save, load, verify.
+
+A bundle is a folder::
+
+    bundle.json         id, parent_id, task, classes, model name + arguments, preprocessing
+                        spec, operating point, training cohort fingerprint, versions, and
+                        the sha256 of every file below but bundle.json.sha256
+    bundle.json.sha256  the sha256 of bundle.json itself, in ``sha256sum`` format
+                        (``<64 hex digits>  bundle.json``): ``sha256sum -c bundle.json.sha256``
+                        in the folder verifies it
+    weights.safetensors the selected epoch's weights (no pickle)
+    config.json         the resolved training configuration
+    metrics.json        validation (and test, when the cohort has one) metrics with CIs
+    metrics.csv         per-epoch training history
+    model_card.md       intended use, data, metrics, limitations
+    calibration.json    classifiers: calibration, conformal quantiles, referral threshold,
+                        OOD threshold (:class:`medres.uncertainty.trust.Trust`)
+    ood.safetensors     classifiers: the OOD model's class means and precision matrix
+    frozen_test.json    the test patients (salted hashes) and scans no retraining may
+                        train on (:mod:`medres.frozen`)
+    training_cohort.parquet  retrained bundles: the cohort trained on
+
+:func:`write_manifest` is the only writer of ``bundle.json``: it writes the sidecar, then
+``bundle.json`` last, so a folder without ``bundle.json`` is not a bundle.
+:func:`verify_bundle` refuses a bundle whose ``bundle.json`` fails its sidecar (it was
+edited: a changed threshold, renamed classes, another task) or has none (a bundle from a
+medres before the sidecar: retrain it), and one whose files fail their checksums, naming
+the file. :func:`load_bundle` also checks the manifest's fields by type
+(:class:`Manifest`) and against the weights: the task and classes must give the head's
+number of outputs, a threshold is a probability of a binary task, and the input grid
+stays within :func:`medres.limits.max_voxels`. Each refusal is a :class:`BundleError`
+naming the field, what was found and what was expected.
+
+Modules: :mod:`~medres.bundle.layout` (file names, seal, verification),
+:mod:`~medres.bundle.manifest` (the typed ``bundle.json``), :mod:`~medres.bundle.load`
+(:class:`Bundle`, :func:`load_bundle`) and :mod:`~medres.bundle.save`.
+"""
+
+from medres.bundle.layout import (
+    FORMAT,
+    HEAD,
+    MANIFEST,
+    MANIFEST_SUM,
+    OPTIONAL,
+    REQUIRED,
+    TRAINING_COHORT,
+    WEIGHTS,
+    verify_bundle,
+    write_manifest,
+)
+from medres.bundle.load import Bundle, load_bundle, read_manifest, training_cohort
+from medres.bundle.manifest import (
+    Manifest,
+    ManifestModel,
+    ManifestTarget,
+    ManifestTraining,
+    TrainedOn,
+    validate_manifest,
+)
+from medres.bundle.save import save_bundle, update_bundle, versions
+
+__all__ = [
+    "FORMAT",
+    "HEAD",
+    "MANIFEST",
+    "MANIFEST_SUM",
+    "OPTIONAL",
+    "REQUIRED",
+    "TRAINING_COHORT",
+    "WEIGHTS",
+    "Bundle",
+    "Manifest",
+    "ManifestModel",
+    "ManifestTarget",
+    "ManifestTraining",
+    "TrainedOn",
+    "load_bundle",
+    "read_manifest",
+    "save_bundle",
+    "training_cohort",
+    "update_bundle",
+    "validate_manifest",
+    "verify_bundle",
+    "versions",
+    "write_manifest",
+]
