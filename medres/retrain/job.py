@@ -97,77 +97,22 @@ def retrain_bundle(
         BundleError: the champion is damaged or keeps no frozen test set.
     """
     out = Path(out)
-    if not cohorts:
-        raise ConfigError("give at least one new cohort: --cohort NEW_COHORT.parquet")
-    if (out / "bundle.json").exists():
-        raise ConfigError(f"{out} already holds a bundle; choose a new -o folder")
-    if (out / CHECKPOINT).exists() and not resume:
-        raise ConfigError(f"{out} holds an interrupted retraining; add --resume to continue it")
-    if new_only and drop_leaking_rehearsal:
-        raise ConfigError(
-            "--drop-leaking-rehearsal leaves leaking scans out of the rehearsal of the "
-            "champion's training cohort, and --new-only rehearses nothing: pass one of them"
-        )
+    _check_request(out, cohorts, resume=resume, new_only=new_only, drop=drop_leaking_rehearsal)
     parent = load_bundle(champion)
     frozen = read_frozen(champion)
-    paths = [Path(c) for c in cohorts]
-    old = None
-    if not new_only:
-        old = training_cohort(parent)
-        if old is None:
-            raise ConfigError(
-                f"the champion's training cohort {parent.trained_on.path} is "
-                "gone or changed since it was trained, so it cannot be rehearsed; give it "
-                "again with --cohort OLD.parquet --new-only, or train on the new cohorts "
-                "alone with --new-only"
-            )
-        paths = [old, *[p for p in paths if p.resolve() != old.resolve()]]
-    rehearsed = _rehearsed_name(old) if old is not None else None
-    names = [f"the new cohort {p.resolve()}" for p in paths]
-    if old is not None:
-        names[0] = rehearsed
-    loaded = [Cohort.load(p) for p in paths]
-    table, meta, sources = _union(loaded, paths, names)
+    inputs = _inputs(parent, cohorts, new_only)
+    table, meta, sources = _union(inputs.loaded, inputs.paths, inputs.names)
     applied = None
     if reviews is not None:
         table, applied = apply_reviews(table, reviews, parent.info.classes or [])
         meta["reviews"] = applied.to_dict()
-    tests = [(frozen, "the champion's test split")]
-    ok = table[table["status"] == "ok"]
-    tests.append((freeze(ok[ok["split"] == "test"]), "a new cohort's test split"))
+    tests = _test_sets(frozen, table)
     dropped: list[str] = []
     if drop_leaking_rehearsal:
-        table, dropped = _drop_leaking_rehearsal(table, sources == rehearsed, tests)
+        table, dropped = _drop_leaking_rehearsal(table, sources == inputs.rehearsed, tests)
         sources = sources.loc[table.index]
     cohort = Cohort(table, meta)
-    training = cohort.ok[cohort.ok["split"].isin(["train", "val"])]
-    advice = dict.fromkeys(names, _MOVE_OUT)
-    if rehearsed is not None:
-        advice[rehearsed] = (
-            "Retrain with --new-only (the new cohorts alone), or with "
-            "--drop-leaking-rehearsal to leave these scans out of the rehearsal of the "
-            "champion's cohort (the challenger's bundle.json counts them)."
-        )
-    for record, where in tests[: 1 if allow_leakage else 2]:  # the frozen set: always
-        check_no_leak(
-            record,
-            training,
-            where,
-            sources=sources.loc[training.index],
-            claim="retraining would leak test data into the training/validation scans",
-            advice=advice,
-        )
-    if not allow_leakage:
-        scan_level = {
-            n for n, c in zip(names, loaded, strict=True) if c.meta.get("split_unit") == "scan"
-        }
-        _check_train_val_patients(
-            training,
-            sources.loc[training.index],
-            scan_level,
-            dict(zip(names, paths, strict=True)),
-            rehearsed,
-        )
+    _check_leaks(cohort, sources, tests, inputs, allow_leakage)
     config = _challenger_config(parent, from_scratch, overrides)
     _check_classes(parent, cohort, config)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,6 +138,113 @@ _MOVE_OUT = (
 )
 
 
+@dataclass
+class _Inputs:
+    """The cohorts a retraining reads, in order: ``paths`` (the rehearsed champion's
+    training cohort first, unless ``new_only``), ``names`` (how messages name each),
+    ``loaded`` (each one's :class:`Cohort`) and ``rehearsed`` (the champion's cohort's
+    name; None with ``new_only``)."""
+
+    paths: list[Path]
+    names: list[str]
+    loaded: list[Cohort]
+    rehearsed: str | None
+
+
+def _check_request(
+    out: Path, cohorts: Sequence[str | Path], *, resume: bool, new_only: bool, drop: bool
+) -> None:
+    """Refuse, before reading anything, a retraining asked for wrongly: no cohorts,
+    ``out`` taken (or interrupted without ``resume``), ``drop`` with ``new_only``."""
+    if not cohorts:
+        raise ConfigError("give at least one new cohort: --cohort NEW_COHORT.parquet")
+    if (out / "bundle.json").exists():
+        raise ConfigError(f"{out} already holds a bundle; choose a new -o folder")
+    if (out / CHECKPOINT).exists() and not resume:
+        raise ConfigError(f"{out} holds an interrupted retraining; add --resume to continue it")
+    if new_only and drop:
+        raise ConfigError(
+            "--drop-leaking-rehearsal leaves leaking scans out of the rehearsal of the "
+            "champion's training cohort, and --new-only rehearses nothing: pass one of them"
+        )
+
+
+def _inputs(parent, cohorts: Sequence[str | Path], new_only: bool) -> _Inputs:
+    """The new ``cohorts`` and, unless ``new_only``, the champion's training cohort
+    before them (given again among ``cohorts``, it is read once); a ConfigError when
+    that cohort is gone or changed since the champion was trained."""
+    paths = [Path(c) for c in cohorts]
+    old = None
+    if not new_only:
+        old = training_cohort(parent)
+        if old is None:
+            raise ConfigError(
+                f"the champion's training cohort {parent.trained_on.path} is "
+                "gone or changed since it was trained, so it cannot be rehearsed; give it "
+                "again with --cohort OLD.parquet --new-only, or train on the new cohorts "
+                "alone with --new-only"
+            )
+        paths = [old, *[p for p in paths if p.resolve() != old.resolve()]]
+    rehearsed = _rehearsed_name(old) if old is not None else None
+    names = [f"the new cohort {p.resolve()}" for p in paths]
+    if old is not None:
+        names[0] = rehearsed
+    loaded = [Cohort.load(p) for p in paths]
+    return _Inputs(paths, names, loaded, rehearsed)
+
+
+def _test_sets(frozen: dict, table: pd.DataFrame) -> list[tuple[dict, str]]:
+    """The frozen-test records no train / val scan may leak from, each with how messages
+    name it: the champion's frozen test set, then the union's own ``test`` split."""
+    tests = [(frozen, "the champion's test split")]
+    ok = table[table["status"] == "ok"]
+    tests.append((freeze(ok[ok["split"] == "test"]), "a new cohort's test split"))
+    return tests
+
+
+def _check_leaks(
+    cohort: Cohort,
+    sources: pd.Series,
+    tests: list[tuple[dict, str]],
+    inputs: _Inputs,
+    allow_leakage: bool,
+) -> None:
+    """Refuse train / val scans of ``cohort`` that leak from ``tests`` (the champion's
+    frozen set always; the new test splits unless ``allow_leakage``) or whose patients
+    sit in train and in val (unless ``allow_leakage``); ``sources``: each row's cohort
+    name."""
+    training = cohort.ok[cohort.ok["split"].isin(["train", "val"])]
+    advice = dict.fromkeys(inputs.names, _MOVE_OUT)
+    if inputs.rehearsed is not None:
+        advice[inputs.rehearsed] = (
+            "Retrain with --new-only (the new cohorts alone), or with "
+            "--drop-leaking-rehearsal to leave these scans out of the rehearsal of the "
+            "champion's cohort (the challenger's bundle.json counts them)."
+        )
+    for record, where in tests[: 1 if allow_leakage else 2]:  # the frozen set: always
+        check_no_leak(
+            record,
+            training,
+            where,
+            sources=sources.loc[training.index],
+            claim="retraining would leak test data into the training/validation scans",
+            advice=advice,
+        )
+    if not allow_leakage:
+        scan_level = {
+            n
+            for n, c in zip(inputs.names, inputs.loaded, strict=True)
+            if c.meta.get("split_unit") == "scan"
+        }
+        _check_train_val_patients(
+            training,
+            sources.loc[training.index],
+            scan_level,
+            dict(zip(inputs.names, inputs.paths, strict=True)),
+            inputs.rehearsed,
+        )
+
+
 def _rehearsed_name(path: Path) -> str:
     """How messages name the champion's training cohort."""
     return f"the champion's own training cohort {path.resolve()} (rehearsed)"
@@ -214,6 +266,29 @@ def _check_train_val_patients(
     advice that works for a retraining: the champion's cohort cannot be re-split.
     Patients of a test split are :func:`~medres.frozen.check_no_leak`'s.
     """
+    found = _train_val_patients(training, sources, scan_level, paths)
+    if not found:
+        return
+    shown = [
+        f"{p} ({'; '.join(' and '.join(s) + ' in ' + c for c, s in where)})"
+        for p, where in found.items()
+    ]
+    todo = _train_val_advice(found, paths, rehearsed)
+    raise LeakageError(
+        f"retraining would select and calibrate on patients it trains on: {len(found)} "
+        f"patient(s) have scans in both train and val: {quote_some(shown)}; the validation "
+        "figures, and the epoch and calibration chosen on them, would be optimistic. "
+        f"What to do: {'; or '.join(todo)}.",
+        sorted(found),
+    )
+
+
+def _train_val_patients(
+    training: pd.DataFrame, sources: pd.Series, scan_level: set[str], paths: dict[str, Path]
+) -> dict[str, list[tuple[str, list[str]]]]:
+    """Each patient with scans in train and in val (sorted), as the cohorts holding
+    them (in the order of ``paths``) with the splits each gives them; a patient in one
+    cohort of ``scan_level`` (split scan by scan on purpose) is left out."""
     ids = patient_ids(training)
     known = ids.notna().to_numpy()
     places = pd.DataFrame(
@@ -229,12 +304,14 @@ def _check_train_val_patients(
         if group["split"].nunique() < 2 or (len(cohorts) == 1 and cohorts[0] in scan_level):
             continue
         found[patient] = [(c, sorted(set(group["split"][group["cohort"] == c]))) for c in cohorts]
-    if not found:
-        return
-    shown = [
-        f"{p} ({'; '.join(' and '.join(s) + ' in ' + c for c, s in where)})"
-        for p, where in found.items()
-    ]
+    return found
+
+
+def _train_val_advice(
+    found: dict[str, list[tuple[str, list[str]]]], paths: dict[str, Path], rehearsed: str | None
+) -> list[str]:
+    """What to do about the patients of ``found``, for a retraining: re-file or re-split
+    the new cohorts (the champion's cannot be re-split), --new-only, or the override."""
     across = {c for where in found.values() if len(where) > 1 for c, _ in where}
     within = {where[0][0] for where in found.values() if len(where) == 1}
     todo = []
@@ -255,13 +332,7 @@ def _check_train_val_patients(
     if rehearsed in across | within:
         todo.append("retrain on the new cohorts alone with --new-only")
     todo.append(ALLOW_LEAKAGE)
-    raise LeakageError(
-        f"retraining would select and calibrate on patients it trains on: {len(found)} "
-        f"patient(s) have scans in both train and val: {quote_some(shown)}; the validation "
-        "figures, and the epoch and calibration chosen on them, would be optimistic. "
-        f"What to do: {'; or '.join(todo)}.",
-        sorted(found),
-    )
+    return todo
 
 
 def _drop_leaking_rehearsal(
