@@ -76,13 +76,32 @@ def out_of_fold_probabilities(
         labelled ``split`` scans, fewer patients than folds, labels outside the bundle's.
         BundleError: the bundle's ``config.json`` is missing or invalid.
     """
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    from medres.inference import score_rows
-    from medres.train import fit
-
     bundle = _classifier(bundle_path)
     cohort = cohort if isinstance(cohort, Cohort) else Cohort.load(cohort)
+    rows, skipped = _readable_rows(cohort, split, folds)
+    config = _train_config(bundle, epochs)
+    cuts = _folds(rows, bundle.info.encode(rows["label"]), split, folds, seed)
+    probs = np.full((len(rows), bundle.info.num_outputs), np.nan)
+    task = progress.add_task("folds", total=folds) if progress is not None else None
+    for fold, (fit_index, held_index) in enumerate(cuts):
+        fold_cohort = _fold_cohort(cohort, rows, fit_index, held_index, skipped)
+        fold_config = config.model_copy(update={"seed": seed + fold})
+        held = rows.iloc[held_index]
+        result, scored = _fit_and_score(fold_cohort, fold_config, held, show_progress)
+        order = _class_order(result.info.classes, bundle.info.classes)
+        probs[held_index[scored.rows.index.to_numpy()]] = scored.scores(result.info)[:, order]
+        skipped += scored.failures["scan_id"].astype(str).tolist()
+        if task is not None:
+            progress.update(task, advance=1, description=_fold_line(fold, folds, result))
+    _warn_skipped(skipped, split)
+    kept = ~np.isnan(probs).any(axis=1)
+    return rows[kept], probs[kept]
+
+
+def _readable_rows(cohort: Cohort, split: str, folds: int) -> tuple[pd.DataFrame, list[str]]:
+    """The cohort's labelled ``split`` rows that can be read, and the scan ids of those
+    that cannot (a fold model would fail training on them); ConfigError for
+    ``split="val"``, fewer than 2 folds, or no labelled (readable) ``split`` scans."""
     if split == "val":
         raise ConfigError(
             "the 'val' split selects each fold's model, so it cannot be cross-fitted; "
@@ -96,12 +115,21 @@ def out_of_fold_probabilities(
             f"the cohort has no labelled '{split}' scans to cross-fit; choose --split among "
             f"{sorted(cohort.ok['split'].dropna().unique())}"
         )
-    skipped = _unreadable(rows)  # a fold model would fail training on them
+    skipped = _unreadable(rows)
     rows = rows[~rows["scan_id"].astype(str).isin(skipped)]
     if rows.empty:
         raise ConfigError(f"none of the '{split}' scans can be read; see `medres ingest`")
-    config = _train_config(bundle, epochs)
-    labels = bundle.info.encode(rows["label"])
+    return rows, skipped
+
+
+def _folds(
+    rows: pd.DataFrame, labels: np.ndarray, split: str, folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``folds`` (fit, held-out) positions into ``rows``: grouped by patient (the scan id
+    where it is missing), stratified by ``labels`` (N,) codes, shuffled with ``seed``;
+    ConfigError when there are fewer patients than folds."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
     groups = rows["patient_id"].where(rows["patient_id"].notna(), rows["scan_id"]).astype(str)
     if groups.nunique() < folds:
         raise ConfigError(
@@ -110,39 +138,53 @@ def out_of_fold_probabilities(
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", module="sklearn")
-        cuts = list(splitter.split(np.zeros(len(rows)), labels, groups))
-    probs = np.full((len(rows), bundle.info.num_outputs), np.nan)
-    task = progress.add_task("folds", total=folds) if progress is not None else None
-    for fold, (fit_index, held_index) in enumerate(cuts):
-        table = cohort.table.copy()
-        table.loc[table["scan_id"].isin(rows["scan_id"].iloc[fit_index]), "split"] = "train"
-        table.loc[table["scan_id"].isin(rows["scan_id"].iloc[held_index]), "split"] = HELDOUT
-        table.loc[table["scan_id"].astype(str).isin(skipped), "split"] = UNREADABLE
-        fold_config = config.model_copy(update={"seed": seed + fold})
-        with tempfile.TemporaryDirectory(prefix="medres-fold-") as tmp:
-            result = fit(
-                Cohort(table, dict(cohort.meta)), fold_config, tmp, show_progress=show_progress
-            )
-        held = rows.iloc[held_index].reset_index(drop=True)  # index = position in the fold
-        scored = score_rows(result.model, result.info, result.spec, held)
-        order = _class_order(result.info.classes, bundle.info.classes)
-        probs[held_index[scored.rows.index.to_numpy()]] = scored.scores(result.info)[:, order]
-        skipped += scored.failures["scan_id"].astype(str).tolist()
-        if task is not None:
-            progress.update(
-                task,
-                advance=1,
-                description=f"fold {fold + 1}/{folds} val {result.metric} {result.best_score:.3f}",
-            )
+        return list(splitter.split(np.zeros(len(rows)), labels, groups))
+
+
+def _fold_cohort(
+    cohort: Cohort,
+    rows: pd.DataFrame,
+    fit_index: np.ndarray,
+    held_index: np.ndarray,
+    skipped: list[str],
+) -> Cohort:
+    """A copy of ``cohort`` whose ``fit_index`` rows are ``train``, ``held_index`` rows
+    :data:`HELDOUT` and ``skipped`` scans :data:`UNREADABLE` (both ignored by fit)."""
+    table = cohort.table.copy()
+    table.loc[table["scan_id"].isin(rows["scan_id"].iloc[fit_index]), "split"] = "train"
+    table.loc[table["scan_id"].isin(rows["scan_id"].iloc[held_index]), "split"] = HELDOUT
+    table.loc[table["scan_id"].astype(str).isin(skipped), "split"] = UNREADABLE
+    return Cohort(table, dict(cohort.meta))
+
+
+def _fit_and_score(cohort: Cohort, config, held: pd.DataFrame, show_progress: bool):
+    """Train a fold model on ``cohort`` (in a temporary folder), then score the ``held``
+    rows; returns the fit result and the scores (``scored.rows.index``: positions in
+    ``held``)."""
+    from medres.inference import score_rows
+    from medres.train import fit
+
+    with tempfile.TemporaryDirectory(prefix="medres-fold-") as tmp:
+        result = fit(cohort, config, tmp, show_progress=show_progress)
+    held = held.reset_index(drop=True)  # index = position in the fold
+    return result, score_rows(result.model, result.info, result.spec, held)
+
+
+def _fold_line(fold: int, folds: int, result) -> str:
+    """The progress line after ``fold`` (0-based): its validation metric."""
+    return f"fold {fold + 1}/{folds} val {result.metric} {result.best_score:.3f}"
+
+
+def _warn_skipped(skipped: list[str], split: str) -> None:
+    """A :class:`SkippedScansWarning` naming (up to 5 of) the unreadable scans, pointing
+    at the caller of :func:`out_of_fold_probabilities`."""
     if skipped:
         warnings.warn(
             f"{len(skipped)} '{split}' scan(s) could not be read and are left out of the "
             f"ranking: {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}",
             SkippedScansWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    kept = ~np.isnan(probs).any(axis=1)
-    return rows[kept], probs[kept]
 
 
 def rank_label_issues(
@@ -286,8 +328,6 @@ def label_issues(
         ConfigError: nothing to rank (no labelled ``split`` scans and no unlabelled
         ones), or as the functions above.
     """
-    from medres.inference import input_hash
-
     cohort = Cohort.load(cohort_path)
     bundle = _classifier(bundle_path)
     if not cohort.labelled(split).empty:
@@ -313,6 +353,15 @@ def label_issues(
             f"to rank; choose --split among {sorted(cohort.ok['split'].dropna().unique())}, "
             "or split the cohort first (`medres split`)"
         )
+    return _write_issues(out, table, files, bundle)
+
+
+def _write_issues(out: str | Path, table: pd.DataFrame, files: pd.Series, bundle: Bundle):
+    """``table`` with each scan's ``input_hash`` (of its ``files``, by scan id) and the
+    bundle's id and checksum, in the CSV's column order, written to ``out`` with its
+    format sidecar; returns the table written."""
+    from medres.inference import input_hash
+
     table["input_hash"] = [input_hash(tuple(real_files(files[s]))) for s in table["scan_id"]]
     table["bundle_id"] = bundle.id
     table["bundle_checksum"] = bundle.checksum
