@@ -162,11 +162,6 @@ def drift_report(
         ConfigError: a cohort has no readable scans (in the split), none of a sample
             could be read, or the bundle cannot take the cohorts' scans (2D vs 3D).
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
-
-    from medres.progress import progress as progress_display
-
     if max_scans < 1 or not 0 < alpha < 1:
         raise ConfigError(f"need max_scans >= 1 and 0 < alpha < 1; got {max_scans}, {alpha}")
     old_c, old_src = _cohort(old)
@@ -181,26 +176,11 @@ def drift_report(
     if bundle is not None:
         for k, s in samples.items():
             _check_dims(bundle, s, k)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    console = Console(stderr=True)
-    display = progress_display(*columns, console=console, transient=True, disable=not show_progress)
-    with display as bar:
-        read = {k: _read_sample(s, k, bar) for k, s in samples.items()}
-        model = None if bundle is None else _model_drift(bundle, samples, read, bar)
-    sides = {}
-    for (k, cohort), src in zip((("old", old_c), ("new", new_c)), (old_src, new_src), strict=True):
-        in_split = cohort.table if split is None else cohort.table[cohort.table["split"] == split]
-        scans, unreadable = read[k]
-        sides[k] = Side(
-            src,
-            cohort.fingerprint(),
-            len(rows[k]),
-            int((in_split["status"] != "ok").sum()),
-            len(samples[k]),
-            unreadable,
-            scans,
-            int(rows[k]["label"].notna().sum()),
-        )
+    read, model = _read_samples(samples, bundle, show_progress)
+    sides = {
+        k: _side(cohort, src, split, rows[k], samples[k], read[k])
+        for k, cohort, src in (("old", old_c, old_src), ("new", new_c, new_src))
+    }
     labels, label_shift, note = _label_drift(rows["old"], rows["new"], bundle)
     report = DriftReport(
         sides["old"],
@@ -213,14 +193,61 @@ def drift_report(
         note,
         _mix("site", rows["old"]["site"], rows["new"]["site"]),
         _mix("modality", rows["old"]["modality"], rows["new"]["modality"]),
-        [
-            _shift(f"intensity {s}", read["old"][0][s], read["new"][0][s], s in TESTED)
-            for s in INTENSITY
-        ],
+        _intensity_shifts(read["old"][0], read["new"][0]),
         model,
     )
     report.findings = _findings(report)
     return report
+
+
+def _read_samples(
+    samples: dict[str, pd.DataFrame], bundle: Bundle | None, show_progress: bool
+) -> tuple[dict[str, tuple[pd.DataFrame, int]], ModelDrift | None]:
+    """Read each side's sample (its per-scan :data:`INTENSITY` table and unreadable
+    count) and, given a bundle, run it on both, under one progress display (on stderr,
+    shown with ``show_progress``)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+
+    from medres.progress import progress as progress_display
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    console = Console(stderr=True)
+    display = progress_display(*columns, console=console, transient=True, disable=not show_progress)
+    with display as bar:
+        read = {k: _read_sample(s, k, bar) for k, s in samples.items()}
+        model = None if bundle is None else _model_drift(bundle, samples, read, bar)
+    return read, model
+
+
+def _side(
+    cohort: Cohort,
+    source: str,
+    split: str | None,
+    rows: pd.DataFrame,
+    sample: pd.DataFrame,
+    read: tuple[pd.DataFrame, int],
+) -> Side:
+    """One cohort's :class:`Side`: its readable ``rows`` in scope, its rows (of ``split``)
+    that failed at ingest, its ``sample`` and what reading it gave (scans, unreadable)."""
+    in_split = cohort.table if split is None else cohort.table[cohort.table["split"] == split]
+    scans, unreadable = read
+    return Side(
+        source,
+        cohort.fingerprint(),
+        len(rows),
+        int((in_split["status"] != "ok").sum()),
+        len(sample),
+        unreadable,
+        scans,
+        int(rows["label"].notna().sum()),
+    )
+
+
+def _intensity_shifts(old: pd.DataFrame, new: pd.DataFrame) -> list[Shift]:
+    """One :class:`Shift` per :data:`INTENSITY` statistic of the sampled scans (KS-tested
+    for :data:`TESTED`)."""
+    return [_shift(f"intensity {s}", old[s], new[s], s in TESTED) for s in INTENSITY]
 
 
 # ------------------------------------------------------------------------- gathering
