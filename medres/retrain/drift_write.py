@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from medres.files import atomic_write, write_json, write_text
-from medres.retrain.drift import DriftReport, Mix, Shift, num_text, p_text, test_text
+from medres.retrain.drift import DriftReport, Mix, ModelDrift, Shift, num_text, p_text, test_text
 
 
 def write_drift(report: DriftReport, out_dir: str | Path) -> Path:
@@ -38,8 +38,20 @@ def drift_markdown(
     ``plots`` defaults to those that apply to ``report``."""
     r, h = report, "#" * level
     plots = _plots_for(r) if plots is None else plots
+    lines = _overview_lines(r, h)
+    lines += _prevalence_lines(r, h, plot_prefix, plots)
+    for mix in (r.sites, r.modalities):
+        lines += ["", f"{h}# {mix.name.capitalize()} mix", "", *_mix_table(mix)]
+    lines += _intensity_lines(r, h, plot_prefix, plots)
+    if r.model is not None:
+        lines += _model_lines(r.model, h, plot_prefix, plots)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _overview_lines(r: DriftReport, h: str) -> list[str]:
+    """The title (heading ``h``), the old / new counts table and the findings."""
     where = f"split `{r.split}`" if r.split else "all splits"
-    lines = [
+    return [
         f"{h} Cohort drift",
         "",
         "| | old | new |",
@@ -60,19 +72,25 @@ def drift_markdown(
         "",
         *(f"- {line}" for line in r.findings),
         "",
-        f"{h}# Label prevalence",
-        "",
     ]
+
+
+def _prevalence_lines(r: DriftReport, h: str, plot_prefix: str, plots: list[str]) -> list[str]:
+    """The label prevalence section: a mix (classes), a shift (regression targets) or
+    why there is neither, then its plot's link."""
+    lines = [f"{h}# Label prevalence", ""]
     if r.labels is not None:
         lines += _mix_table(r.labels)
     elif r.label_shift is not None:
         lines += _shift_table([r.label_shift])
     else:
         lines.append(f"{r.label_note}.")
-    lines += ["", *_plot_link(plot_prefix, "drift_prevalence.png", plots)]
-    for mix in (r.sites, r.modalities):
-        lines += ["", f"{h}# {mix.name.capitalize()} mix", "", *_mix_table(mix)]
-    lines += [
+    return [*lines, "", *_plot_link(plot_prefix, "drift_prevalence.png", plots)]
+
+
+def _intensity_lines(r: DriftReport, h: str, plot_prefix: str, plots: list[str]) -> list[str]:
+    """The intensity section: per-scan statistics' medians, their tests, the plot."""
+    return [
         "",
         f"{h}# Intensity",
         "",
@@ -84,33 +102,34 @@ def drift_markdown(
         "",
         *_plot_link(plot_prefix, "drift_intensity.png", plots),
     ]
-    if r.model is not None:
-        m = r.model
-        if not m.kind.classifies:
-            what = "The median prediction is compared (a regression bundle)."
-        else:
-            what = (
-                f"Confidence: the mean {'calibrated' if m.calibrated else 'uncalibrated'} "
-                "probability of the predicted class"
-                + (
-                    "; OOD rate: the share of scans flagged out of distribution."
-                    if any(s.name == "OOD rate" for s in m.shifts)
-                    else " (the bundle has no OOD model)."
-                )
+
+
+def _model_lines(m: ModelDrift, h: str, plot_prefix: str, plots: list[str]) -> list[str]:
+    """The model section: the bundle's shifts, its predicted-class mix, the plot."""
+    if not m.kind.classifies:
+        what = "The median prediction is compared (a regression bundle)."
+    else:
+        what = (
+            f"Confidence: the mean {'calibrated' if m.calibrated else 'uncalibrated'} "
+            "probability of the predicted class"
+            + (
+                "; OOD rate: the share of scans flagged out of distribution."
+                if any(s.name == "OOD rate" for s in m.shifts)
+                else " (the bundle has no OOD model)."
             )
-        lines += [
-            "",
-            f"{h}# Model",
-            "",
-            f"Bundle `{m.bundle_id}` ({m.task}) on the sampled scans; scans it could not "
-            f"preprocess: {m.failed.get('old', 0)} old, {m.failed.get('new', 0)} new. {what}",
-            "",
-            *_shift_table(m.shifts),
-        ]
-        if m.predicted is not None:
-            lines += ["", "Predicted classes:", "", *_mix_table(m.predicted)]
-        lines += ["", *_plot_link(plot_prefix, "drift_confidence.png", plots)]
-    return "\n".join(lines).rstrip("\n") + "\n"
+        )
+    lines = [
+        "",
+        f"{h}# Model",
+        "",
+        f"Bundle `{m.bundle_id}` ({m.task}) on the sampled scans; scans it could not "
+        f"preprocess: {m.failed.get('old', 0)} old, {m.failed.get('new', 0)} new. {what}",
+        "",
+        *_shift_table(m.shifts),
+    ]
+    if m.predicted is not None:
+        lines += ["", "Predicted classes:", "", *_mix_table(m.predicted)]
+    return [*lines, "", *_plot_link(plot_prefix, "drift_confidence.png", plots)]
 
 
 def _mix_table(mix: Mix) -> list[str]:
