@@ -2,7 +2,7 @@
 
 Uses the bundles that ``benchmarks/medmnist.py`` trained (same --work folder, seeds 0 1
 2): each is (re)calibrated on its validation split with the defaults of ``medres train``
-(:func:`medres.workflow.calibrate_bundle`), then measured on the official test split:
+(:func:`medres.evaluate.job.calibrate_bundle`), then measured on the official test split:
 
 1. calibration: uncalibrated, temperature, Platt and isotonic (binary) — ECE (15 bins),
    adaptive ECE, MCE, NLL, Brier, calibration slope, AUC;
@@ -40,6 +40,8 @@ from medres.bundle import load_bundle
 from medres.calibrate import calibration_metrics, make_calibrator
 from medres.cohort import Cohort
 from medres.errors import ScanError
+from medres.evaluate.job import calibrate_bundle
+from medres.inference import score_rows
 from medres.io import read_scan
 from medres.io.discover import discover
 from medres.io.volume import Volume
@@ -48,8 +50,6 @@ from medres.uncertainty.conformal import ConformalClassifier, set_report
 from medres.uncertainty.referral import accuracy_after_referral, risk_coverage
 from medres.uncertainty.sampling import ensemble_samples, forward_samples
 from medres.uncertainty.scores import as_uncertainty, uncertainty_scores
-from medres.inference import score_rows
-from medres.workflow import calibrate_bundle
 
 HERE = Path(__file__).resolve().parent
 DATASETS = ("pneumoniamnist", "retinamnist", "adrenalmnist3d")

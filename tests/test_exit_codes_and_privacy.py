@@ -125,9 +125,9 @@ def test_console_script_entry_maps_an_internal_error_to_3(tmp_path):
 
 
 def test_outputs_holding_patient_ids_are_created_0600(monkeypatch, scans, tmp_path, review_run):
+    from medres.evaluate.job import evaluate_bundle
     from medres.predict.store import ResultStore
     from medres.review import ReviewStore
-    from medres.workflow import evaluate_bundle
 
     private = []
     # the cohort manifest, written by a real `medres ingest`

@@ -122,7 +122,7 @@ def test_scan_level_split_may_still_share_patients_between_train_and_val(example
 
 
 def test_patient_id_wording_of_the_model_card():
-    from medres.workflow import _patient_notes
+    from medres.model_card import _patient_notes
 
     every = _patient_notes(TrainingAudit(scans=64, with_patient_id=64, split_unit="patient"))
     assert "Every scan has a patient id" in every[0] and every[1] == []

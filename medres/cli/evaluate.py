@@ -37,7 +37,7 @@ def evaluate_command(
     """
     import json
 
-    from medres.workflow import evaluate_bundle
+    from medres.evaluate.job import evaluate_bundle
 
     with user_errors():
         report, evaluation, failures = evaluate_bundle(bundle, cohort, out, split=split)
@@ -78,8 +78,8 @@ def calibrate_command(
         medres calibrate bundles/pneumonia site_b_cohort.parquet --set coverage=0.95
     """
     from medres.config import apply_overrides, validate
+    from medres.evaluate.job import calibrate_bundle
     from medres.uncertainty.trust import TrustConfig
-    from medres.workflow import calibrate_bundle
 
     with user_errors():
         settings = validate(TrustConfig, apply_overrides({}, set_ or []), "trust settings")

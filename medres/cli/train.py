@@ -69,7 +69,7 @@ def train_command(
     from medres.errors import ConfigError
     from medres.train import StopReason
     from medres.train.config import TrainConfig
-    from medres.workflow import train_bundle
+    from medres.train_job import train_bundle
 
     with user_errors():
         data = read_toml(config) if config else {}

@@ -238,9 +238,10 @@ def _ingest(config: PipelineConfig, folder: Path, labels: Path, path: Path) -> P
 def _run_variant(
     config, variant: Variant, cohort_path, out: Path, timer, overrides, show_progress
 ) -> dict:
+    from medres.evaluate.job import evaluate_bundle
     from medres.predict import PredictOptions, predict_folder
     from medres.train import CHECKPOINT
-    from medres.workflow import evaluate_bundle, train_bundle
+    from medres.train_job import train_bundle
 
     here = out / variant.name
     here.mkdir(exist_ok=True)

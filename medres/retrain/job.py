@@ -34,7 +34,7 @@ from medres.retrain.reviews import ReviewsApplied, apply_reviews
 from medres.split import patient_ids
 from medres.tasks import infer_task
 from medres.train import CHECKPOINT, TrainConfig
-from medres.workflow import train_bundle
+from medres.train_job import train_bundle
 
 FINE_TUNE_LR = 0.1
 FIXED = ("model", "model_args", "preprocess", "task", "dropout", "positive_class")

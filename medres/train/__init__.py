@@ -9,7 +9,7 @@
 - :mod:`~medres.train.loop`: :func:`fit`, which calls them in order.
 
 The train *job* (cohort → audit → fit → trust → bundle and model card) is
-:func:`medres.workflow.train_bundle`: it writes a bundle, a later stage than training.
+:func:`medres.train_job.train_bundle`: it writes a bundle, a later stage than training.
 """
 
 from medres.train.checkpoint import CHECKPOINT
