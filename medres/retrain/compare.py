@@ -26,7 +26,7 @@ from medres.bundle import Bundle, load_bundle, training_cohort
 from medres.calibrate import expected_calibration_error
 from medres.cohort import Cohort
 from medres.errors import ConfigError
-from medres.evaluate.job import bundle_probabilities
+from medres.workflow import bundle_probabilities
 from medres.files import FORMAT_KEY, read_versioned_json, write_json, write_text
 from medres.frozen import check_no_leak, freeze
 
@@ -111,25 +111,8 @@ def compare_bundles(
     sets = [("old", _champion_cohort(champion, old_cohort))]
     sets += [("new", Path(c)) for c in new_cohorts]
     training = [_trained_on(b) for b in (champion, challenger)]
-    tests = []
-    for role, path in sets:  # every refusal before any scoring
-        rows = Cohort.load(path).labelled(split)
-        if rows["label"].nunique() < 2:
-            raise ConfigError(
-                f"{path} has {rows['label'].nunique()} class(es) among its labelled "
-                f"'{split}' scans; AUC needs both positives and negatives to compare on"
-            )
-        tested = freeze(rows)
-        for name, trained in training:
-            check_no_leak(
-                tested,
-                trained,
-                f"{path.name}'s {split} split",
-                sources=pd.Series(name, index=trained.index, dtype=object),
-                claim="cannot compare on a test set a bundle trained or selected on",
-                advice={name: _NOT_A_TEST_SET},
-            )
-        tests.append((role, path, rows))
+    # every refusal before any scoring
+    tests = [(role, path, _test_rows(path, split, training)) for role, path in sets]
     results = [
         _compare_on(champion, challenger, rows, role, path, margin, n_boot, seed)
         for role, path, rows in tests
@@ -147,6 +130,29 @@ def compare_bundles(
         reasons,
         split,
     )
+
+
+def _test_rows(path: Path, split: str, training: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
+    """The labelled ``split`` rows of the cohort at ``path``, refused (ConfigError) with
+    fewer than two classes, or (LeakageError) when a patient or scan of theirs is in
+    ``training`` (each bundle's name and its train / val rows)."""
+    rows = Cohort.load(path).labelled(split)
+    if rows["label"].nunique() < 2:
+        raise ConfigError(
+            f"{path} has {rows['label'].nunique()} class(es) among its labelled "
+            f"'{split}' scans; AUC needs both positives and negatives to compare on"
+        )
+    tested = freeze(rows)
+    for name, trained in training:
+        check_no_leak(
+            tested,
+            trained,
+            f"{path.name}'s {split} split",
+            sources=pd.Series(name, index=trained.index, dtype=object),
+            claim="cannot compare on a test set a bundle trained or selected on",
+            advice={name: _NOT_A_TEST_SET},
+        )
+    return rows
 
 
 def write_comparison(comparison: Comparison, out: str | Path, *, drift: bool = True) -> Path:
