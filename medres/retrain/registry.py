@@ -52,22 +52,7 @@ def promote(
     comparison = read_comparison(comparison_dir)
     registry = read_registry(registry_path)
     champion, challenger = comparison["champion"], comparison["challenger"]
-    current = current_champion(registry)
-    if current is not None and current["id"] != champion["id"]:
-        raise ConfigError(
-            f"the registry's champion is {current['id']} ({current['path']}), but this "
-            f"comparison was against {champion['id']}; compare the challenger with the "
-            "current champion first"
-        )
-    if champion["id"] == challenger["id"]:
-        raise ConfigError(f"{comparison_dir} compares bundle {champion['id']} with itself")
-    for model in (champion, challenger):
-        manifest = read_manifest(model["path"])  # BundleError names the file if it changed
-        if manifest.id != model["id"]:
-            raise ConfigError(
-                f"{model['path']} now holds bundle {manifest.id}, not {model['id']} that "
-                "was compared; compare again"
-            )
+    _check_promotable(registry, champion, challenger, comparison_dir)
     now = _now()
     metrics = {t["name"]: t["metrics"] for t in comparison["test_sets"]}
     models = registry["models"]
@@ -93,6 +78,33 @@ def promote(
     )
     write_json(registry_path, registry)
     return registry, promoted
+
+
+def _check_promotable(
+    registry: dict[str, Any],
+    champion: dict[str, Any],
+    challenger: dict[str, Any],
+    comparison_dir: str | Path,
+) -> None:
+    """Refuse a comparison against another champion than the registry's, of a bundle
+    with itself, or of a bundle whose folder no longer holds what was compared
+    (``champion`` / ``challenger``: the comparison's descriptions, with id and path)."""
+    current = current_champion(registry)
+    if current is not None and current["id"] != champion["id"]:
+        raise ConfigError(
+            f"the registry's champion is {current['id']} ({current['path']}), but this "
+            f"comparison was against {champion['id']}; compare the challenger with the "
+            "current champion first"
+        )
+    if champion["id"] == challenger["id"]:
+        raise ConfigError(f"{comparison_dir} compares bundle {champion['id']} with itself")
+    for model in (champion, challenger):
+        manifest = read_manifest(model["path"])  # BundleError names the file if it changed
+        if manifest.id != model["id"]:
+            raise ConfigError(
+                f"{model['path']} now holds bundle {manifest.id}, not {model['id']} that "
+                "was compared; compare again"
+            )
 
 
 def read_registry(path: str | Path) -> dict[str, Any]:
