@@ -26,7 +26,7 @@ from medres.bundle import Bundle, load_bundle, training_cohort
 from medres.calibrate import expected_calibration_error
 from medres.cohort import Cohort
 from medres.errors import ConfigError
-from medres.workflow import bundle_probabilities
+from medres.evaluate.job import bundle_probabilities
 from medres.files import FORMAT_KEY, read_versioned_json, write_json, write_text
 from medres.frozen import check_no_leak, freeze
 
