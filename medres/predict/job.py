@@ -27,8 +27,8 @@ from medres.calibrate import softmax
 from medres.cohort import progress_task
 from medres.errors import BundleError, ConfigError
 from medres.explain import grad_cam, map_to_scan, write_explanation
-from medres.inference import Item, LocalEngine, forward
-from medres.io.discover import ScanSource, discover
+from medres.inference import Item, LocalEngine, ScanInputs, forward
+from medres.io.discover import Discovery, ScanSource, discover
 from medres.io.names import path_text
 from medres.predict.scans import failure_row, predict_inputs
 from medres.predict.store import ResultStore
@@ -110,16 +110,7 @@ def predict_folder(
     """
     options = options or PredictOptions()
     started, t0 = pd.Timestamp.now("UTC"), time.perf_counter()
-    if options.mc_samples < 0 or options.batch_size < 1 or options.chunk_size < 1:
-        raise ConfigError("--mc-samples must be >= 0, --batch-size and --chunk-size >= 1")
-    folder, out = Path(folder), Path(out)
-    if not folder.exists():
-        raise ConfigError(f"{folder} does not exist; give the folder of scans to predict")
-    if out.resolve().is_relative_to(folder.resolve()):
-        raise ConfigError(
-            f"-o {out} is inside the scan folder {folder}: the next run would find its own "
-            "heatmaps as scans; write the predictions outside the folder"
-        )
+    folder, out = _check_request(folder, out, options)
     members = [load_bundle(p) for p in [bundle, *options.ensemble]]
     _check_members(members)
     job = {
@@ -128,7 +119,7 @@ def predict_folder(
     }
     store = ResultStore(out, job)
     found = discover(folder, progress=progress_task(progress, "Discovering scans", None))
-    t_discover = time.perf_counter() - t0
+    timing = _Timing(started, t0, discover=time.perf_counter() - t0)
     done = store.done()
     predictor = _Predictor(members, options, out, job["bundles"][0]["checksum"])
     dataset = predict_inputs(
@@ -139,48 +130,130 @@ def predict_folder(
         keep_volume=options.explain,
     )
     workers = default_workers() if options.workers is None else options.workers
-    failures = [
-        failure_row(f.scan_id or f.path, f.path, f.stage, f.error_type, f.message)
-        for f in found.failures
-    ]
-    keys: set[tuple[str, str]] = set()
-    pending: list[dict[str, Any]] = []
-    predicted = already = 0
+    tally = _Tally(
+        [
+            failure_row(f.scan_id or f.path, f.path, f.stage, f.error_type, f.message)
+            for f in found.failures
+        ]
+    )
     advance = progress_task(progress, "Predicting", len(found.scans))
     t1 = time.perf_counter()
+    _predict_batches(dataset, workers, found, predictor, store, options, tally, advance)
+    timing.predict = time.perf_counter() - t1
+    summary = _summary(folder, job, options, workers, predictor, found, tally, timing)
+    rows = store.finish(tally.keys, tally.failures)
+    summary["counts"]["referred"] = int(rows["refer"].sum()) if "refer" in rows else None
+    store.write_summary(summary)
+    return PredictRun(rows, tally.failures, summary)
+
+
+@dataclass
+class _Tally:
+    """What a run has met so far: ``failures`` (failure rows, discovery's first),
+    ``keys`` (each read scan's (scan_id, input_hash)), scans ``predicted`` now and
+    ``already`` predicted by an earlier run."""
+
+    failures: list[dict[str, Any]]
+    keys: set[tuple[str, str]] = field(default_factory=set)
+    predicted: int = 0
+    already: int = 0
+
+
+@dataclass
+class _Timing:
+    """When a run ``started`` (UTC), its ``perf_counter`` origin ``t0``, and the seconds
+    spent discovering and predicting."""
+
+    started: pd.Timestamp
+    t0: float
+    discover: float
+    predict: float = 0.0
+
+
+def _check_request(
+    folder: str | Path, out: str | Path, options: PredictOptions
+) -> tuple[Path, Path]:
+    """``folder`` and ``out`` as paths, refused (ConfigError) with out-of-range options,
+    a missing ``folder``, or ``out`` inside it."""
+    if options.mc_samples < 0 or options.batch_size < 1 or options.chunk_size < 1:
+        raise ConfigError("--mc-samples must be >= 0, --batch-size and --chunk-size >= 1")
+    folder, out = Path(folder), Path(out)
+    if not folder.exists():
+        raise ConfigError(f"{folder} does not exist; give the folder of scans to predict")
+    if out.resolve().is_relative_to(folder.resolve()):
+        raise ConfigError(
+            f"-o {out} is inside the scan folder {folder}: the next run would find its own "
+            "heatmaps as scans; write the predictions outside the folder"
+        )
+    return folder, out
+
+
+def _predict_batches(
+    dataset: ScanInputs,
+    workers: int,
+    found: Discovery,
+    predictor: _Predictor,
+    store: ResultStore,
+    options: PredictOptions,
+    tally: _Tally,
+    advance,
+) -> None:
+    """Run ``predictor`` over the scans of ``dataset`` in batches decoded by ``workers``
+    processes, counting each scan in ``tally`` and writing prediction rows to ``store``
+    in chunks of ``options.chunk_size`` (the rows so far even when interrupted)."""
+    pending: list[dict[str, Any]] = []
     # numpy/OpenBLAS threads left spinning after each trust-layer call took a core from
     # the model: a 3D batch took 387 ms instead of 346 (339 with this limit)
     with threadpool_limits(limits=1, user_api="blas"):
         try:
             for batch in LocalEngine(workers).batches(dataset, options.batch_size):
-                good: list[Item] = []
-                for item in batch:
-                    scan = found.scans[item.index]
-                    if item.input_hash:
-                        keys.add((scan.scan_id, item.input_hash))
-                    if item.failure:
-                        failures.append(
-                            failure_row(scan.scan_id, path_text(scan.path), *item.failure)
-                        )
-                    elif item.done:
-                        already += 1
-                    else:
-                        good.append(item)
+                good = _sort_batch(batch, found, tally)
                 if good:
                     pending += predictor.rows([found.scans[i.index] for i in good], good)
-                    predicted += len(good)
+                    tally.predicted += len(good)
                 if len(pending) >= options.chunk_size:
                     store.write_part(pending)
                     pending = []
                 if advance:
-                    advance(predicted + already + len(failures) - len(found.failures))
+                    done = tally.predicted + tally.already + len(tally.failures)
+                    advance(done - len(found.failures))
         finally:  # even when interrupted: the rows predicted so far are kept for the rerun
             store.write_part(pending)
             pending = []
-    seconds = time.perf_counter() - t1
-    summary = {
+
+
+def _sort_batch(batch: list[Item], found: Discovery, tally: _Tally) -> list[Item]:
+    """The items of ``batch`` to predict now; the others counted in ``tally`` (a failure
+    row, or already predicted), and every read scan's key recorded."""
+    good: list[Item] = []
+    for item in batch:
+        scan = found.scans[item.index]
+        if item.input_hash:
+            tally.keys.add((scan.scan_id, item.input_hash))
+        if item.failure:
+            tally.failures.append(failure_row(scan.scan_id, path_text(scan.path), *item.failure))
+        elif item.done:
+            tally.already += 1
+        else:
+            good.append(item)
+    return good
+
+
+def _summary(
+    folder: Path,
+    job: dict[str, Any],
+    options: PredictOptions,
+    workers: int,
+    predictor: _Predictor,
+    found: Discovery,
+    tally: _Tally,
+    timing: _Timing,
+) -> dict[str, Any]:
+    """``run.json`` (without ``counts.referred``, known once the store is finished)."""
+    seconds = timing.predict
+    return {
         "medres_version": __version__,
-        "started": started.isoformat(timespec="seconds"),
+        "started": timing.started.isoformat(timespec="seconds"),
         "finished": pd.Timestamp.now("UTC").isoformat(timespec="seconds"),
         "folder": str(folder.resolve()),
         "bundles": job["bundles"],
@@ -189,24 +262,22 @@ def predict_folder(
         "precision": predictor.precision,
         "counts": {
             "scans": len(found.scans) + len(found.failures),
-            "predicted_now": predicted,
-            "already_predicted": already,
-            "failed": len(failures),
+            "predicted_now": tally.predicted,
+            "already_predicted": tally.already,
+            "failed": len(tally.failures),
             "files_skipped": len(found.skipped),
             "skipped_reasons": dict(Counter(reason for _, reason in found.skipped)),
             "duplicate_files": len(found.duplicates),
         },
         "seconds": {
-            "discover": round(t_discover, 2),
+            "discover": round(timing.discover, 2),
             "predict": round(seconds, 2),
-            "total": round(time.perf_counter() - t0, 2),
+            "total": round(time.perf_counter() - timing.t0, 2),
         },
-        "scans_per_second": round(predicted / seconds, 2) if predicted and seconds else None,
+        "scans_per_second": (
+            round(tally.predicted / seconds, 2) if tally.predicted and seconds else None
+        ),
     }
-    rows = store.finish(keys, failures)
-    summary["counts"]["referred"] = int(rows["refer"].sum()) if "refer" in rows else None
-    store.write_summary(summary)
-    return PredictRun(rows, failures, summary)
 
 
 class _Predictor:
