@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from medres.bundle import Bundle, save_bundle
+from medres.bundle import Bundle, is_bundle, save_bundle
 from medres.cohort import Cohort, photometric
 from medres.errors import ConfigError
 from medres.evaluate import Evaluation
@@ -66,7 +66,7 @@ def train_bundle(
     """
     out = Path(out)
     cohort = Cohort.load(cohort_path)
-    if (out / "bundle.json").exists() and not resume:
+    if is_bundle(out) and not resume:
         raise ConfigError(f"{out} already holds a bundle; choose a new -o folder")
     audit = audit_training_cohort(cohort, allow_leakage=allow_leakage)
     frozen_test = freeze(cohort.ok[cohort.ok["split"] == "test"], frozen_before)

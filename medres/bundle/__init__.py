@@ -45,6 +45,7 @@ from medres.bundle.layout import (
     REQUIRED,
     TRAINING_COHORT,
     WEIGHTS,
+    is_bundle,
     verify_bundle,
     write_manifest,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "ManifestTarget",
     "ManifestTraining",
     "TrainedOn",
+    "is_bundle",
     "load_bundle",
     "read_manifest",
     "save_bundle",

@@ -40,6 +40,13 @@ def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
     return atomic_write(folder / MANIFEST, lambda tmp: Path(tmp).write_bytes(data))
 
 
+def is_bundle(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a bundle: ``bundle.json`` is written last
+    (:func:`write_manifest`), so a folder with it is a finished bundle (its contents are
+    checked when it is loaded)."""
+    return (Path(folder) / MANIFEST).is_file()
+
+
 def verify_bundle(path: str | Path) -> dict[str, Any]:
     """Check ``bundle.json`` against its sidecar, then every file's sha256; returns the
     manifest.

@@ -238,6 +238,7 @@ def _ingest(config: PipelineConfig, folder: Path, labels: Path, path: Path) -> P
 def _run_variant(
     config, variant: Variant, cohort_path, out: Path, timer, overrides, show_progress
 ) -> dict:
+    from medres.bundle import is_bundle
     from medres.evaluate.job import evaluate_bundle
     from medres.predict import PredictOptions, predict_folder
     from medres.train import CHECKPOINT
@@ -253,7 +254,7 @@ def _run_variant(
     bundle = here / "bundle"
     train_config = variant_train_config(config, variant, overrides)
     with timer(f"{variant.name}: train"):
-        if not (bundle / "bundle.json").is_file():
+        if not is_bundle(bundle):
             resume = (bundle / CHECKPOINT).is_file()
             train_bundle(
                 split_path,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medres.bundle import TRAINING_COHORT, load_bundle, training_cohort
+from medres.bundle import TRAINING_COHORT, is_bundle, load_bundle, training_cohort
 from medres.cohort import Cohort
 from medres.config import apply_overrides, validate
 from medres.errors import ALLOW_LEAKAGE, ConfigError, LeakageError, quote_some
@@ -158,7 +158,7 @@ def _check_request(
     ``out`` taken (or interrupted without ``resume``), ``drop`` with ``new_only``."""
     if not cohorts:
         raise ConfigError("give at least one new cohort: --cohort NEW_COHORT.parquet")
-    if (out / "bundle.json").exists():
+    if is_bundle(out):
         raise ConfigError(f"{out} already holds a bundle; choose a new -o folder")
     if (out / CHECKPOINT).exists() and not resume:
         raise ConfigError(f"{out} holds an interrupted retraining; add --resume to continue it")
