@@ -26,7 +26,7 @@ from medres.errors import ManifestError, ScanContentError
 from medres.io import Volume, discover, read_scan
 from medres.io.volume import is_colour
 from medres.predict import PredictOptions, predict_folder
-from medres.predict import job as predict_job
+from medres.predict import predictor as predict_predictor
 from medres.predict import scans as predict_scans
 from medres.predict.scans import check_colour
 from tests.adversarial import ANATOMICAL, CT, HOSTILE_UID, build_corpus, flip_gzip
@@ -153,13 +153,13 @@ def test_a_decoding_worker_killed_on_one_scan_costs_that_scan_only(
         return read(scan)
 
     monkeypatch.setattr(predict_scans, "read_scan", read_or_die)  # workers fork with it
-    rows = predict_job._Predictor.rows
+    rows = predict_predictor.Predictor.rows
 
     def slow_rows(self, *args):  # the main process is busy with a batch when it dies
         time.sleep(0.5)
         return rows(self, *args)
 
-    monkeypatch.setattr(predict_job._Predictor, "rows", slow_rows)
+    monkeypatch.setattr(predict_predictor.Predictor, "rows", slow_rows)
     options = PredictOptions(workers=2, batch_size=4)
     run = predict_folder(chest_bundle, folder, tmp_path / "out", options)
     assert sorted(run.predictions["scan_id"]) == sorted(p.name for p in pngs)

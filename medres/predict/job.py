@@ -3,39 +3,32 @@
 Scans are found as in ingest, decoded and preprocessed in DataLoader workers while the
 main process runs the model in batches; each scan ends as a prediction row or a failure
 row (:mod:`medres.predict.store` for the files and resuming). The bundle's calibration,
-conformal sets, OOD model and referral rule are applied exactly as stored.
+conformal sets, OOD model and referral rule are applied exactly as stored
+(:mod:`medres.predict.predictor` turns each batch into prediction rows).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
 from threadpoolctl import threadpool_limits
 
 from medres import __version__
-from medres.bundle import Bundle, load_bundle
-from medres.calibrate import softmax
+from medres.bundle import load_bundle
 from medres.cohort import progress_task
-from medres.errors import BundleError, ConfigError
-from medres.explain import grad_cam, map_to_scan, write_explanation
-from medres.inference import Item, LocalEngine, ScanInputs, forward
-from medres.io.discover import Discovery, ScanSource, discover
+from medres.errors import ConfigError
+from medres.inference import Item, LocalEngine, ScanInputs
+from medres.io.discover import Discovery, discover
 from medres.io.names import path_text
+from medres.predict.predictor import Predictor, check_members
 from medres.predict.scans import failure_row, predict_inputs
 from medres.predict.store import ResultStore
-from medres.tasks import label_key
-from medres.transforms import build_transform
-from medres.uncertainty.sampling import tta_views
-from medres.uncertainty.trust import Assessment
 
 
 @dataclass
@@ -112,7 +105,7 @@ def predict_folder(
     started, t0 = pd.Timestamp.now("UTC"), time.perf_counter()
     folder, out = _check_request(folder, out, options)
     members = [load_bundle(p) for p in [bundle, *options.ensemble]]
-    _check_members(members)
+    check_members(members)
     job = {
         "bundles": [{"id": b.id, "checksum": b.checksum} for b in members],
         **options.contract(),
@@ -121,7 +114,7 @@ def predict_folder(
     found = discover(folder, progress=progress_task(progress, "Discovering scans", None))
     timing = _Timing(started, t0, discover=time.perf_counter() - t0)
     done = store.done()
-    predictor = _Predictor(members, options, out, job["bundles"][0]["checksum"])
+    predictor = Predictor(members, options, out, job["bundles"][0]["checksum"])
     dataset = predict_inputs(
         found.scans,
         members[0].spec,
@@ -192,7 +185,7 @@ def _predict_batches(
     dataset: ScanInputs,
     workers: int,
     found: Discovery,
-    predictor: _Predictor,
+    predictor: Predictor,
     store: ResultStore,
     options: PredictOptions,
     tally: _Tally,
@@ -244,7 +237,7 @@ def _summary(
     job: dict[str, Any],
     options: PredictOptions,
     workers: int,
-    predictor: _Predictor,
+    predictor: Predictor,
     found: Discovery,
     tally: _Tally,
     timing: _Timing,
@@ -278,160 +271,3 @@ def _summary(
             round(tally.predicted / seconds, 2) if tally.predicted and seconds else None
         ),
     }
-
-
-class _Predictor:
-    """The loaded bundles as one predictor: batch of items → prediction rows."""
-
-    def __init__(
-        self, members: list[Bundle], options: PredictOptions, out: Path, checksum: str
-    ) -> None:
-        self.members, self.options, self.out = members, options, out
-        first = members[0]
-        self.info, self.trust = first.info, first.trust
-        self.flag_below = options.flag_below
-        if self.flag_below is None:
-            self.flag_below = first.training.flag_below
-        if self.flag_below is not None and self.info.kind.classifies:
-            raise ConfigError(f"--flag-below applies to regression bundles; {first.path} is not")
-        self.views = tta_views(first.spec) if options.tta else None
-        native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        self.precision = "bf16" if first.config.precision == "bf16" and native_bf16 else "fp32"
-        self.transform = build_transform(first.spec)
-        dims = first.spec.spatial_dims
-        self.memory_format = torch.channels_last if dims == 2 else torch.channels_last_3d
-        for member in members:
-            member.model.to(memory_format=self.memory_format)
-        self.fixed = {
-            "bundle_id": "+".join(m.id for m in members),
-            "bundle_checksum": checksum,
-            "medres_version": __version__,
-        }
-
-    def rows(self, scans: list[ScanSource], items: list[Item]) -> list[dict[str, Any]]:
-        images = torch.stack([item.image.as_subclass(torch.Tensor) for item in items])
-        images = images.contiguous(memory_format=self.memory_format)
-        seeds = [int(item.input_hash[:15], 16) for item in items]
-        outputs, features = [], None
-        for member in self.members:
-            logits, feats = forward(
-                member.model,
-                images,
-                precision=self.precision,
-                memory_format=self.memory_format,
-                mc_samples=self.options.mc_samples,
-                views=self.views,
-                seed=seeds,
-            )
-            outputs.append(logits.numpy().astype(np.float64))
-            features = feats.numpy() if features is None else features
-        now = pd.Timestamp.now("UTC").isoformat(timespec="seconds")
-        rows = [
-            {**_scan_fields(s, i), **self.fixed, "predicted_at": now}
-            for s, i in zip(scans, items, strict=True)
-        ]
-        if not self.info.kind.classifies:
-            values = np.mean(
-                [
-                    m.info.outputs_to_scores(o.mean(0))
-                    for m, o in zip(self.members, outputs, strict=True)
-                ],
-                axis=0,
-            )
-            for row, value in zip(rows, values, strict=True):
-                row["prediction"] = float(value)
-                if self.flag_below is not None:
-                    row["refer"] = bool(value < self.flag_below)
-                    row["refer_reason"] = (
-                        f"predicted {value:.3f} below the QA threshold {self.flag_below:g}"
-                        if row["refer"]
-                        else ""
-                    )
-            shown = np.zeros(len(rows), int)
-        else:
-            assessment = self._assess(outputs, features)
-            self._add_trust(rows, assessment)
-            shown = assessment.predicted
-        if self.options.explain:
-            self._explain(rows, images, items, shown)
-        return rows
-
-    def _assess(self, outputs: list[np.ndarray], features: np.ndarray) -> Assessment:
-        if len(outputs) == 1:
-            return self.trust.assess(outputs[0], features)
-        samples = np.concatenate(
-            [m.trust.calibrate(o) for m, o in zip(self.members, outputs, strict=True)]
-        )
-        raw = np.concatenate([softmax(o) for o in outputs]).mean(0)
-        return self.trust.assess_samples(samples, raw, features)
-
-    def _add_trust(self, rows: list[dict[str, Any]], a: Assessment) -> None:
-        names = [label_key(c) for c in self.info.classes]
-        threshold = self.members[0].threshold if self.info.kind.operating_point else None
-        for n, row in enumerate(rows):
-            row["predicted_class"] = names[a.predicted[n]]
-            row["confidence"] = float(a.probs[n, a.predicted[n]])
-            row.update({f"prob_{c}": float(a.probs[n, k]) for k, c in enumerate(names)})
-            row.update({f"prob_raw_{c}": float(a.raw_probs[n, k]) for k, c in enumerate(names)})
-            row["conformal_set"] = "|".join(c for k, c in enumerate(names) if a.sets[n, k])
-            row["set_size"] = int(a.sets[n].sum())
-            row.update({name: float(values[n]) for name, values in a.scores.items()})
-            row["ood_score"] = float(a.ood_score[n])
-            row["ood"] = bool(a.ood[n])
-            row["refer"] = bool(a.refer[n])
-            row["refer_reason"] = a.reasons[n]
-            if threshold is not None:
-                row["threshold"] = float(threshold)
-                row["positive_at_threshold"] = bool(a.probs[n, 1] >= threshold)
-
-    def _explain(self, rows, images: torch.Tensor, items: list[Item], shown: np.ndarray) -> None:
-        """Grad-CAM of the class shown (first bundle), written beside the rows."""
-        cams = grad_cam(self.members[0].model, images, shown)
-        folder = self.out / "explain"
-        for row, item, cam in zip(rows, items, cams, strict=True):
-            on_scan = map_to_scan(cam, item.image, self.transform)
-            stem = _safe_stem(row["scan_id"], item.input_hash)
-            paths = write_explanation(item.volume, on_scan, folder, stem)
-            row["heatmap"] = str(Path(paths["png"]).relative_to(self.out))
-            row["heatmap_map"] = str(Path(paths.get("nifti") or paths["npy"]).relative_to(self.out))
-
-
-def _check_members(members: list[Bundle]) -> None:
-    first = members[0]
-    if first.info.kind.classifies and first.trust is None:
-        raise BundleError(
-            f"{first.path} has no calibration; run `medres calibrate {first.path} COHORT` first"
-        )
-    for other in members[1:]:
-        same = (
-            other.info.kind == first.info.kind
-            and other.info.classes == first.info.classes
-            and other.spec == first.spec
-        )
-        if not same:
-            raise ConfigError(
-                f"--ensemble bundle {other.path} differs from {first.path} in task, classes "
-                "or preprocessing; an ensemble needs bundles trained for the same task"
-            )
-        if other.info.kind.classifies and other.trust is None:
-            raise BundleError(f"{other.path} has no calibration; run `medres calibrate` on it")
-
-
-def _scan_fields(scan: ScanSource, item: Item) -> dict[str, Any]:
-    meta = scan.meta
-    return {
-        "scan_id": scan.scan_id,
-        "path": path_text(scan.path),
-        "patient_id": meta.get("patient_id"),
-        "study_uid": meta.get("study_uid"),
-        "series_uid": meta.get("series_uid"),
-        "modality": meta.get("modality") or scan.kind.upper(),
-        "input_hash": item.input_hash,
-    }
-
-
-def _safe_stem(scan_id: str, digest: str) -> str:
-    """A file name for a scan's outputs: its id with unsafe characters replaced, plus
-    8 hex digits of its content hash (two ids may map to the same safe text)."""
-    name = re.sub(r"\.(nii\.gz|nii|dcm|png|jpe?g)$", "", scan_id, flags=re.IGNORECASE)
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[-80:] + "-" + digest[:8]
