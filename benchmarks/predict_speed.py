@@ -191,7 +191,7 @@ def build_adrenal(work: Path, per_class: int) -> Folder:
 
 
 def predict_precision(bundle) -> str:
-    """The precision ``medres predict`` uses for this bundle (as in ``medres.predict.predictor.Predictor``)."""
+    """The precision ``medres predict`` uses for this bundle (as ``Predictor`` does)."""
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return "bf16" if bundle.config.precision == "bf16" and native else "fp32"
 

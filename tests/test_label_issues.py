@@ -16,11 +16,10 @@ from typer.testing import CliRunner
 from medres.bundle import load_bundle
 from medres.cli import app
 from medres.cohort import Cohort
-from medres.inference import input_hash
+from medres.inference import input_hash, score_rows
 from medres.retrain.label_issues import label_issues, rank_label_issues, rank_uncertain
 from medres.review import ReviewStore
 from medres.review.issues import LABEL_ISSUE_COLUMNS
-from medres.inference import score_rows
 from tests.conftest import small_cohort
 
 runner = CliRunner()
