@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from medres.cohort import read_row
+from medres.device import autocast
 from medres.errors import ScanContentError, ScanError, ScanReadError, first_line
 from medres.files import sha256_file
 from medres.io import Volume
@@ -243,7 +244,8 @@ def forward(
 
     Args:
         images: (N, C, *spatial) preprocessed inputs, on any device.
-        precision: ``fp32`` or ``bf16`` (autocast on ``device``).
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast on ``device``,
+            :func:`medres.device.autocast`).
         memory_format: the layout the batch is put in (channels-last is faster on CPU).
         mc_samples, views, seed: MC dropout and test-time views
             (:func:`~medres.uncertainty.sampling.forward_samples`).
@@ -253,8 +255,7 @@ def forward(
     """
     device = torch.device(device)
     images = images.to(device, memory_format=memory_format)
-    bf16 = precision == "bf16"
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    with autocast(device, precision):
         logits, features = forward_samples(
             model, images, mc_samples=mc_samples, views=views, seed=seed
         )

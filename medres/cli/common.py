@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -98,6 +98,14 @@ def print_metrics(evaluations: Evaluation | Mapping[str, Evaluation]) -> None:
 
 
 EXIT_INTERNAL_ERROR = 3
+DeviceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="Where the network runs: auto (a CUDA GPU when there is one, else the CPU), "
+        "cpu, cuda or cuda:N.",
+    ),
+]
 EXIT_INTERRUPTED = 130
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from medres.cli.common import app, console, print_metrics, user_errors
+from medres.cli.common import DeviceOption, app, console, print_metrics, user_errors
 from medres.errors import ALLOW_LEAKAGE
 
 
@@ -39,6 +39,7 @@ def train_command(
             f"splits: {ALLOW_LEAKAGE}."
         ),
     ] = False,
+    device: DeviceOption = None,
 ) -> None:
     """Train a classifier and write a bundle (weights, preprocessing, metrics, model card).
 
@@ -66,6 +67,7 @@ def train_command(
 
     from medres.bundle import read_manifest
     from medres.config import apply_overrides, read_toml, validate
+    from medres.device import resolve_device
     from medres.errors import ConfigError
     from medres.train import StopReason
     from medres.train.config import TrainConfig
@@ -82,11 +84,17 @@ def train_command(
         if cohort_path is None:
             raise ConfigError("give a cohort: --cohort COHORT.parquet (or `cohort` in CONFIG)")
         train = dict(data.get("train", {}))
-        for key, value in (("model", model), ("epochs", epochs), ("seed", seed)):
+        for key, value in (
+            ("model", model),
+            ("epochs", epochs),
+            ("seed", seed),
+            ("device", device),
+        ):
             if value is not None:
                 train[key] = value
         train = apply_overrides(train, set_ or [])
         settings = validate(TrainConfig, train, f"[train] settings of {config or 'command line'}")
+        resolve_device(settings.device)  # an absent GPU is refused before any scan is read
         bundle_json, evaluations = train_bundle(
             cohort_path, settings, out, resume=resume, allow_leakage=allow_leakage
         )

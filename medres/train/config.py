@@ -60,7 +60,8 @@ class TrainConfig(BaseModel):
     selection_tolerance: float = Field(1e-3, ge=0)
     seed: int = 0
     num_workers: int | None = Field(None, ge=0)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = "auto"  # auto, cpu, cuda or cuda:N (medres.device.resolve_device)
     positive_class: int | str | None = None
     referable_from: int | str | None = None
     value_range: tuple[float, float] | None = None

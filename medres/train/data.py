@@ -44,7 +44,11 @@ class ScanDataset(CacheDataset):
         return super().__getitem__(index), self.targets[index]
 
 
-def make_loader(dataset, batch_size: int, workers: int, *, shuffle: bool, seed: int) -> DataLoader:
+def make_loader(
+    dataset, batch_size: int, workers: int, *, shuffle: bool, seed: int, pin: bool = False
+) -> DataLoader:
+    """Batches of ``dataset`` (reshuffled from ``seed``); ``pin``: page-locked host memory,
+    so the copies to a GPU can overlap the computation."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
@@ -53,6 +57,7 @@ def make_loader(dataset, batch_size: int, workers: int, *, shuffle: bool, seed: 
         num_workers=workers,
         generator=generator,
         drop_last=False,
+        pin_memory=pin,
     )
 
 

@@ -26,6 +26,7 @@ from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainin
 from torch.optim.swa_utils import AveragedModel, update_bn
 
 from medres.cohort import Cohort
+from medres.device import prepare_device, resolve_device, resolve_precision
 from medres.errors import ConfigError
 from medres.models import create_model
 from medres.progress import progress as progress_display
@@ -54,7 +55,6 @@ from medres.train.steps import (
     lr_factor,
     model_args,
     optimizer,
-    precision,
     selection_metric,
     selection_score,
     selects,
@@ -143,6 +143,7 @@ class _Run:
     model_args: dict[str, Any]
     model: torch.nn.Module
     memory_format: torch.memory_format
+    device: torch.device
     train_set: ScanDataset
     val_set: ScanDataset
     norm_loader: Any
@@ -160,6 +161,11 @@ class _Run:
     def workers(self) -> int:
         return self.resolved.num_workers
 
+    @property
+    def pin(self) -> bool:
+        """Page-locked batches for a GPU (copies overlap the computation)."""
+        return self.device.type == "cuda"
+
 
 def _prepare(cohort: Cohort, config: TrainConfig, init_state) -> _Run:
     """Task, spec, model, datasets, loss, optimiser, weight average and schedule; every
@@ -167,13 +173,16 @@ def _prepare(cohort: Cohort, config: TrainConfig, init_state) -> _Run:
     train_rows, val_rows = (split_rows(cohort, split) for split in ("train", "val"))
     info = _task(config, train_rows, val_rows, split_rows(cohort, "test", required=False))
     spec = cohort_spec(config.preprocess, train_rows, val_rows)
+    device = resolve_device(config.device)
+    prepare_device(device)
     workers = config.num_workers if config.num_workers is not None else auto_workers()
     resolved = config.model_copy(
         update={
             "task": info.task,
             "preprocess": spec,
-            "precision": precision(config.precision),
+            "precision": resolve_precision(config.precision, device),
             "num_workers": workers,
+            "device": str(device),
         }
     )
     args = model_args(config, spec, info)
@@ -182,7 +191,7 @@ def _prepare(cohort: Cohort, config: TrainConfig, init_state) -> _Run:
     if init_state is not None:
         model.load_state_dict(init_state)
     memory_format = torch.channels_last if spec.spatial_dims == 2 else torch.channels_last_3d
-    model = model.to(memory_format=memory_format)
+    model = model.to(device, memory_format=memory_format)
 
     train_set = ScanDataset(train_rows, info.encode(train_rows["label"]), spec, train=True)
     val_set = ScanDataset(val_rows, info.encode(val_rows["label"]), spec, train=False)
@@ -190,7 +199,7 @@ def _prepare(cohort: Cohort, config: TrainConfig, init_state) -> _Run:
     norm_set = ScanDataset(some_train, info.encode(some_train["label"]), spec, train=False)
     norm_loader = make_loader(norm_set, config.batch_size, 0, shuffle=False, seed=0)
     require_every_class(info, val_set.targets, "val")
-    loss_fn = loss_function(info, config, train_set.targets)
+    loss_fn = loss_function(info, config, train_set.targets, device)
     opt = optimizer(model, config)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     averaged = weight_average(model, config.ema_epochs, steps_per_epoch)
@@ -203,6 +212,7 @@ def _prepare(cohort: Cohort, config: TrainConfig, init_state) -> _Run:
         model_args=args,
         model=model,
         memory_format=memory_format,
+        device=device,
         train_set=train_set,
         val_set=val_set,
         norm_loader=norm_loader,
@@ -238,7 +248,7 @@ def _run_epoch(run: _Run, selection: Selection, epoch: int, bars: _Bars) -> dict
     epoch_seed = config.seed * 100_003 + epoch
     torch.manual_seed(epoch_seed)
     loader = make_loader(
-        run.train_set, config.batch_size, run.workers, shuffle=True, seed=epoch_seed
+        run.train_set, config.batch_size, run.workers, shuffle=True, seed=epoch_seed, pin=run.pin
     )
     bars.start_epoch(epoch, len(loader))
     train_loss = train_one_epoch(
@@ -250,15 +260,17 @@ def _run_epoch(run: _Run, selection: Selection, epoch: int, bars: _Bars) -> dict
         run.precision,
         run.memory_format,
         on_batch=bars.batch,
+        device=run.device,
     )
     lr = run.optimizer.param_groups[0]["lr"]
     run.scheduler.step()
-    update_bn(run.norm_loader, run.averaged.module)
+    update_bn(run.norm_loader, run.averaged.module, device=run.device)
     val_loader = make_loader(
-        run.val_set, config.batch_size, run.workers, shuffle=False, seed=epoch_seed
+        run.val_set, config.batch_size, run.workers, shuffle=False, seed=epoch_seed, pin=run.pin
     )
-    outputs = infer(run.averaged.module, val_loader, run.precision, run.memory_format)
-    val_loss = float(run.loss_fn(torch.as_tensor(outputs), run.val_set.targets))
+    outputs = infer(run.averaged.module, val_loader, run.precision, run.memory_format, run.device)
+    val_outputs = torch.as_tensor(outputs, device=run.device)
+    val_loss = float(run.loss_fn(val_outputs, run.val_set.targets.to(run.device)))
     score = selection_score(run.info, run.val_set.targets.numpy(), outputs)
     selection.top_score = max(selection.top_score, score)
     improved = selects(score, val_loss, selection, config.selection_tolerance)
@@ -294,7 +306,7 @@ def _result(run: _Run, state: RunState, clock: _Clock) -> FitResult:
     if selection.best_model is None:
         raise ConfigError("training ended before any epoch completed")
     run.model.load_state_dict(selection.best_model)
-    model = run.model.to(memory_format=torch.contiguous_format).eval()
+    model = run.model.to("cpu", memory_format=torch.contiguous_format).eval()  # device-neutral
     history = pd.DataFrame(state.history)
     best = shown(run.metric, selection.best_score)
     return FitResult(

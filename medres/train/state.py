@@ -33,7 +33,7 @@ class Selection:
     def keep(self, epoch: int, score: float, loss: float, model: torch.nn.Module) -> None:
         """Select ``epoch``, keeping a copy of ``model``'s weights."""
         self.best_score, self.best_loss, self.best_epoch = score, loss, epoch
-        self.best_model = {k: v.clone() for k, v in model.state_dict().items()}
+        self.best_model = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 from sklearn.metrics import cohen_kappa_score, mean_absolute_error, roc_auc_score
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from medres.device import autocast, needs_grad_scaler
 from medres.inference import forward
 from medres.tasks import TaskInfo
 from medres.train.config import TrainConfig
@@ -20,6 +21,8 @@ from medres.transforms import PreprocessSpec
 
 if TYPE_CHECKING:
     from medres.train.state import Selection
+
+CPU = torch.device("cpu")
 
 
 def auto_stem_stride(spatial_size: tuple[int, ...]) -> int:
@@ -44,23 +47,19 @@ def model_args(config: TrainConfig, spec: PreprocessSpec, info: TaskInfo) -> dic
     return {**args, **config.model_args}
 
 
-def precision(requested: str) -> str:
-    """bf16 autocast only where the CPU has native bf16 (without it bf16 was 10–20×
-    slower than fp32 on this project's AVX2 machine)."""
-    if requested == "auto":
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    return requested
-
-
-def loss_function(info: TaskInfo, config: TrainConfig, targets: torch.Tensor):
+def loss_function(
+    info: TaskInfo, config: TrainConfig, targets: torch.Tensor, device: torch.device = CPU
+):
     """MSE on the standardised target (regression), else cross-entropy (optionally with
-    balanced class weights and label smoothing): :meth:`~medres.tasks.Task.loss`."""
-    return info.kind.loss(
+    balanced class weights and label smoothing): :meth:`~medres.tasks.Task.loss`, on
+    ``device``."""
+    loss = info.kind.loss(
         targets,
         info.num_outputs,
         class_weights=config.class_weights,
         label_smoothing=config.label_smoothing,
     )
+    return loss.to(device) if isinstance(loss, torch.nn.Module) else loss
 
 
 def optimizer(model, config: TrainConfig):
@@ -104,20 +103,32 @@ def weight_average(model, ema_epochs: float, steps_per_epoch: int) -> AveragedMo
 
 
 def train_one_epoch(
-    model, loader, loss_fn, optimizer, averaged, precision, memory_format, on_batch=None
+    model,
+    loader,
+    loss_fn,
+    optimizer,
+    averaged,
+    precision,
+    memory_format,
+    on_batch=None,
+    device: torch.device = CPU,
 ) -> float:
     """One pass over ``loader``, updating ``averaged`` (:func:`weight_average`) after
-    every step; returns the mean training loss."""
+    every step; returns the mean training loss. ``precision`` fp16 scales the loss
+    (a GPU's fp16 gradients underflow without it)."""
     model.train()
+    scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(precision))
     total, count = 0.0, 0
     for images, targets in loader:
-        images = images.to(memory_format=memory_format)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        images = images.to(device, memory_format=memory_format, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with autocast(device, precision):
             outputs = model(images)
         loss = loss_fn(outputs.float(), targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         averaged.update_parameters(model)
         total += float(loss.detach()) * len(targets)
         count += len(targets)
@@ -128,14 +139,20 @@ def train_one_epoch(
 
 @torch.no_grad()
 def infer(
-    model, loader, precision: str = "fp32", memory_format=torch.contiguous_format
+    model,
+    loader,
+    precision: str = "fp32",
+    memory_format=torch.contiguous_format,
+    device: torch.device = CPU,
 ) -> np.ndarray:
     """Network outputs for every item of ``loader`` in order, shape (N, outputs), float32
     (:func:`medres.inference.forward`, one pass without dropout)."""
-    chunks = [
-        forward(model, images, precision=precision, memory_format=memory_format)[0][0]
-        for images, _ in loader
-    ]
+    chunks = []
+    for images, _ in loader:
+        logits, _ = forward(
+            model, images, device=device, precision=precision, memory_format=memory_format
+        )
+        chunks.append(logits[0])
     return torch.cat(chunks).numpy()
 
 
