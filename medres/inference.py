@@ -47,9 +47,19 @@ from medres.uncertainty.sampling import View, forward_samples, tta_views
 PREFETCH = 4  # batches each decoding worker prepares ahead
 
 
-def auto_workers() -> int:
-    """One DataLoader worker beside this process when there is a second core."""
-    return 1 if (os.cpu_count() or 1) > 1 else 0
+def auto_workers(device: torch.device | str = "cpu") -> int:
+    """DataLoader workers decoding beside this process: on a CPU one when there is a
+    second core (the network needs the rest); feeding a GPU, every core but one, up to 8."""
+    cores = os.cpu_count() or 1
+    if torch.device(device).type == "cuda":
+        return max(1, min(8, cores - 1))
+    return 1 if cores > 1 else 0
+
+
+def batch_size_for(device: torch.device | str) -> int:
+    """Scans per forward pass when scoring: 64 on a CPU, 256 on a GPU (which is idle
+    between small batches)."""
+    return 256 if torch.device(device).type == "cuda" else 64
 
 
 @dataclass
@@ -287,7 +297,7 @@ def score_rows(
     spec: PreprocessSpec,
     rows: pd.DataFrame,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     mc_samples: int = 0,
     tta: bool = False,
     seed: int = 0,
@@ -298,10 +308,15 @@ def score_rows(
     """Run ``model`` over manifest rows (with MC dropout samples and test-time views when
     asked); a scan that cannot be read is recorded, not fatal. ``with_targets=False``
     scores unlabelled rows (or labels the model does not know): ``targets`` is None.
-    ``engine``: default one worker beside this process when there is a second core."""
+    ``model`` is moved to ``device``; ``batch_size`` and the ``engine`` (decoding
+    workers) default to what suits the device (:func:`batch_size_for`,
+    :func:`auto_workers`)."""
+    device = torch.device(device)
+    model.to(device)
+    batch_size = batch_size or batch_size_for(device)
     records = rows[["scan_id", "path", "files"]].to_dict("records")
     inputs = ScanInputs(records, read=read_row, prepare=build_transform(spec))
-    engine = engine or LocalEngine(auto_workers())
+    engine = engine or LocalEngine(auto_workers(device))
     views = tta_views(spec) if tta else None
     kept, outputs, features, failures = [], [], [], []
     for batch in engine.batches(inputs, batch_size):

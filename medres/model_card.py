@@ -39,8 +39,10 @@ def model_card(facts: dict[str, Any], evaluations: dict[str, Evaluation]) -> str
         "",
         "## Training",
         "",
-        f"Trained {facts['epochs_run']} epochs (ended by {facts['stopped_by']}); selected "
-        f"epoch {facts['best_epoch']} by validation {facts['metric']}.",
+        f"Trained {facts['epochs_run']} epochs on {facts['device']} ({facts['precision']}; "
+        f"ended by {facts['stopped_by']}); selected epoch {facts['best_epoch']} by validation "
+        f"{facts['metric']}. The weights are stored as CPU tensors: the bundle runs on any "
+        "device.",
         "",
     ]
     for split, ev in evaluations.items():

@@ -133,6 +133,7 @@ def _train_and_evaluate(
         config.trust,
         config.referable_from,
         config.flag_below,
+        device=result.config.device,
     )
     return _Trained(result, trust, evaluations, threshold)
 
@@ -183,6 +184,8 @@ def _training_record(run: _Run, result: FitResult, salt: str) -> dict[str, Any]:
         "epochs_run": len(result.history),
         "stopped_by": result.stopped_by.value,
         "seconds": round(result.seconds, 1),
+        "device": result.config.device,
+        "precision": result.config.precision,
         "seed": config.seed,
         "referable_from": config.referable_from,
         "flag_below": config.flag_below,
@@ -225,6 +228,8 @@ def _card_facts(run: _Run, trained: _Trained, counts: dict[str, Any]) -> dict[st
         "metric": result.metric,
         "epochs_run": len(result.history),
         "stopped_by": result.stopped_by.value,
+        "device": result.config.device,
+        "precision": result.config.precision,
         "counts": counts,
         "split_by": run.cohort.meta.get("split_by"),
         "split_unit": run.cohort.meta.get("split_unit"),

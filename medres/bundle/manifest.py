@@ -43,6 +43,8 @@ class ManifestTraining(BaseModel):
     epochs_run: int | None = None
     stopped_by: str | None = None  # a medres.train.StopReason value
     seed: int | None = None
+    device: str | None = None  # where it trained (cpu, cuda:0); the weights are CPU tensors
+    precision: str | None = None  # fp32, bf16 or fp16
     referable_from: Any = None  # ordinal: the lowest referable grade
     flag_below: float | None = None  # regression: flag predictions below this value
     leakage_allowed: bool = False

@@ -56,7 +56,9 @@ def save_bundle(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    weights = {
+        k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+    }  # device-neutral
     atomic_write(out / WEIGHTS, lambda tmp: save_file(weights, tmp))
     write_json(out / "config.json", config)
     write_json(out / "metrics.json", metrics)

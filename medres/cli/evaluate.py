@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from medres.cli.common import app, console, print_metrics, user_errors
+from medres.cli.common import DeviceOption, app, console, print_metrics, user_errors
 
 
 @app.command("evaluate")
@@ -19,6 +19,7 @@ def evaluate_command(
     strict: Annotated[
         bool, typer.Option(help="Exit 1 when any scan could not be read (see failures.csv).")
     ] = False,
+    device: DeviceOption = None,
 ) -> None:
     """Evaluate a bundle on a cohort split: metrics with patient-level 95 % bootstrap CIs,
     patient-level results, a per-site table, ROC / PR plots; for classifiers also the
@@ -40,7 +41,9 @@ def evaluate_command(
     from medres.evaluate.job import evaluate_bundle
 
     with user_errors():
-        report, evaluation, failures = evaluate_bundle(bundle, cohort, out, split=split)
+        report, evaluation, failures = evaluate_bundle(
+            bundle, cohort, out, split=split, device=device or "auto"
+        )
     print_metrics(evaluation)
     console.print(f"report: {report}  and {report.parent / 'report.md'}")
     if evaluation.metrics.get("referral_rate") is not None:
@@ -64,6 +67,7 @@ def calibrate_command(
         list[str] | None,
         typer.Option("--set", help="A trust setting: --set coverage=0.95 (repeatable)."),
     ] = None,
+    device: DeviceOption = None,
 ) -> None:
     """Refit a bundle's calibration, conformal sets, referral threshold and OOD model on a
     cohort's validation split, keeping its weights — e.g. on a new site's labelled scans,
@@ -83,6 +87,6 @@ def calibrate_command(
 
     with user_errors():
         settings = validate(TrustConfig, apply_overrides({}, set_ or []), "trust settings")
-        evaluations = calibrate_bundle(bundle, cohort, settings)
+        evaluations = calibrate_bundle(bundle, cohort, settings, device=device or "auto")
     print_metrics(evaluations)
     console.print(f"calibrated: {bundle / 'calibration.json'}")

@@ -16,6 +16,7 @@ import pandas as pd
 
 from medres.bundle import Bundle, load_bundle, update_bundle
 from medres.cohort import Cohort
+from medres.device import resolve_device
 from medres.errors import ConfigError
 from medres.evaluate.evaluation import Evaluation, choose_threshold, evaluate
 from medres.evaluate.report import format_metric, write_report
@@ -27,19 +28,31 @@ from medres.uncertainty.trust import Trust, TrustConfig, fit_trust
 
 
 def calibrate_bundle(
-    bundle_path: str | Path, cohort_path: str | Path, config: TrustConfig | None = None
+    bundle_path: str | Path,
+    cohort_path: str | Path,
+    config: TrustConfig | None = None,
+    *,
+    device: str = "auto",
 ) -> dict[str, Evaluation]:
     """Fit (or refit) a bundle's trust layer on a cohort's validation split — e.g. a
     bundle from an older medres, or a new site's validation scans — and rewrite its
     ``calibration.json``, ``ood.safetensors``, operating point and ``metrics.json``.
-    The weights are untouched. Returns the new evaluations (val, and test if present)."""
+    The weights are untouched. Returns the new evaluations (val, and test if present).
+    ``device``: where the network runs (:func:`medres.device.resolve_device`)."""
+    where = resolve_device(device)
     bundle = load_bundle(bundle_path)
     if not bundle.info.kind.classifies:
         raise ConfigError("regression bundles have no calibration, conformal sets or referral")
     cohort = Cohort.load(cohort_path)
     referable = bundle.training.referable_from
     trust, evaluations, threshold = fit_trust_and_evaluate(
-        bundle.model, bundle.info, bundle.spec, cohort, config or TrustConfig(), referable
+        bundle.model,
+        bundle.info,
+        bundle.spec,
+        cohort,
+        config or TrustConfig(),
+        referable,
+        device=where,
     )
     card = Path(bundle_path) / "model_card.md"
     write_text(card, _recalibrated_card(card.read_text(), cohort_path, trust, evaluations))
@@ -87,17 +100,22 @@ def _recalibrated_card(card: str, cohort_path, trust: Trust, evaluations) -> str
 
 
 def fit_trust_and_evaluate(
-    model, info, spec, cohort, trust_config, referable_from, flag_below=None
+    model, info, spec, cohort, trust_config, referable_from, flag_below=None, *, device="cpu"
 ):
     """Trust layer (classifiers) fitted on validation, the binary operating point chosen
-    on the calibrated validation probabilities, and val/test evaluations."""
+    on the calibrated validation probabilities, and val/test evaluations; the network runs
+    on ``device``."""
     rows = {split: cohort.labelled(split) for split in ("val", "test")}
-    scored = {split: score_rows(model, info, spec, r) for split, r in rows.items() if not r.empty}
+    scored = {
+        split: score_rows(model, info, spec, r, device=device)
+        for split, r in rows.items()
+        if not r.empty
+    }
     if "val" not in scored:
         raise ConfigError("the cohort has no labelled validation scans to calibrate on")
     trust = None
     if info.kind.classifies:
-        train = score_rows(model, info, spec, cohort.labelled("train"))
+        train = score_rows(model, info, spec, cohort.labelled("train"), device=device)
         val = scored["val"]
         trust = fit_trust(
             info.task,
@@ -121,12 +139,19 @@ def fit_trust_and_evaluate(
 
 
 def evaluate_bundle(
-    bundle_path: str | Path, cohort_path: str | Path, out: str | Path, *, split: str = "test"
+    bundle_path: str | Path,
+    cohort_path: str | Path,
+    out: str | Path,
+    *,
+    split: str = "test",
+    device: str = "auto",
 ) -> tuple[Path, Evaluation, pd.DataFrame]:
     """Evaluate a bundle on one split of a cohort; writes ``out/report.json``, the plots
     and ``out/failures.csv`` (scans that could not be read: one row each, header always).
+    ``device``: where the network runs (:func:`medres.device.resolve_device`).
 
     Returns the report path, the evaluation and the failures table."""
+    where = resolve_device(device)
     bundle = load_bundle(bundle_path)
     cohort = Cohort.load(cohort_path)
     rows = cohort.labelled(split)
@@ -135,7 +160,7 @@ def evaluate_bundle(
             f"{cohort_path} has no labelled '{split}' scans; choose --split among "
             f"{sorted(cohort.ok['split'].dropna().unique())}"
         )
-    scored = score_rows(bundle.model, bundle.info, bundle.spec, rows)
+    scored = score_rows(bundle.model, bundle.info, bundle.spec, rows, device=where)
     if scored.rows.empty:
         raise ConfigError(f"none of the {len(rows)} '{split}' scans could be read; see the errors")
     referable = bundle.info.referable_index(bundle.training.referable_from)
@@ -155,11 +180,13 @@ def evaluate_bundle(
     return report, evaluation, scored.failures
 
 
-def bundle_probabilities(bundle: Bundle, rows: pd.DataFrame) -> tuple[Scored, np.ndarray]:
+def bundle_probabilities(
+    bundle: Bundle, rows: pd.DataFrame, device="cpu"
+) -> tuple[Scored, np.ndarray]:
     """A bundle over manifest rows: the :class:`Scored` readable rows and their
     calibrated class probabilities (N, K) (raw ones for a bundle without a trust layer;
     predictions (N,) for regression)."""
-    scored = score_rows(bundle.model, bundle.info, bundle.spec, rows)
+    scored = score_rows(bundle.model, bundle.info, bundle.spec, rows, device=device)
     return scored, _assess(bundle.info, scored, bundle.trust)[0]
 
 

@@ -175,7 +175,7 @@ def _prepare(cohort: Cohort, config: TrainConfig, init_state) -> _Run:
     spec = cohort_spec(config.preprocess, train_rows, val_rows)
     device = resolve_device(config.device)
     prepare_device(device)
-    workers = config.num_workers if config.num_workers is not None else auto_workers()
+    workers = config.num_workers if config.num_workers is not None else auto_workers(device)
     resolved = config.model_copy(
         update={
             "task": info.task,
