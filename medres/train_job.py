@@ -27,6 +27,7 @@ from medres.model_card import model_card
 from medres.split import TrainingAudit, audit_training_cohort
 from medres.tasks import Task, label_key
 from medres.train import CHECKPOINT, FitResult, TrainConfig, fit
+from medres.train.distributed import from_env
 from medres.uncertainty.trust import Trust
 
 
@@ -42,7 +43,7 @@ def train_bundle(
     frozen_before: dict[str, Any] | None = None,
     allow_leakage: bool = False,
     rehearsal_dropped: list[str] | None = None,
-) -> tuple[Path, dict[str, Evaluation]]:
+) -> tuple[Path | None, dict[str, Evaluation]]:
     """Train on ``cohort_path`` and write the bundle to ``out``.
 
     The cohort is audited first (:func:`~medres.split.audit_training_cohort`): a patient
@@ -58,7 +59,8 @@ def train_bundle(
     this cohort's test split (:mod:`medres.frozen`).
 
     Returns the ``bundle.json`` path and the evaluations (``val``, and ``test`` when the
-    cohort has labelled test scans). The training checkpoint is removed once the bundle
+    cohort has labelled test scans); under torchrun, ``(None, {})`` on every rank but 0
+    (:mod:`medres.train.distributed`). The training checkpoint is removed once the bundle
     is complete.
 
     Raises:
@@ -72,6 +74,8 @@ def train_bundle(
     frozen_test = freeze(cohort.ok[cohort.ok["split"] == "test"], frozen_before)
     start_from = parent if parent is not None and not from_scratch else None
     trained = _train_and_evaluate(cohort, config, out, start_from, resume, show_progress)
+    if trained is None:  # another rank than 0 of a torchrun job: rank 0 writes the bundle
+        return None, {}
     bundle_json = _write_bundle(
         out,
         _Run(cohort_path, cohort, config, audit, list(rehearsal_dropped or [])),
@@ -113,9 +117,10 @@ def _train_and_evaluate(
     start_from: Bundle | None,
     resume: bool,
     show_progress: bool,
-) -> _Trained:
+) -> _Trained | None:
     """:func:`~medres.train.fit` (from ``start_from``'s weights when given), then the
-    trust layer, operating point and evaluations on the cohort's val and test splits."""
+    trust layer, operating point and evaluations on the cohort's val and test splits, by
+    one process (None on the other ranks of a torchrun job)."""
     result = fit(
         cohort,
         config,
@@ -125,6 +130,8 @@ def _train_and_evaluate(
         init_state=start_from.model.state_dict() if start_from else None,
         init_id=start_from.id if start_from else "",
     )
+    if not from_env().main:
+        return None
     trust, evaluations, threshold = fit_trust_and_evaluate(
         result.model,
         result.info,

@@ -98,6 +98,8 @@ def train_command(
         bundle_json, evaluations = train_bundle(
             cohort_path, settings, out, resume=resume, allow_leakage=allow_leakage
         )
+    if bundle_json is None:  # a rank of a torchrun job other than 0: rank 0 reports
+        return
     training = read_manifest(bundle_json.parent).training
     if StopReason(training.stopped_by) is StopReason.TIME_LIMIT:
         console.print(

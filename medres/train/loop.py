@@ -48,6 +48,17 @@ from medres.train.data import (
     require_every_class,
     split_rows,
 )
+from medres.train.distributed import (
+    Ranks,
+    agree,
+    device_for,
+    from_env,
+    gather,
+    shard,
+    wrap,
+)
+from medres.train.distributed import start as start_ranks
+from medres.train.distributed import stop as stop_ranks
 from medres.train.state import RunState, Selection, StopReason
 from medres.train.steps import (
     infer,
@@ -66,6 +77,7 @@ from medres.train.steps import (
 from medres.transforms import PreprocessSpec
 
 NORM_SCANS = 512  # training scans (not augmented) that set the averaged weights' BN statistics
+RANK_SEED = 7_919  # ranks draw different shuffles and augmentations (rank 0: a single process's)
 
 
 @dataclass
@@ -105,6 +117,10 @@ def fit(
         init_state: start from these weights (fine-tuning a champion) instead of the
             seed's random initialisation; ``init_id`` names them for ``--resume``.
 
+    Under torchrun every rank runs this with its shard of the scans
+    (:mod:`medres.train.distributed`); only rank 0 writes, and every rank returns the same
+    selected weights.
+
     Raises:
         ConfigError: no train/val rows, a bad label set, a checkpoint from another config.
     """
@@ -112,23 +128,28 @@ def fit(
     out_dir = Path(out_dir)
     refuse_overwrite(out_dir, resume)
     run = _prepare(cohort, config, init_state)
-    fingerprint = config_fingerprint(run.resolved, cohort) + init_id
-    parts = (run.model, run.averaged, run.optimizer, run.scheduler)
-    state = load_checkpoint(out_dir / CHECKPOINT, fingerprint, *parts) if resume else RunState()
-    clock = _Clock(start, spent_before=state.seconds, resumed_at=state.epoch)
-    with progress_display(*_columns(), disable=not show_progress) as progress:
-        bars = _Bars(progress, config.epochs, done=state.epoch)
-        for epoch in range(state.epoch + 1, config.epochs + 1):
-            stop = _stop_reason(config, state.selection, epoch, clock)
-            if stop is not None:
-                state.stopped_by = stop
-                break
-            row = _run_epoch(run, state.selection, epoch, bars)
-            state.history.append(row)
-            state.epoch, state.seconds = epoch, clock.spent()
-            save_checkpoint(out_dir / CHECKPOINT, fingerprint, *parts, state)
-            write_history(out_dir / "metrics.csv", state.history)
-            bars.epoch_done(row, run, state.selection)
+    try:
+        fingerprint = config_fingerprint(run.resolved, cohort) + init_id
+        parts = (run.model, run.averaged, run.optimizer, run.scheduler)
+        state = load_checkpoint(out_dir / CHECKPOINT, fingerprint, *parts) if resume else RunState()
+        clock = _Clock(start, spent_before=state.seconds, resumed_at=state.epoch)
+        shown_here = show_progress and run.ranks.main
+        with progress_display(*_columns(), disable=not shown_here) as progress:
+            bars = _Bars(progress, config.epochs, done=state.epoch)
+            for epoch in range(state.epoch + 1, config.epochs + 1):
+                stop = agree(_stop_reason(config, state.selection, epoch, clock), run.ranks)
+                if stop is not None:
+                    state.stopped_by = stop
+                    break
+                row = _run_epoch(run, state.selection, epoch, bars)
+                state.history.append(row)
+                state.epoch, state.seconds = epoch, clock.spent()
+                if run.ranks.main:
+                    save_checkpoint(out_dir / CHECKPOINT, fingerprint, *parts, state)
+                    write_history(out_dir / "metrics.csv", state.history)
+                bars.epoch_done(row, run, state.selection)
+    finally:
+        stop_ranks(run.ranks)
     return _result(run, state, clock)
 
 
@@ -144,8 +165,11 @@ class _Run:
     model: torch.nn.Module
     memory_format: torch.memory_format
     device: torch.device
-    train_set: ScanDataset
-    val_set: ScanDataset
+    ranks: Ranks
+    trainer: torch.nn.Module  # the model as trained: DistributedDataParallel under torchrun
+    train_set: ScanDataset  # this rank's shard (all of train for one process)
+    val_set: ScanDataset  # this rank's shard of val
+    val_targets: torch.Tensor  # every validation scan's, in the split's order
     norm_loader: Any
     loss_fn: Any
     optimizer: torch.optim.Optimizer
@@ -162,6 +186,12 @@ class _Run:
         return self.resolved.num_workers
 
     @property
+    def batch_size(self) -> int:
+        """Scans per step on this rank: the configured batch shared by the ranks, so one
+        step of all ranks takes the batch one process would."""
+        return max(1, self.config.batch_size // self.ranks.world)
+
+    @property
     def pin(self) -> bool:
         """Page-locked batches for a GPU (copies overlap the computation)."""
         return self.device.type == "cuda"
@@ -173,8 +203,10 @@ def _prepare(cohort: Cohort, config: TrainConfig, init_state) -> _Run:
     train_rows, val_rows = (split_rows(cohort, split) for split in ("train", "val"))
     info = _task(config, train_rows, val_rows, split_rows(cohort, "test", required=False))
     spec = cohort_spec(config.preprocess, train_rows, val_rows)
-    device = resolve_device(config.device)
+    ranks = from_env()
+    device = device_for(ranks, resolve_device(config.device))
     prepare_device(device)
+    start_ranks(ranks, device)
     workers = config.num_workers if config.num_workers is not None else auto_workers(device)
     resolved = config.model_copy(
         update={
@@ -193,15 +225,11 @@ def _prepare(cohort: Cohort, config: TrainConfig, init_state) -> _Run:
     memory_format = torch.channels_last if spec.spatial_dims == 2 else torch.channels_last_3d
     model = model.to(device, memory_format=memory_format)
 
-    train_set = ScanDataset(train_rows, info.encode(train_rows["label"]), spec, train=True)
-    val_set = ScanDataset(val_rows, info.encode(val_rows["label"]), spec, train=False)
-    some_train = train_rows.sample(min(len(train_rows), NORM_SCANS), random_state=config.seed)
-    norm_set = ScanDataset(some_train, info.encode(some_train["label"]), spec, train=False)
-    norm_loader = make_loader(norm_set, config.batch_size, 0, shuffle=False, seed=0)
-    require_every_class(info, val_set.targets, "val")
-    loss_fn = loss_function(info, config, train_set.targets, device)
+    train_set, val_set, norm_loader = _datasets(config, info, spec, train_rows, val_rows, ranks)
+    all_train = torch.as_tensor(info.encode(train_rows["label"]))  # class weights: every rank's
+    loss_fn = loss_function(info, config, all_train, device)
     opt = optimizer(model, config)
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
     averaged = weight_average(model, config.ema_epochs, steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config))
     return _Run(
@@ -213,8 +241,11 @@ def _prepare(cohort: Cohort, config: TrainConfig, init_state) -> _Run:
         model=model,
         memory_format=memory_format,
         device=device,
+        ranks=ranks,
+        trainer=wrap(model, ranks, device),
         train_set=train_set,
         val_set=val_set,
+        val_targets=torch.as_tensor(info.encode(val_rows["label"])),
         norm_loader=norm_loader,
         loss_fn=loss_fn,
         optimizer=opt,
@@ -222,6 +253,21 @@ def _prepare(cohort: Cohort, config: TrainConfig, init_state) -> _Run:
         scheduler=scheduler,
         metric=selection_metric(info),
     )
+
+
+def _datasets(config: TrainConfig, info: TaskInfo, spec, train_rows, val_rows, ranks: Ranks):
+    """This rank's training and validation shards (cached in memory: each rank reads only
+    its own scans) and the loader of the scans that recompute the averaged weights'
+    batch-norm statistics (the same scans on every rank, so every rank gets the same)."""
+    mine = shard(train_rows, ranks, pad=True)
+    train_set = ScanDataset(mine, info.encode(mine["label"]), spec, train=True)
+    val_mine = shard(val_rows, ranks, pad=False)
+    val_set = ScanDataset(val_mine, info.encode(val_mine["label"]), spec, train=False)
+    require_every_class(info, torch.as_tensor(info.encode(val_rows["label"])), "val")
+    some_train = train_rows.sample(min(len(train_rows), NORM_SCANS), random_state=config.seed)
+    norm_set = ScanDataset(some_train, info.encode(some_train["label"]), spec, train=False)
+    norm_loader = make_loader(norm_set, config.batch_size, 0, shuffle=False, seed=0)
+    return train_set, val_set, norm_loader
 
 
 def _task(config: TrainConfig, train_rows, val_rows, test_rows) -> TaskInfo:
@@ -245,14 +291,14 @@ def _run_epoch(run: _Run, selection: Selection, epoch: int, bars: _Bars) -> dict
     epoch's ``metrics.csv`` row."""
     tick = time.perf_counter()
     config = run.config
-    epoch_seed = config.seed * 100_003 + epoch
+    epoch_seed = config.seed * 100_003 + epoch + RANK_SEED * run.ranks.rank
     torch.manual_seed(epoch_seed)
     loader = make_loader(
-        run.train_set, config.batch_size, run.workers, shuffle=True, seed=epoch_seed, pin=run.pin
+        run.train_set, run.batch_size, run.workers, shuffle=True, seed=epoch_seed, pin=run.pin
     )
     bars.start_epoch(epoch, len(loader))
     train_loss = train_one_epoch(
-        run.model,
+        run.trainer,
         loader,
         run.loss_fn,
         run.optimizer,
@@ -268,10 +314,11 @@ def _run_epoch(run: _Run, selection: Selection, epoch: int, bars: _Bars) -> dict
     val_loader = make_loader(
         run.val_set, config.batch_size, run.workers, shuffle=False, seed=epoch_seed, pin=run.pin
     )
-    outputs = infer(run.averaged.module, val_loader, run.precision, run.memory_format, run.device)
+    mine = infer(run.averaged.module, val_loader, run.precision, run.memory_format, run.device)
+    outputs = gather(mine, run.ranks, len(run.val_targets))  # every val scan, once, in order
     val_outputs = torch.as_tensor(outputs, device=run.device)
-    val_loss = float(run.loss_fn(val_outputs, run.val_set.targets.to(run.device)))
-    score = selection_score(run.info, run.val_set.targets.numpy(), outputs)
+    val_loss = float(run.loss_fn(val_outputs, run.val_targets.to(run.device)))
+    score = selection_score(run.info, run.val_targets.numpy(), outputs)
     selection.top_score = max(selection.top_score, score)
     improved = selects(score, val_loss, selection, config.selection_tolerance)
     if improved:
@@ -282,6 +329,7 @@ def _run_epoch(run: _Run, selection: Selection, epoch: int, bars: _Bars) -> dict
         "val_loss": val_loss,
         f"val_{run.metric}": shown(run.metric, score),
         "lr": lr,
+        "val_scans": len(outputs),
         "seconds": round(time.perf_counter() - tick, 2),
         "best": improved,
     }
