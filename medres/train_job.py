@@ -193,6 +193,7 @@ def _training_record(run: _Run, result: FitResult, salt: str) -> dict[str, Any]:
         "seconds": round(result.seconds, 1),
         "device": result.config.device,
         "precision": result.config.precision,
+        "processes": from_env().world,  # torchrun's ranks (1: one process)
         "seed": config.seed,
         "referable_from": config.referable_from,
         "flag_below": config.flag_below,

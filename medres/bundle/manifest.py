@@ -45,6 +45,7 @@ class ManifestTraining(BaseModel):
     seed: int | None = None
     device: str | None = None  # where it trained (cpu, cuda:0); the weights are CPU tensors
     precision: str | None = None  # fp32, bf16 or fp16
+    processes: int = 1  # torchrun ranks that trained it
     referable_from: Any = None  # ordinal: the lowest referable grade
     flag_below: float | None = None  # regression: flag predictions below this value
     leakage_allowed: bool = False
