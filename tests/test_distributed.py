@@ -43,10 +43,12 @@ def _run(command: list[str]) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def two_process_run(example_cohort, tmp_path_factory):
-    """An uninterrupted 2-process run on 96 train / 48 val scans of the demo cohort."""
+    """An uninterrupted 2-process run on 96 train / 48 val scans of the demo cohort,
+    launched by `medres train --nproc 2` (which runs the command under torchrun)."""
     tmp = tmp_path_factory.mktemp("ddp")
     cohort = small_cohort(example_cohort, tmp / "c.parquet", sizes=(96, 48, 0))
-    done = _run(_torchrun(2, cohort, tmp / "whole"))
+    train = [sys.executable, "-m", "medres", "train", "--cohort", str(cohort)]
+    done = _run([*train, "--epochs", EPOCHS, *QUICK, "--nproc", "2", "-o", str(tmp / "whole")])
     return cohort, tmp / "whole", done
 
 

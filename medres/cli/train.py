@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -40,6 +43,14 @@ def train_command(
         ),
     ] = False,
     device: DeviceOption = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Train with N processes on this machine: the same command under torchrun "
+            "(`torchrun --standalone --nproc_per_node=N -m medres train ...`).",
+        ),
+    ] = None,
 ) -> None:
     """Train a classifier and write a bundle (weights, preprocessing, metrics, model card).
 
@@ -59,9 +70,16 @@ def train_command(
     limitations say so. A deliberately scan-level split (`medres split --unit scan`)
     may share patients between train and val.
 
+    --device picks where the network runs (auto: a CUDA GPU when there is one, in mixed
+    precision). With several processes (--nproc N on this machine, or `torchrun
+    --nproc_per_node=N -m medres train ...` on one or several nodes) each process trains
+    on its own shard of the scans with DistributedDataParallel (gloo on CPUs, NCCL on
+    GPUs), and rank 0 writes the bundle.
+
     Example:
 
         medres train --cohort cohort_split.parquet -o bundles/pneumonia
+        medres train --cohort cohort_split.parquet --device cuda --nproc 4 -o bundles/pn4
         medres train pipeline.toml --set task=ordinal --set epochs=50 -o bundles/dr
     """
 
@@ -73,6 +91,8 @@ def train_command(
     from medres.train.config import TrainConfig
     from medres.train_job import train_bundle
 
+    if nproc is not None and "RANK" not in os.environ:
+        raise typer.Exit(_under_torchrun(nproc))
     with user_errors():
         data = read_toml(config) if config else {}
         unknown = sorted(set(data) - {"cohort", "train"})
@@ -109,3 +129,18 @@ def train_command(
         )
     print_metrics(evaluations)
     console.print(f"bundle: {bundle_json.parent}  (model card: {bundle_json.parent}/model_card.md)")
+
+
+def _under_torchrun(nproc: int) -> int:
+    """Run this same ``medres train`` command (without ``--nproc``) under torch's elastic
+    launcher with ``nproc`` processes; returns its exit code."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return subprocess.call([*launch, f"--nproc_per_node={nproc}", "-m", "medres", *args])
