@@ -73,3 +73,33 @@ def test_train_with_device_cuda_fails_at_once_without_a_gpu(tmp_path):
     assert "c.parquet" not in run.stderr  # refused before the cohort was looked at
     assert not (tmp_path / "b").exists()
     assert time.monotonic() - start < 60
+
+
+VERBS = {
+    "train": ["train", "--cohort", "c.parquet", "-o", "b"],
+    "evaluate": ["evaluate", "b", "c.parquet", "-o", "r"],
+    "calibrate": ["calibrate", "b", "c.parquet"],
+    "predict": ["predict", "b", ".", "-o", "p"],
+    "retrain": ["retrain", "b", "--cohort", "c.parquet", "-o", "b2"],
+    "label-issues": ["label-issues", "b", "c.parquet", "-o", "i.csv"],
+    "run": ["run", "pipelines/chest_xray_pneumonia", "--data", "d.npz", "-o", "runs"],
+}
+
+
+@pytest.mark.skipif(CUDA, reason="checks the refusal on a machine without CUDA")
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_every_verb_that_runs_a_network_takes_device_and_refuses_an_absent_gpu(
+    verb, tmp_path, monkeypatch
+):
+    """Refused first: before the bundle, cohort or data (none of which exist here) are
+    looked at, and nothing is written."""
+    from typer.testing import CliRunner
+
+    from medres.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pipelines").symlink_to(PROJECT / "pipelines")
+    result = CliRunner().invoke(app, [*VERBS[verb], "--device", "cuda"])
+    assert result.exit_code == 2, result.output
+    assert "no CUDA GPU" in result.output and "--device cpu" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipelines"]

@@ -98,6 +98,17 @@ def print_metrics(evaluations: Evaluation | Mapping[str, Evaluation]) -> None:
 
 
 EXIT_INTERNAL_ERROR = 3
+
+
+def check_device(device: str | None) -> None:
+    """Refuse ``--device`` naming a device this machine lacks, before any work starts
+    (call inside :func:`user_errors`)."""
+    if device:
+        from medres.device import resolve_device
+
+        resolve_device(device)
+
+
 DeviceOption = Annotated[
     str | None,
     typer.Option(

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from medres.cli.common import app, console, progress_columns, user_errors
+from medres.cli.common import DeviceOption, app, console, progress_columns, user_errors
 
 
 @app.command("label-issues")
@@ -23,6 +23,7 @@ def label_issues_command(
         int | None, typer.Option(min=1, help="Epochs per fold (default: the bundle's).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the folds and fold models.")] = 0,
+    device: DeviceOption = None,
 ) -> None:
     """Rank scans whose label looks wrong (confident learning), or, for an unlabelled
     cohort, the scans a labeller should look at first (active learning).
@@ -66,6 +67,7 @@ def label_issues_command(
             epochs=epochs,
             seed=seed,
             progress=progress,
+            device=device or "auto",
         )
     for message in dict.fromkeys(
         str(w.message) for w in caught if w.category is SkippedScansWarning

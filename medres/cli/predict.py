@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from medres.cli.common import app, console, progress_columns, user_errors
+from medres.cli.common import DeviceOption, app, console, progress_columns, user_errors
 
 
 @app.command("predict")
@@ -41,6 +41,7 @@ def predict_command(
         float | None,
         typer.Option(help="Regression QA gate: refer scans predicted below this value."),
     ] = None,
+    device: DeviceOption = None,
 ) -> None:
     """Predict every scan under FOLDER with the bundle's own preprocessing, calibration,
     conformal sets, OOD model and referral rule.
@@ -73,6 +74,7 @@ def predict_command(
         batch_size=batch_size,
         chunk_size=chunk_size,
         flag_below=flag_below,
+        device=device or "auto",
     )
     columns = progress_columns(scans_per_second=True, time_remaining=True)
     with user_errors(), progress_display(*columns, console=console, transient=True) as progress:

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from medres.cli.common import app, console, print_metrics, user_errors
+from medres.cli.common import DeviceOption, app, check_device, console, print_metrics, user_errors
 from medres.errors import ALLOW_LEAKAGE
 
 
@@ -53,6 +53,7 @@ def retrain_command(
             "test data (recorded in bundle.json)."
         ),
     ] = False,
+    device: DeviceOption = None,
 ) -> None:
     """Train a challenger on new cohorts (and reviewed labels) from a champion bundle.
 
@@ -80,8 +81,10 @@ def retrain_command(
     from medres.retrain.job import retrain_bundle
 
     with user_errors():
+        check_device(device)
         overrides = [*(set_ or [])]
-        overrides += [f"{k}={v}" for k, v in (("epochs", epochs), ("seed", seed)) if v is not None]
+        given = (("epochs", epochs), ("seed", seed), ("device", device))
+        overrides += [f"{k}={v}" for k, v in given if v is not None]
         result = retrain_bundle(
             bundle,
             cohort,

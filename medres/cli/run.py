@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from medres.cli.common import app, console, user_errors
+from medres.cli.common import DeviceOption, app, check_device, console, user_errors
 
 
 @app.command("run")
@@ -30,6 +30,7 @@ def run_command(
         list[str] | None,
         typer.Option("--set", help="Override a [train] key of every run: --set epochs=5."),
     ] = None,
+    device: DeviceOption = None,
 ) -> None:
     """Run a domain pipeline end to end: prepare the data, ingest, split, train (with
     calibration, conformal sets and OOD fitted on validation), evaluate on the test
@@ -50,6 +51,7 @@ def run_command(
     from medres.pipeline import load_pipeline, run_pipeline
 
     with user_errors():
+        check_device(device)
         config, _ = load_pipeline(pipeline)
         target = out or Path("runs") / config.name
         run = run_pipeline(
@@ -57,7 +59,7 @@ def run_command(
             data,
             target,
             resume=resume,
-            overrides=set_ or [],
+            overrides=[*(set_ or []), *([f"device={device}"] if device else [])],
             log=lambda line: console.print(escape(line)),
         )
     console.print(f"results: {run.results_md} (whole run {sum(run.seconds.values()) / 60:.1f} min)")

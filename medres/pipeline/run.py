@@ -267,14 +267,18 @@ def _run_variant(
     report = here / "report"
     with timer(f"{variant.name}: evaluate"):
         if not (report / "failures.csv").is_file():  # the last file evaluate writes
-            evaluate_bundle(bundle, split_path, report, split="test")
+            evaluate_bundle(bundle, split_path, report, split="test", device=train_config.device)
     predictions = here / "predictions"
     with timer(f"{variant.name}: predict"):
         if not (predictions / "run.json").is_file():  # written once every scan is done
             scans = _link_test_scans(split_path, here / "test_scans")
             p = config.predict
             options = PredictOptions(
-                explain=p.explain, mc_samples=p.mc_samples, tta=p.tta, batch_size=p.batch_size
+                explain=p.explain,
+                mc_samples=p.mc_samples,
+                tta=p.tta,
+                batch_size=p.batch_size,
+                device=train_config.device,
             )
             predict_folder(bundle, scans, predictions, options)
     return collect(variant, here)

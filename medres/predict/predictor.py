@@ -20,6 +20,7 @@ import torch
 from medres import __version__
 from medres.bundle import Bundle
 from medres.calibrate import softmax
+from medres.device import resolve_device, resolve_precision
 from medres.errors import BundleError, ConfigError
 from medres.explain import grad_cam, map_to_scan, write_explanation
 from medres.inference import Item, forward
@@ -49,13 +50,13 @@ class Predictor:
         if self.flag_below is not None and self.info.kind.classifies:
             raise ConfigError(f"--flag-below applies to regression bundles; {first.path} is not")
         self.views = tta_views(first.spec) if options.tta else None
-        native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        self.precision = "bf16" if first.config.precision == "bf16" and native_bf16 else "fp32"
+        self.device = resolve_device(options.device)
+        self.precision = _precision(self.device, first.config.precision)
         self.transform = build_transform(first.spec)
         dims = first.spec.spatial_dims
         self.memory_format = torch.channels_last if dims == 2 else torch.channels_last_3d
         for member in members:
-            member.model.to(memory_format=self.memory_format)
+            member.model.to(self.device, memory_format=self.memory_format)
         self.fixed = {
             "bundle_id": "+".join(m.id for m in members),
             "bundle_checksum": checksum,
@@ -71,6 +72,7 @@ class Predictor:
             logits, feats = forward(
                 member.model,
                 images,
+                device=self.device,
                 precision=self.precision,
                 memory_format=self.memory_format,
                 mc_samples=self.options.mc_samples,
@@ -140,7 +142,7 @@ class Predictor:
 
     def _explain(self, rows, images: torch.Tensor, items: list[Item], shown: np.ndarray) -> None:
         """Grad-CAM of the class shown (first bundle), written beside the rows."""
-        cams = grad_cam(self.members[0].model, images, shown)
+        cams = grad_cam(self.members[0].model, images.to(self.device), shown)
         folder = self.out / "explain"
         for row, item, cam in zip(rows, items, cams, strict=True):
             on_scan = map_to_scan(cam, item.image, self.transform)
@@ -148,6 +150,15 @@ class Predictor:
             paths = write_explanation(item.volume, on_scan, folder, stem)
             row["heatmap"] = str(Path(paths["png"]).relative_to(self.out))
             row["heatmap_map"] = str(Path(paths.get("nifti") or paths["npy"]).relative_to(self.out))
+
+
+def _precision(device: torch.device, trained: str) -> str:
+    """Autocast for prediction: on a GPU its mixed precision (bf16 where supported); on a
+    CPU bf16 only for a bundle trained in bf16 on a CPU with native bf16, else fp32."""
+    if device.type == "cuda":
+        return resolve_precision("auto", device)
+    native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return "bf16" if trained == "bf16" and native_bf16 else "fp32"
 
 
 def check_members(members: list[Bundle]) -> None:

@@ -24,6 +24,7 @@ import pandas as pd
 from medres import __version__
 from medres.bundle import Bundle
 from medres.cohort import Cohort, real_files
+from medres.device import resolve_device
 from medres.errors import ConfigError
 from medres.files import FORMAT_KEY, write_json, write_text
 from medres.retrain.out_of_fold import (
@@ -105,7 +106,10 @@ def rank_label_issues(
 
 
 def rank_uncertain(
-    bundle_path: str | Path | Bundle, cohort_or_rows: Cohort | pd.DataFrame | str | Path
+    bundle_path: str | Path | Bundle,
+    cohort_or_rows: Cohort | pd.DataFrame | str | Path,
+    *,
+    device: str = "auto",
 ) -> pd.DataFrame:
     """Active learning: rank unlabelled scans by the bundle's uncertainty.
 
@@ -133,7 +137,10 @@ def rank_uncertain(
         rows = cohort.ok[cohort.ok["label"].isna()]
     if rows.empty:
         raise ConfigError("no unlabelled scans to rank; ingest the new scans without --labels")
-    scored = score_rows(bundle.model, bundle.info, bundle.spec, rows, with_targets=False)
+    where = resolve_device(device)
+    scored = score_rows(
+        bundle.model, bundle.info, bundle.spec, rows, with_targets=False, device=where
+    )
     if len(scored.failures):
         warnings.warn(
             f"{len(scored.failures)} scan(s) could not be read and are left out of the "
@@ -174,6 +181,7 @@ def label_issues(
     seed: int = 0,
     show_progress: bool = True,
     progress=None,
+    device: str = "auto",
 ) -> pd.DataFrame:
     """Rank a cohort's scans for review and write the CSV to ``out`` (atomically).
 
@@ -190,6 +198,7 @@ def label_issues(
         ConfigError: nothing to rank (no labelled ``split`` scans and no unlabelled
         ones), or as the functions above.
     """
+    resolve_device(device)  # an absent GPU is refused before any scan is read
     cohort = Cohort.load(cohort_path)
     bundle = load_classifier(bundle_path)
     if not cohort.labelled(split).empty:
@@ -202,12 +211,13 @@ def label_issues(
             seed=seed,
             show_progress=show_progress,
             progress=progress,
+            device=device,
         )
         codes = bundle.info.encode(rows["label"])
         table = rank_label_issues(rows, codes, probs, classes=bundle.info.classes)
         files = rows.set_index("scan_id")["files"]
     elif cohort.ok["label"].isna().any():
-        table = rank_uncertain(bundle, cohort)
+        table = rank_uncertain(bundle, cohort, device=device)
         files = cohort.ok.set_index("scan_id")["files"]
     else:
         raise ConfigError(

@@ -37,6 +37,7 @@ def out_of_fold_probabilities(
     seed: int = 0,
     show_progress: bool = True,
     progress=None,
+    device: str = "auto",
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Out-of-fold class probabilities for the cohort's labelled ``split`` scans.
 
@@ -51,6 +52,7 @@ def out_of_fold_probabilities(
     Args:
         progress: optional ``rich.progress.Progress``; one task advanced per fold.
         show_progress: show each fold's training progress (epochs, batches).
+        device: where the fold models train and score (``--device``).
 
     Returns the scored rows (manifest rows, cohort order) and their probabilities
     (N, K). Scans that cannot be read (each is read once first) are left out of the
@@ -64,7 +66,7 @@ def out_of_fold_probabilities(
     bundle = load_classifier(bundle_path)
     cohort = cohort if isinstance(cohort, Cohort) else Cohort.load(cohort)
     rows, skipped = _readable_rows(cohort, split, folds)
-    config = _train_config(bundle, epochs)
+    config = _train_config(bundle, epochs).model_copy(update={"device": device})
     cuts = _folds(rows, bundle.info.encode(rows["label"]), split, folds, seed)
     probs = np.full((len(rows), bundle.info.num_outputs), np.nan)
     task = progress.add_task("folds", total=folds) if progress is not None else None
@@ -152,7 +154,8 @@ def _fit_and_score(cohort: Cohort, config, held: pd.DataFrame, show_progress: bo
     with tempfile.TemporaryDirectory(prefix="medres-fold-") as tmp:
         result = fit(cohort, config, tmp, show_progress=show_progress)
     held = held.reset_index(drop=True)  # index = position in the fold
-    return result, score_rows(result.model, result.info, result.spec, held)
+    scored = score_rows(result.model, result.info, result.spec, held, device=config.device)
+    return result, scored
 
 
 def _fold_line(fold: int, folds: int, result) -> str:
