@@ -14,6 +14,12 @@ from medres.errors import ConfigError
 from tests.conftest import PROJECT
 
 CUDA = torch.cuda.is_available()
+MEDRES = [sys.executable, "-m", "medres"]
+
+
+def cuda_out(tmp_path):
+    """The arguments that ask for CUDA and name an output folder."""
+    return ["--device", "cuda", "-o", str(tmp_path / "b")]
 
 
 def test_auto_takes_a_gpu_only_where_there_is_one():
@@ -39,7 +45,7 @@ def test_a_gpu_index_beyond_the_machine_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device("cuda:1") == torch.device("cuda:1")
-    with pytest.raises(ConfigError, match="has 2 CUDA GPU.*cuda:0 to cuda:1"):
+    with pytest.raises(ConfigError, match=r"has 2 CUDA GPU.*cuda:0 to cuda:1"):
         resolve_device("cuda:2")
 
 
@@ -61,8 +67,7 @@ def test_train_with_device_cuda_fails_at_once_without_a_gpu(tmp_path):
     """The refusal comes before the cohort is read (here it does not even exist)."""
     start = time.monotonic()
     run = subprocess.run(
-        [sys.executable, "-m", "medres", "train", "--cohort", str(tmp_path / "c.parquet")]
-        + ["--device", "cuda", "-o", str(tmp_path / "b")],
+        [*MEDRES, "train", "--cohort", str(tmp_path / "c.parquet"), *cuda_out(tmp_path)],
         capture_output=True,
         text=True,
         cwd=PROJECT,
