@@ -102,7 +102,8 @@ EOF
 
 if [ -f benchmarks/train_speed.py ] && [ "${SPEED:-1}" = 1 ]; then
   log "4. training speed on $DEVICE"
-  $PY benchmarks/train_speed.py --device "$DEVICE" --nproc 1 --data "${DATA:-.data/medmnist}" \
+  $PY benchmarks/train_speed.py --device "$DEVICE" --nproc 1 --torchrun-one --wait-quiet 5 \
+    --data "${DATA:-.data/medmnist}" \
     --scale "${SCALE:-4}" --out "$OUT/train_speed_$DEVICE.md" 2>&1 | tail -30
 fi
 tar czf "$OUT/logs.tgz" -C "$WORK" $(cd "$WORK" && ls *.log)
