@@ -14,13 +14,15 @@ What medres adds is which scans each rank holds and how the ranks agree:
   split's order on every rank, so the selection metric is the one a single process
   computes for the same weights, and every rank makes the same selection;
 - a decision that depends on a clock (the time limit) is rank 0's (:func:`agree`);
-- only rank 0 writes (checkpoints, ``metrics.csv``, the bundle).
+- only rank 0 writes (checkpoints, ``metrics.csv``, the bundle), after
+  :func:`same_on_every_rank` has checked that every rank selected the same weights.
 
 One process (no torchrun) is rank 0 of 1: nothing here communicates.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -125,6 +127,26 @@ def agree(value: Any, ranks: Ranks) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def same_on_every_rank(state: dict[str, torch.Tensor], ranks: Ranks) -> None:
+    """Check that every rank selected the same weights, batch-norm statistics included
+    (they should: gradients are averaged, buffers broadcast, the selection agreed).
+
+    Raises:
+        RuntimeError: the ranks' weights differ (the bundle would depend on which rank
+            wrote it).
+    """
+    if not ranks.distributed:
+        return
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    digests: list[Any] = [None] * ranks.world
+    dist.all_gather_object(digests, digest.hexdigest())
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"the {ranks.world} ranks selected different weights; report this")
 
 
 def wrap(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.nn.Module:

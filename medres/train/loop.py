@@ -54,6 +54,7 @@ from medres.train.distributed import (
     device_for,
     from_env,
     gather,
+    same_on_every_rank,
     shard,
     wrap,
 )
@@ -148,6 +149,8 @@ def fit(
                     save_checkpoint(out_dir / CHECKPOINT, fingerprint, *parts, state)
                     write_history(out_dir / "metrics.csv", state.history)
                 bars.epoch_done(row, run, state.selection)
+        if state.selection.best_model is not None:
+            same_on_every_rank(state.selection.best_model, run.ranks)
     finally:
         stop_ranks(run.ranks)
     return _result(run, state, clock)
