@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from medres.cohort import read_row
-from medres.device import autocast
+from medres.device import autocast, resolve_device
 from medres.errors import ScanContentError, ScanError, ScanReadError, first_line
 from medres.files import sha256_file
 from medres.io import Volume
@@ -263,7 +263,7 @@ def forward(
     Returns:
         ``(logits (S, N, K), features (N, F))``, float32 on the CPU.
     """
-    device = torch.device(device)
+    device = resolve_device(device) if isinstance(device, str) else device
     images = images.to(device, memory_format=memory_format)
     with autocast(device, precision):
         logits, features = forward_samples(
@@ -311,7 +311,7 @@ def score_rows(
     ``model`` is moved to ``device``; ``batch_size`` and the ``engine`` (decoding
     workers) default to what suits the device (:func:`batch_size_for`,
     :func:`auto_workers`)."""
-    device = torch.device(device)
+    device = resolve_device(device) if isinstance(device, str) else device
     model.to(device)
     batch_size = batch_size or batch_size_for(device)
     records = rows[["scan_id", "path", "files"]].to_dict("records")

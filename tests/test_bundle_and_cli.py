@@ -58,7 +58,11 @@ def test_train_writes_a_complete_bundle(trained):
     assert "- 72 of 96 scans have no patient id: the audit could not check their " in limitations
     assert "Every scan has a patient id" not in card and "No scan has a patient id" not in card
     assert manifest["training"]["stopped_by"] == "the last epoch"
-    assert "Trained 2 epochs (ended by the last epoch)" in card
+    training = manifest["training"]
+    assert training["device"] == "cpu" and training["processes"] == 1
+    assert training["precision"] in ("fp32", "bf16")  # bf16 where the CPU has it natively
+    assert f"Trained 2 epochs on cpu ({training['precision']}; ended by the last epoch)" in card
+    assert "The weights are stored as CPU tensors" in card
     assert "bundle:" in output and "auroc" in output and "limit" not in output
 
 

@@ -154,7 +154,7 @@ def _fit_and_score(cohort: Cohort, config, held: pd.DataFrame, show_progress: bo
     with tempfile.TemporaryDirectory(prefix="medres-fold-") as tmp:
         result = fit(cohort, config, tmp, show_progress=show_progress)
     held = held.reset_index(drop=True)  # index = position in the fold
-    scored = score_rows(result.model, result.info, result.spec, held, device=config.device)
+    scored = score_rows(result.model, result.info, result.spec, held, device=result.config.device)
     return result, scored
 
 
