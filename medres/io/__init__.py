@@ -7,7 +7,7 @@ from pathlib import Path
 
 from medres import errors
 from medres.errors import ScanContentError, ScanReadError
-from medres.io.dicom import has_dicom_preamble, read_dicom, sniff_file_type
+from medres.io.dicom import is_dicom_file, read_dicom, sniff_file_type
 from medres.io.discover import Discovery, Failure, ScanSource, discover
 from medres.io.image import is_image_path, read_image
 from medres.io.nifti import is_nifti_path, read_nifti
@@ -69,7 +69,7 @@ def _read_file(path: Path) -> Volume:
         return read_nifti(path)
     if is_image_path(path):
         return read_image(path)
-    if path.suffix.lower() == ".dcm" or has_dicom_preamble(path):
+    if path.suffix.lower() == ".dcm" or is_dicom_file(path):
         return read_dicom([str(path)], scan_id=str(path))
     kind = sniff_file_type(path)
     raise ScanReadError(

@@ -29,6 +29,7 @@ from medres.io.dicom_frames import (
 from medres.io.dicom_header import (
     NON_SCAN_MODALITIES,
     has_dicom_preamble,
+    is_dicom_file,
     read_header,
     scan_meta,
     skip_reason,
@@ -44,6 +45,7 @@ __all__ = [
     "frame_count",
     "frames_of",
     "has_dicom_preamble",
+    "is_dicom_file",
     "is_mosaic",
     "is_multiframe",
     "read_dicom",

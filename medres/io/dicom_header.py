@@ -1,13 +1,15 @@
 """DICOM headers: reading one file without its pixels, telling scans from other objects.
 
-:func:`read_header` reads a Part 10 file (pixels only when asked) and refuses empty,
-non-DICOM and damaged files with a :class:`~medres.errors.ScanReadError`;
+:func:`read_header` reads a Part 10 file or a dataset written without its preamble
+(pixels only when asked) and refuses empty, non-DICOM and damaged files with a
+:class:`~medres.errors.ScanReadError`;
 :func:`skip_reason` names objects that are not scans (DICOMDIR, reports, RT objects);
 :func:`scan_meta` keeps the identifying and display facts.
 """
 
 from __future__ import annotations
 
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medres.errors import ScanReadError, first_line
 from medres.io.dicom_values import number, text, transfer_syntax, window
@@ -53,6 +56,44 @@ def has_dicom_preamble(path: str | Path) -> bool:
         return False
 
 
+# A dataset written without preamble and 'DICM' (a C-STORE payload saved raw) opens with
+# a File Meta element (0002,xxxx, always little endian) or an identifying one (0008,xxxx).
+_RAW_FIRST_GROUPS = (0x0002, 0x0008)
+_VRS = {vr.value.encode() for vr in pydicom.valuerep.VR if len(vr.value) == 2}
+_ENCODING_SYNTAX = {  # pydicom's (implicit VR, little endian) to the transfer syntax
+    (True, True): ImplicitVRLittleEndian,
+    (False, True): ExplicitVRLittleEndian,
+    (False, False): ExplicitVRBigEndian,
+}
+
+
+def looks_like_raw_dicom(path: str | Path) -> bool:
+    """True when ``path`` starts directly with a DICOM element of group 0002 or 0008 (a
+    dataset written without the preamble and ``DICM``, with or without file meta)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            size = Path(path).stat().st_size
+    except OSError:
+        return False
+    if len(head) < 8:
+        return False
+    for order in "<>":
+        group, _ = struct.unpack(f"{order}HH", head[:4])
+        if group not in _RAW_FIRST_GROUPS:
+            continue
+        if head[4:6] in _VRS:  # explicit VR
+            return True
+        if order == "<" and struct.unpack("<I", head[4:8])[0] <= size - 8:  # implicit VR
+            return True
+    return False
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """A Part 10 file (preamble and ``DICM``) or a dataset written raw without them."""
+    return has_dicom_preamble(path) or looks_like_raw_dicom(path)
+
+
 def read_header(path: str | Path, *, pixels: bool = False) -> Dataset:
     """Read one DICOM file, without its pixel data unless ``pixels``.
 
@@ -70,7 +111,7 @@ def read_header(path: str | Path, *, pixels: bool = False) -> Dataset:
     try:
         with warnings.catch_warnings():  # pydicom's warnings quote header values: hostile
             warnings.simplefilter("ignore")  # text, or a patient's name, would reach the log
-            ds = pydicom.dcmread(path, stop_before_pixels=not pixels, force=False)
+            ds = _dcmread(path, pixels)
             _parse_public(ds)
     except InvalidDicomError as e:
         kind = sniff_file_type(path)
@@ -88,6 +129,25 @@ def read_header(path: str | Path, *, pixels: bool = False) -> Dataset:
     if damage:
         raise ScanReadError(str(path), damage)
     return ds
+
+
+def _dcmread(path: Path, pixels: bool) -> Dataset:
+    """pydicom's reading of ``path``; a dataset without preamble is read when its first
+    bytes are a DICOM element (its transfer syntax then comes from pydicom's guess)."""
+    try:
+        return _read_dataset(path, pixels, force=False)
+    except InvalidDicomError:
+        if not looks_like_raw_dicom(path):
+            raise
+    ds = _read_dataset(path, pixels, force=True)
+    meta = ds.file_meta
+    if "TransferSyntaxUID" not in meta and ds.original_encoding in _ENCODING_SYNTAX:
+        meta.TransferSyntaxUID = _ENCODING_SYNTAX[ds.original_encoding]
+    return ds
+
+
+def _read_dataset(path: Path, pixels: bool, force: bool) -> Dataset:
+    return pydicom.dcmread(path, stop_before_pixels=not pixels, force=force)
 
 
 def _parse_public(ds: Dataset) -> None:

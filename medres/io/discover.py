@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from medres.errors import ScanError
 from medres.io.dicom import (
     frames_of,
-    has_dicom_preamble,
+    is_dicom_file,
     is_mosaic,
     is_multiframe,
     read_header,
@@ -197,7 +197,7 @@ def _classify(path: Path, root: Path, found: Discovery, headers: list) -> None:
         found.scans.append(ScanSource("nifti", (str(path),), relative, {"format": "nifti"}))
     elif is_image_path(path):
         found.scans.append(ScanSource("image", (str(path),), relative, {"format": "image"}))
-    elif name.endswith(".dcm") or has_dicom_preamble(path):
+    elif name.endswith(".dcm") or is_dicom_file(path):
         try:
             ds = read_header(path)
         except ScanError as e:
