@@ -17,6 +17,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medres.errors import ScanReadError, first_line
@@ -147,7 +148,36 @@ def _dcmread(path: Path, pixels: bool) -> Dataset:
 
 
 def _read_dataset(path: Path, pixels: bool, force: bool) -> Dataset:
-    return pydicom.dcmread(path, stop_before_pixels=not pixels, force=force)
+    """With ``pixels``, elements after the pixel data that end early (a trailing sequence
+    cut in its last delimiters) are dropped, as dcm2niix does; any other damage raises."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=not pixels, force=force)
+    except InvalidDicomError:
+        raise
+    except Exception:
+        if not pixels:
+            raise
+        ds = _read_through_pixels(path, force)
+        if ds is None:
+            raise
+        return ds
+
+
+def _read_through_pixels(path: Path, force: bool) -> Dataset | None:
+    """The file read up to and including its pixel data, or None if that fails too."""
+    try:
+        with open(path, "rb") as fh:
+            ds = read_partial(fh, stop_when=_after_pixel_data, force=force)
+    except Exception:
+        return None
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        return None
+    ds.filename = str(path)
+    return ds
+
+
+def _after_pixel_data(tag, vr, length) -> bool:
+    return tag > 0x7FE00010
 
 
 def _parse_public(ds: Dataset) -> None:
