@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, get_decoder
+from pydicom.uid import ExplicitVRBigEndian
 
 from medres.errors import ScanContentError, ScanReadError
 from medres.io.dicom_frames import (
@@ -165,12 +166,38 @@ def _pixels(ds: Dataset, path) -> np.ndarray:
             warnings.simplefilter("ignore")
             array = ds.pixel_array
         if text(ds.get("PhotometricInterpretation")) == "PALETTE COLOR":
-            array = apply_color_lut(array, ds)
+            array = _apply_palette(array, ds)
     except MemoryError:  # read_scan names it
         raise
     except Exception as e:  # pydicom's codecs raise many types; translated once, here
         raise ScanReadError(str(path), _decode_failure(syntax, e)) from e
     return array
+
+
+_PALETTE_LUT_DATA = ("Red", "Green", "Blue", "Alpha")
+
+
+def _apply_palette(array: np.ndarray, ds: Dataset) -> np.ndarray:
+    """pydicom's ``apply_color_lut``, given LUT data in little-endian order: pydicom reads
+    non-segmented (0028,1201-1204) LUT data as little endian whatever the dataset's byte
+    order, so for a big-endian dataset each 16-bit word is swapped here first."""
+    big_endian = str(transfer_syntax(ds) or "") == ExplicitVRBigEndian
+    if not big_endian or "RedPaletteColorLookupTableData" not in ds:
+        return apply_color_lut(array, ds)
+    luts = Dataset()
+    if "PixelPresentation" in ds:  # pydicom refuses supplemental palettes: keep that
+        luts.PixelPresentation = ds.PixelPresentation
+    for colour in _PALETTE_LUT_DATA:
+        descriptor = f"{colour}PaletteColorLookupTableDescriptor"
+        data = ds.get(f"{colour}PaletteColorLookupTableData")
+        if descriptor in ds:
+            setattr(luts, descriptor, ds[descriptor].value)
+        if data is not None:
+            raw = bytes(data)
+            if len(raw) % 2 == 0:  # OW: 16-bit words, stored big endian
+                raw = np.frombuffer(raw, dtype=">u2").astype("<u2").tobytes()
+            setattr(luts, f"{colour}PaletteColorLookupTableData", raw)
+    return apply_color_lut(array, luts)
 
 
 def _decode_failure(syntax, error: Exception) -> str:
