@@ -5,8 +5,9 @@ ImageOrientationPatient, PixelSpacing). :func:`stack_frames` orders frames along
 slice normal (never by InstanceNumber or file name), checks that they form a regular
 volume, and returns the voxel-to-RAS affine. It refuses, with
 :class:`~medres.errors.ScanGeometryError` naming the cause: mixed orientations,
-inconsistent rows/columns, gantry tilt, missing slices / uneven increments, and images
-that all lie at one position (not a volume).
+inconsistent rows/columns, gantry tilt, missing slices / uneven increments, images
+that all lie at one position, and series of several files with fewer than
+:data:`MIN_SERIES_SLICES` slices (not a volume).
 
 Hand-written because no maintained library exposes these checks separately from its
 own file handling (dicom2nifti and nibabel's ``nicom`` do it inside their readers).
@@ -31,6 +32,10 @@ _SAME_POSITION_TOL = 1e-2  # two frames closer than this along the normal share 
 _STEP_REL_TOL = 0.05  # slice steps may vary by 5 % of the median step ...
 _STEP_ABS_TOL = 1e-2  # ... or by 0.01 mm, whichever is larger
 _TILT_TOL = 1e-3  # in-plane shift per mm along the normal (tan of the tilt angle)
+
+MIN_SERIES_SLICES = 3
+"""Fewest slices a series of several files must have to be a volume (dicom2nifti's rule:
+two images are a localizer pair or a partial export more often than a volume)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ def stack_frames(frames: list[Frame], scan_id: str) -> Stack:
     positions = np.array([f.position for f in first_volume])
     steps = np.diff(positions @ normal)
 
+    _check_slice_count(first_volume, frames, scan_id)
     notes: dict[str, Any] = {}
     if len(first_volume) > 1:
         _check_regular_steps(steps, scan_id)
@@ -162,6 +168,21 @@ def _position_slots(frames: list[Frame], normal: np.ndarray, scan_id: str) -> li
             "(an incomplete time series or a partly copied series); re-export the series",
         )
     return slots
+
+
+def _check_slice_count(first_volume: list[Frame], frames: list[Frame], scan_id: str) -> None:
+    """A series of several files must hold 1 (a 2D image or a single-slice time series)
+    or at least MIN_SERIES_SLICES slice positions; one multi-frame file is not checked."""
+    n_slices = len(first_volume)
+    several_files = len({f.source[0] for f in frames}) > 1
+    if several_files and 1 < n_slices < MIN_SERIES_SLICES:
+        raise ScanGeometryError(
+            scan_id,
+            f"only {n_slices} slices, so this is not a volume: a series needs at least "
+            f"{MIN_SERIES_SLICES} slices (fewer than {MIN_SERIES_SLICES} slices are "
+            "refused, as dicom2nifti does: a localizer or a partly copied series?); read "
+            "each file on its own as a 2D image, or re-export the complete series",
+        )
 
 
 def _check_same_matrix(frames: list[Frame], scan_id: str) -> None:
