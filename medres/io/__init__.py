@@ -8,7 +8,7 @@ from pathlib import Path
 from medres import errors
 from medres.errors import ScanContentError, ScanReadError
 from medres.io.dicom import is_dicom_file, read_dicom, sniff_file_type
-from medres.io.discover import Discovery, Failure, ScanSource, discover
+from medres.io.discover import Discovery, Failure, ScanSource, discover, discover_with_headers
 from medres.io.image import is_image_path, read_image
 from medres.io.nifti import is_nifti_path, read_nifti
 from medres.io.volume import Volume
@@ -54,12 +54,12 @@ def _read(source) -> Volume:
     return read_dicom(paths, scan_id=paths[0] if len(paths) == 1 else str(Path(paths[0]).parent))
 
 
-def _read_source(source: ScanSource) -> Volume:
+def _read_source(source: ScanSource, headers: dict | None = None) -> Volume:
     if source.kind == "nifti":
         return read_nifti(source.files[0])
     if source.kind == "image":
         return read_image(source.files[0])
-    return read_dicom(list(source.files), scan_id=source.scan_id)
+    return read_dicom(list(source.files), scan_id=source.scan_id, headers=headers)
 
 
 def _read_file(path: Path) -> Volume:
@@ -80,9 +80,10 @@ def _read_file(path: Path) -> Volume:
 
 
 def _read_folder(path: Path) -> Volume:
-    found = discover(path)
+    found, headers = discover_with_headers(path)  # each file's header is parsed once
     if len(found.scans) == 1:
-        return _read_source(found.scans[0])
+        return _read_source(found.scans[0], headers)
+    del headers
     if len(found.failures) == 1 and not found.scans:  # the folder's one scan was refused
         failure = found.failures[0]
         error_class = getattr(errors, failure.error_type, ScanReadError)

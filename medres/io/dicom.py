@@ -29,6 +29,7 @@ from medres.io.dicom_frames import (
 )
 from medres.io.dicom_header import (
     NON_SCAN_MODALITIES,
+    complete_pixels,
     has_dicom_preamble,
     is_dicom_file,
     read_header,
@@ -65,7 +66,9 @@ _CODEC_PACKAGES = {
 }
 
 
-def read_dicom(paths: list[str | Path], scan_id: str) -> Volume:
+def read_dicom(
+    paths: list[str | Path], scan_id: str, headers: dict[str, Dataset] | None = None
+) -> Volume:
     """Read one scan made of ``paths`` (a series of single-frame files, or one file).
 
     Returns a Volume whose ``array`` is ``(C, X, Y)`` for a single image, ``(C, X, Y, Z)``
@@ -73,10 +76,18 @@ def read_dicom(paths: list[str | Path], scan_id: str) -> Volume:
     object without patient geometry (cine, ultrasound), ``(C, X, Y, F)`` with
     ``meta["third_axis"] == "frame"``.
 
+    ``headers`` maps a path (``str``) to its :func:`read_header` dataset, from discovery:
+    those files are then not parsed again, only their pixel data and what follows it are
+    read (:func:`complete_pixels`); the datasets are completed in place.
+
     Raises:
         ScanReadError, ScanGeometryError, ScanContentError.
     """
-    datasets = [read_header(p, pixels=True) for p in paths]
+    headers = headers or {}
+    datasets = [
+        complete_pixels(headers[str(p)], p) if str(p) in headers else read_header(p, pixels=True)
+        for p in paths
+    ]
     for ds, p in zip(datasets, paths, strict=True):
         reason = skip_reason(ds)
         if reason:

@@ -17,7 +17,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
+from pydicom.filereader import read_dataset, read_partial
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medres.errors import ScanReadError, first_line
@@ -151,7 +151,9 @@ def _read_dataset(path: Path, pixels: bool, force: bool) -> Dataset:
     """With ``pixels``, elements after the pixel data that end early (a trailing sequence
     cut in its last delimiters) are dropped, as dcm2niix does; any other damage raises."""
     try:
-        return pydicom.dcmread(path, stop_before_pixels=not pixels, force=force)
+        if not pixels:
+            return _read_before_pixels(path, force)
+        return pydicom.dcmread(path, stop_before_pixels=False, force=force)
     except InvalidDicomError:
         raise
     except Exception:
@@ -161,6 +163,54 @@ def _read_dataset(path: Path, pixels: bool, force: bool) -> Dataset:
         if ds is None:
             raise
         return ds
+
+
+# The file offset where a header read stopped (the pixel data element, or the end of the
+# file), kept on the dataset so that :func:`complete_pixels` reads only the rest.
+_PIXELS_AT = "_medres_pixels_at"
+
+
+def _read_before_pixels(path: Path, force: bool) -> Dataset:
+    with open(path, "rb") as fh:
+        ds = pydicom.dcmread(fh, stop_before_pixels=True, force=force)
+        offset = fh.tell()
+    ds.filename = str(path)
+    if not getattr(transfer_syntax(ds), "is_deflated", False):  # else offsets are not the file's
+        object.__setattr__(ds, _PIXELS_AT, offset)
+    return ds
+
+
+def complete_pixels(ds: Dataset, path: str | Path) -> Dataset:
+    """What ``read_header(path, pixels=True)`` returns, given ``ds = read_header(path)``:
+    only the elements from the pixel data on are read and parsed, and added to ``ds`` (the
+    header is not parsed a second time). Whenever that is not possible (a deflated file, a
+    read or parse error in that part), the whole file is read again by :func:`read_header`,
+    so its damage handling and messages are today's."""
+    offset = getattr(ds, _PIXELS_AT, None)
+    if offset is None:
+        return read_header(path, pixels=True)
+    try:
+        with warnings.catch_warnings():  # see read_header
+            warnings.simplefilter("ignore")
+            implicit, little = ds.original_encoding
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                tail = read_dataset(fh, implicit, little)
+            tags = list(tail.keys())
+            for tag in tags:
+                ds[tag] = tail.get_item(tag)
+            for tag in tags:  # as _parse_public does for the whole file
+                if not tag.is_private:
+                    element = ds[tag]
+                    if element.VR == "SQ":
+                        for item in element.value:
+                            _parse_public(item)
+    except MemoryError:  # read_scan names it
+        raise
+    except Exception:
+        return read_header(path, pixels=True)
+    object.__delattr__(ds, _PIXELS_AT)
+    return ds
 
 
 def _read_through_pixels(path: Path, force: bool) -> Dataset | None:

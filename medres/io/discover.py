@@ -110,6 +110,14 @@ def discover(root: str | Path, progress: Callable[[int], None] | None = None) ->
     cannot be opened (permission, a broken or looping link) and a damaged DICOM header
     become a :class:`Failure`; files that are not scans are skipped with the reason.
     """
+    return discover_with_headers(root, progress)[0]
+
+
+def discover_with_headers(
+    root: str | Path, progress: Callable[[int], None] | None = None
+) -> tuple[Discovery, dict[str, Dataset]]:
+    """:func:`discover`, and the header dataset of each DICOM file of its scans (by path),
+    so that a reader of those scans need not parse the headers again."""
     root = Path(root).resolve()
     found = Discovery()
     dicom_headers: list[tuple[str, Dataset]] = []
@@ -119,7 +127,7 @@ def discover(root: str | Path, progress: Callable[[int], None] | None = None) ->
             progress(count)
     found.scans.extend(_group_dicom(dicom_headers, root, found))
     found.scans.sort(key=lambda s: s.files[0])
-    return found
+    return found, dict(dicom_headers)
 
 
 def iter_files(root: Path, found: Discovery | None = None) -> Iterable[Path]:
