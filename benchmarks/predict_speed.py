@@ -191,9 +191,10 @@ def build_adrenal(work: Path, per_class: int) -> Folder:
 
 
 def predict_precision(bundle) -> str:
-    """The precision ``medres predict`` uses for this bundle (as ``Predictor`` does)."""
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return "bf16" if bundle.config.precision == "bf16" and native else "fp32"
+    """The precision ``medres predict`` uses for this bundle on this CPU."""
+    from medres.predict.predictor import predict_precision as rule
+
+    return rule(torch.device("cpu"), bundle.config.precision)
 
 
 def memory_format(dims: int) -> torch.memory_format:

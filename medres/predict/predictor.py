@@ -51,7 +51,7 @@ class Predictor:
             raise ConfigError(f"--flag-below applies to regression bundles; {first.path} is not")
         self.views = tta_views(first.spec) if options.tta else None
         self.device = resolve_device(options.device)
-        self.precision = _precision(self.device, first.config.precision)
+        self.precision = predict_precision(self.device, first.config.precision)
         self.transform = build_transform(first.spec)
         dims = first.spec.spatial_dims
         self.memory_format = torch.channels_last if dims == 2 else torch.channels_last_3d
@@ -152,7 +152,7 @@ class Predictor:
             row["heatmap_map"] = str(Path(paths.get("nifti") or paths["npy"]).relative_to(self.out))
 
 
-def _precision(device: torch.device, trained: str) -> str:
+def predict_precision(device: torch.device, trained: str) -> str:
     """Autocast for prediction: on a GPU its mixed precision (bf16 where supported); on a
     CPU bf16 only for a bundle trained in bf16 on a CPU with native bf16, else fp32."""
     if device.type == "cuda":

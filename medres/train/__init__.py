@@ -12,9 +12,10 @@ The train *job* (cohort → audit → fit → trust → bundle and model card) i
 :func:`medres.train_job.train_bundle`: it writes a bundle, a later stage than training.
 """
 
+from medres.inference import auto_workers
 from medres.train.checkpoint import CHECKPOINT
 from medres.train.config import TrainConfig, task_conflict
-from medres.train.data import ReadScan, ScanDataset, auto_workers, make_loader
+from medres.train.data import ReadScan, ScanDataset, make_loader
 from medres.train.loop import NORM_SCANS, FitResult, fit
 from medres.train.state import RunState, Selection, StopReason
 from medres.train.steps import (

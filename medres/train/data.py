@@ -11,7 +11,6 @@ from monai.transforms import Transform
 
 from medres.cohort import Cohort, read_row
 from medres.errors import ConfigError
-from medres.inference import auto_workers  # noqa: F401 - the loaders of train and inference share one rule
 from medres.tasks import TaskInfo
 from medres.transforms import Preprocess, PreprocessSpec, build_transform, fits_spec, resolve_spec
 

@@ -28,6 +28,7 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 from medres.cohort import Cohort
 from medres.device import prepare_device, resolve_device, resolve_precision
 from medres.errors import ConfigError
+from medres.inference import auto_workers
 from medres.models import create_model
 from medres.progress import progress as progress_display
 from medres.tasks import TaskInfo, infer_task
@@ -42,7 +43,6 @@ from medres.train.checkpoint import (
 from medres.train.config import TrainConfig, task_conflict
 from medres.train.data import (
     ScanDataset,
-    auto_workers,
     cohort_spec,
     make_loader,
     require_every_class,
