@@ -8,7 +8,7 @@ DEMO_PORT ?= 8501
 DEMO_PASSWORD := $(shell $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(9))")
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test lint format clean chromium
+.PHONY: install demo test lint format clean chromium pacs-tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,7 +52,14 @@ lint: $(STAMP)
 chromium:
 	test -x /usr/bin/chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
 
-test: lint chromium
+# the PACS tests start Debian's Orthanc (with its DICOMweb plugin), DCMTK's storescu/findscu as an
+# independent client, and dicom3tools' dciodvfy as the validator of every object medres writes
+pacs-tools:
+	test -x /usr/sbin/Orthanc -a -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so \
+		-a -x /usr/bin/storescu -a -x /usr/bin/dciodvfy || ($(SUDO) apt-get update && \
+		$(SUDO) apt-get install -y orthanc orthanc-dicomweb dcmtk dicom3tools)
+
+test: lint chromium pacs-tools
 	$(BIN)/pytest -q
 
 format: $(STAMP)

@@ -64,6 +64,11 @@ class BundleError(MedresError):
     """A model bundle is missing, incomplete, or fails verification."""
 
 
+class PacsError(MedresError):
+    """A PACS or DICOM peer could not be reached or refused: the message names the peer
+    (its URL without credentials), what failed, and what to do."""
+
+
 class ReviewError(MedresError):
     """A review-store request is invalid: unknown case, a label outside the run's
     classes, a folder that is not a ``medres predict`` output, a bad user name."""
