@@ -10,6 +10,9 @@ from pathlib import Path
 import pydicom.data
 import pytest
 
+# Fixtures for tests against real PACS components (private network namespace, Orthanc)
+pytest_plugins = ("tests.pacs_servers",)
+
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDRES_SHARED_DATA", PROJECT.parent / "shared" / "data"))
 DICOM2NIFTI = SHARED_DATA / "dicom" / "dicom2nifti"
