@@ -313,8 +313,9 @@ def storescu(
 ) -> subprocess.CompletedProcess:
     """Send ``files`` with DCMTK's storescu to ``aet`` at ``host:port`` in one association;
     the finished process (text output captured; killed after ``timeout`` seconds, raising
-    TimeoutExpired). DCMTK 3.6.7's storescu exits 0 even when a C-STORE is answered with a
-    failure status: look for "Failed" / status lines in ``stderr`` (``-v`` is given)."""
+    TimeoutExpired). DCMTK 3.6.7's storescu exits 0 only when every C-STORE was answered
+    with success (a failure status: 192, a refused association: 1 or more); ``stderr``
+    holds its ``-v`` lines (e.g. "Received Store Response (Error: CannotUnderstand)")."""
     cmd = [str(STORESCU), "-v", "-aet", calling_aet, "-aec", aet, *extra, host, str(port)]
     return subprocess.run(
         [*cmd, *map(str, files)], capture_output=True, text=True, timeout=timeout, check=False
