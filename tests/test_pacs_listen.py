@@ -187,15 +187,18 @@ def test_refusals_answer_failure_statuses(bundle, pacs_network, tmp_path, monkey
     def full_disk(path, data):
         raise OSError(28, "No space left on device")
 
-    listener = _Listener(bundle, tmp_path / "out")
+    listener = _Listener(bundle, tmp_path / "out", max_studies=1)
     try:
         assert _send(listener.port, [bad]) == [0xC000]
         monkeypatch.setattr(listen_module, "write_durably", full_disk)
         assert _send(listener.port, [good]) == [0xA700]
+        listener.thread.join(WAIT_S)  # the study with nothing stored is let go, not predicted
     finally:
         listener.close()
     assert "No space left on device" in caplog.text and "0xA700" in caplog.text
-    assert not list((tmp_path / "out").rglob("*.dcm")) and listener.pushed == []
+    assert "nothing to predict" in caplog.text and listener.pushed == []
+    assert not list((tmp_path / "out").rglob("*.dcm"))
+    assert not (tmp_path / "out" / RESULTS).exists()
 
 
 LISTENER = """

@@ -27,7 +27,8 @@ Privacy: log lines never hold patient names or ids, nor UIDs: a study is named b
 :func:`study_tag` (the first 10 hex digits of the SHA-256 of its StudyInstanceUID; the
 same tag for the same study, so an operator can match a line with a folder of ``incoming``
 by computing the tags of its names), and UIDs in error messages are replaced by ``<uid>``.
-Files are written readable by their owner only (0600).
+Files are written readable by their owner only (0600). pynetdicom's own logger
+(``pynetdicom``) names SOP Instance UIDs at DEBUG level: keep it at INFO or above.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 from medres.bundle import load_bundle
-from medres.errors import PacsError
+from medres.errors import ConfigError, PacsError
 from medres.files import atomic_write, write_json
 from medres.predict import PredictOptions, predict_folder
 
@@ -159,8 +160,11 @@ def listen(
 
     Raises:
         BundleError: the bundle cannot be loaded (checked before listening).
+        ConfigError: a negative ``stable_seconds`` or ``max_studies``.
         PacsError: the AE title is invalid or the port cannot be listened on.
     """
+    if stable_seconds < 0 or (max_studies is not None and max_studies < 0):
+        raise ConfigError("stable_seconds and max_studies must be >= 0")
     outdir = Path(outdir)
     stop = stop or threading.Event()
     options = predict_options or PredictOptions()
@@ -301,6 +305,12 @@ def _process(
         seen = state.pending[study].last
     folder = state.outdir / INCOMING / study
     out = state.outdir / RESULTS / study
+    if not any(folder.rglob("*.dcm")):  # its only instances could not be stored
+        with state.lock:
+            if state.pending[study].last == seen:
+                del state.pending[study]
+        log.warning("study %s: no instance of it was stored; nothing to predict", tag)
+        return
     started = time.perf_counter()
     try:
         run = predict_folder(bundle, folder, out, options)
