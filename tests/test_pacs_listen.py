@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pydicom
 import pytest
+import requests
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
@@ -79,8 +80,9 @@ def _uid(path: Path, name: str) -> str:
 class _Listener:
     """:func:`listen` in a thread of this process, with a push that records its calls."""
 
-    def __init__(self, bundle: Path, outdir: Path, **kwargs):
-        self.port, self.outdir, self.stop, self.pushed = free_port(), outdir, threading.Event(), []
+    def __init__(self, bundle: Path, outdir: Path, port: int | None = None, **kwargs):
+        self.port, self.outdir, self.pushed = port or free_port(), outdir, []
+        self.stop = threading.Event()
         self.errors: list[BaseException] = []
 
         def run():
@@ -244,3 +246,25 @@ def test_killed_listener_finishes_the_study_after_a_restart(bundle, pacs_network
     assert len(rows) == 3 and rows["scan_id"].is_unique, log
     assert (out / RESULTS / study / DONE).exists()
     assert "received earlier, not yet predicted" in log and study not in log
+
+
+def test_orthanc_sends_a_study_to_the_listener(bundle, orthanc, tmp_path):
+    """A real PACS as the sender: Orthanc C-STOREs a study to its modality "medres"."""
+    sent = _study(tmp_path / "study", 2, patient="P-ORTHANC")
+    study = _uid(sent[0], "StudyInstanceUID")
+    orthanc_id = {orthanc.upload(p)["ParentStudy"] for p in sent}.pop()
+    listener = _Listener(bundle, tmp_path / "out", port=orthanc.medres_port, max_studies=1)
+    try:
+        answer = requests.post(
+            f"{orthanc.rest_url}/modalities/medres/store",
+            data=orthanc_id,
+            auth=orthanc.auth,
+            timeout=WAIT_S,
+        )
+        assert answer.ok, answer.text
+        assert len(list((tmp_path / "out" / INCOMING / study).rglob("*.dcm"))) == 2
+        listener.thread.join(WAIT_S)
+    finally:
+        listener.close()
+    rows = pd.read_parquet(tmp_path / "out" / RESULTS / study / "predictions.parquet")
+    assert len(rows) == 2 and listener.pushed == [tmp_path / "out" / RESULTS / study]
