@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -44,6 +45,7 @@ from medres.limits import over_budget
 
 __all__ = [
     "NON_SCAN_MODALITIES",
+    "SliceSource",
     "frame_count",
     "frames_of",
     "has_dicom_preamble",
@@ -54,6 +56,7 @@ __all__ = [
     "read_header",
     "scan_meta",
     "skip_reason",
+    "slice_sources",
     "sniff_file_type",
 ]
 
@@ -111,6 +114,51 @@ def read_dicom(
     if meta["photometric"] == "MONOCHROME1":
         array = _invert_monochrome1(array, datasets[0], meta)
     return _finish(array, stack.affine, meta, scan_id)
+
+
+class SliceSource(NamedTuple):
+    """Where one slice of a read DICOM scan comes from.
+
+    Attributes:
+        path: the file holding it.
+        sop_instance_uid: that file's SOPInstanceUID.
+        frame: 0-based frame within the file (a Siemens mosaic: tile); 0 for a single frame.
+    """
+
+    path: str
+    sop_instance_uid: str
+    frame: int
+
+
+def slice_sources(
+    paths: list[str | Path], headers: dict[str, Dataset] | None = None
+) -> list[SliceSource]:
+    """Which file and frame each slice of :func:`read_dicom` ``(paths)`` comes from, from
+    headers alone: item ``k`` is the volume's slice ``array[..., k]`` (the one image of a
+    2D scan; frame ``k`` of a multi-frame object without geometry; for a 4D series, slice
+    ``k`` of the first time point). The order is read_dicom's, by the same frames and
+    stacking.
+
+    ``headers`` maps a path (``str``) to its :func:`read_header` dataset, as in read_dicom.
+
+    Raises:
+        ScanReadError, ScanGeometryError, ScanContentError: as read_dicom, for its headers.
+    """
+    headers = headers or {}
+    datasets = [headers[str(p)] if str(p) in headers else read_header(p) for p in paths]
+    frames = [f for i, ds in enumerate(datasets) for f in frames_of(ds, i)]
+    if len(frames) > 1 and not any(f.has_geometry for f in frames):
+        ordered = frames  # a frame stack (_frame_stack_volume): frames in file order
+    else:
+        ordered = stack_frames(frames, str(paths[0])).layout[0]
+    return [
+        SliceSource(
+            str(paths[f.source[0]]),
+            str(datasets[f.source[0]].get("SOPInstanceUID", "")),
+            f.source[1],
+        )
+        for f in ordered
+    ]
 
 
 def _frame_stack_volume(ds: Dataset, frames: list[Frame], path, meta) -> Volume:
