@@ -20,20 +20,26 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
 from medres.bundle import load_bundle, update_bundle
 from medres.errors import ConfigError
 from medres.explain import write_explanation
 from medres.io import discover, read_scan
 from medres.io.geometry import LPS_TO_RAS
-from medres.pacs.results import NOT_DICOM, write_results
+from medres.pacs.results import NO_HEATMAP, NOT_DICOM, write_results
 from medres.predict import PredictOptions, predict_folder
-from tests.conftest import DICOM2NIFTI, EXAMPLE, needs
+from tests.conftest import DICOM2NIFTI, EXAMPLE, shared_file
 from tests.pacs_data import cr_study, dicom_cr_bundle  # noqa: F401  (a fixture)
 
 PATIENT_NAME = "Doe^Jane"  # must never reach a log
 SERIES_REVERSED = DICOM2NIFTI / "generic" / "anatomical" / "001"  # files named against slice order
 SINGLE_SLICE = DICOM2NIFTI / "ge" / "anatomical" / "001_single_slice"
+PLAIN_SERIES = DICOM2NIFTI / "ge" / "anatomical" / "001"
+ENHANCED_CT = "eCT_Supplemental.dcm"  # pydicom's: 2 frames, stored against the slice order
+HOT_SLICE = {"series": 1, "enhanced": 0}
+HOT_PIXEL = (10, 200)  # (x = column, y = row)
 
 
 def dciodvfy(path: Path) -> list[str]:
@@ -175,69 +181,108 @@ def test_rerun_keeps_uids_another_bundle_changes_them(cr_run, dicom_cr_bundle, t
     assert len(devices[0]) == len(devices[1]) == 1 and devices[0] != devices[1]
 
 
-@needs(SERIES_REVERSED)
-def test_heatmap_frames_sit_on_their_source_slices(dicom_cr_bundle, tmp_path):  # noqa: F811
-    """A map hot on one slice only: the parametric-map frame that is hot lies where the
-    reader put that slice (its affine) and references the file at that position; a 2D
-    image's map is transposed to DICOM rows and columns."""
-    shutil.copytree(SERIES_REVERSED, tmp_path / "scans" / "series")
-    shutil.copytree(SINGLE_SLICE, tmp_path / "scans" / "single")
-    outdir = tmp_path / "out"
-    bundle = load_bundle(dicom_cr_bundle)
-    rows, hot_slice, hot_pixel = [], 1, (10, 200)  # slice k; (x = column, y = row)
-    for scan in discover(tmp_path / "scans").scans:
-        volume = read_scan(scan)
-        cam = np.zeros(volume.spatial_shape, np.float32)
-        if volume.is_3d:
-            cam[..., hot_slice] = np.linspace(0.2, 1.0, cam.shape[0])[:, None]  # rising along X
-        else:
-            cam[hot_pixel] = 1.0
-        stem = "series" if volume.is_3d else "single"
-        files = write_explanation(volume, cam, outdir / "explain", stem)
-        rows.append(
-            {
-                "scan_id": scan.scan_id,
-                "path": scan.path,
-                "modality": "MR",
-                "input_hash": "0" * 64,
-                "predicted_class": "pneumonia",
-                "confidence": 0.75,
-                "conformal_set": "normal|pneumonia",
-                "ood": False,
-                "refer": True,
-                "refer_reason": "conformal set holds 2 classes",
-                "heatmap": f"explain/{stem}.png",
-                "heatmap_map": str(Path(files.get("nifti") or files["npy"]).relative_to(outdir)),
-                "bundle_id": bundle.id,
-            }
-        )
+@pytest.fixture(scope="module")
+def mr_run(dicom_cr_bundle, tmp_path_factory):  # noqa: F811
+    """An OUTDIR as ``medres predict --explain`` writes it, for real MR and CT scans with a
+    made-up prediction and a heatmap placed on each as read (``write_explanation``), then
+    :func:`write_results`: ``(outdir, summary, scans)``. ``series``: a 4-slice MR series
+    whose file names run against the slice order, map hot on slice 1 only, rising along X;
+    ``enhanced``: a 2-frame enhanced CT whose frames run against the slice order, hot on
+    slice 0; ``single``: a one-slice MR, hot at one pixel; ``plain``: a series predicted
+    without heatmap."""
+    for folder in (SERIES_REVERSED, SINGLE_SLICE, PLAIN_SERIES):
+        shared_file(folder)
+    tmp = tmp_path_factory.mktemp("mr_run")
+    scans, outdir = tmp / "scans", tmp / "out"
+    shutil.copytree(SERIES_REVERSED, scans / "series")
+    shutil.copytree(SINGLE_SLICE, scans / "single")
+    shutil.copytree(PLAIN_SERIES, scans / "plain")
+    shutil.copy(get_testdata_file(ENHANCED_CT), scans / "enhanced.dcm")
+    rows = []
+    for scan in discover(scans).scans:
+        name = Path(scan.files[0]).relative_to(scans).parts[0].removesuffix(".dcm")
+        row = {
+            "scan_id": scan.scan_id,
+            "path": scan.path,
+            "modality": scan.meta["modality"],
+            "input_hash": "0" * 64,
+            "predicted_class": "pneumonia",
+            "confidence": 0.75,
+            "conformal_set": "normal|pneumonia",
+            "ood": False,
+            "refer": True,
+            "refer_reason": "conformal set holds 2 classes",
+            "heatmap": None,
+            "heatmap_map": None,
+            "bundle_id": load_bundle(dicom_cr_bundle).id,
+        }
+        if name != "plain":
+            volume = read_scan(scan)
+            cam = np.zeros(volume.spatial_shape, np.float32)
+            if name == "single":
+                cam[HOT_PIXEL] = 1.0
+            else:
+                cam[..., HOT_SLICE[name]] = np.linspace(0.2, 1.0, cam.shape[0])[:, None]
+            files = write_explanation(volume, cam, outdir / "explain", name)
+            row["heatmap"] = f"explain/{name}.png"
+            row["heatmap_map"] = Path(files.get("nifti") or files["npy"]).relative_to(outdir)
+            row["heatmap_map"] = str(row["heatmap_map"])
+        rows.append(row)
     pd.DataFrame(rows).to_parquet(outdir / "predictions.parquet")
-    summary = write_results(outdir, dicom_cr_bundle)
-    assert len(summary.written) == 6, summary.skipped
-    for path in summary.written:
-        dciodvfy(path)
+    return outdir, write_results(outdir, dicom_cr_bundle), scans
 
-    series = {str(p): pydicom.dcmread(p) for p in sorted((tmp_path / "scans" / "series").glob("*"))}
-    pm = pydicom.dcmread(outdir / "dicom" / "series" / "parametric_map.dcm")
-    frames = pm.pixel_array  # (frames, rows, columns), float
-    assert frames.shape == (4, 256, 256)
-    assert pm.StudyInstanceUID == next(iter(series.values())).StudyInstanceUID
+
+def hot_frame(pm: pydicom.Dataset) -> int:
+    """The index of the one frame of ``pm`` holding a value above 0."""
+    frames = pm.pixel_array.reshape(-1, pm.Rows, pm.Columns)
     hot = [k for k in range(len(frames)) if frames[k].max() > 0]
     assert len(hot) == 1
-    frame = pm.PerFrameFunctionalGroupsSequence[hot[0]]
-    volume = read_scan(tmp_path / "scans" / "series")
-    where = (np.linalg.inv(LPS_TO_RAS) @ volume.affine @ [0, 0, hot_slice, 1])[:3]
+    return hot[0]
+
+
+def where_reader_put(scan: Path, k: int) -> np.ndarray:
+    """LPS mm of the first voxel of slice ``k`` of ``scan`` as medres reads it."""
+    return (np.linalg.inv(LPS_TO_RAS) @ read_scan(scan).affine @ [0, 0, k, 1])[:3]
+
+
+def test_mr_and_ct_objects_are_valid_and_complete(mr_run):
+    outdir, summary, _ = mr_run
+    names = sorted(p.relative_to(outdir / "dicom").as_posix() for p in summary.written)
+    with_map = ["parametric_map.dcm", "secondary_capture.dcm", "sr.dcm"]
+    plain = [p for p in names if p.split("/")[0] not in ("enhanced", "series", "single")]
+    assert len(plain) == 1 and plain[0].endswith("-00000000/sr.dcm")  # its safe stem, SR only
+    assert names == sorted(
+        plain + [f"{scan}/{name}" for scan in ("enhanced", "series", "single") for name in with_map]
+    )
+    assert summary.skipped == {NO_HEATMAP: 1}
+    for path in summary.written:
+        dciodvfy(path)
+    sr = pydicom.dcmread(outdir / "dicom" / "series" / "sr.dcm")
+    assert "conformal set holds 2 classes" in text_values(sr)
+
+
+def test_heatmap_frames_sit_on_their_source_slices(mr_run):
+    """The parametric-map frame that is hot lies where the reader put the hot slice (its
+    affine) and references the file at that position; pixel spacing and orientation are
+    the source's; the map's X runs along DICOM columns."""
+    outdir, _, scans = mr_run
+    series = {str(p): pydicom.dcmread(p) for p in sorted((scans / "series").glob("*"))}
+    pm = pydicom.dcmread(outdir / "dicom" / "series" / "parametric_map.dcm")
+    assert pm.NumberOfFrames == 4
+    assert pm.StudyInstanceUID == next(iter(series.values())).StudyInstanceUID
+    k = hot_frame(pm)
+    frame = pm.PerFrameFunctionalGroupsSequence[k]
+    where = where_reader_put(scans / "series", HOT_SLICE["series"])
     assert np.allclose(frame.PlanePositionSequence[0].ImagePositionPatient, where, atol=1e-3)
-    (derivation,) = frame.DerivationImageSequence
-    uid = derivation.SourceImageSequence[0].ReferencedSOPInstanceUID
+    uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
     (source,) = [ds for ds in series.values() if ds.SOPInstanceUID == uid]
     assert np.allclose(source.ImagePositionPatient, where, atol=1e-3)
-    assert np.allclose(frames[hot[0]][:, -1], 1.0) and frames[hot[0]][0, 0] == pytest.approx(0.2)
+    pixels = pm.pixel_array[k]  # (rows, columns)
+    assert np.allclose(pixels[:, -1], 1.0) and pixels[0, 0] == pytest.approx(0.2)
     shared = pm.SharedFunctionalGroupsSequence[0]
     assert np.allclose(shared.PixelMeasuresSequence[0].PixelSpacing, source.PixelSpacing)
-    assert np.allclose(
-        shared.PlaneOrientationSequence[0].ImageOrientationPatient, source.ImageOrientationPatient
-    )
+    orientation = shared.PlaneOrientationSequence[0].ImageOrientationPatient
+    assert np.allclose(orientation, source.ImageOrientationPatient)
     referenced = {
         f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         for f in pm.PerFrameFunctionalGroupsSequence
@@ -246,9 +291,23 @@ def test_heatmap_frames_sit_on_their_source_slices(dicom_cr_bundle, tmp_path):  
     sc = pydicom.dcmread(outdir / "dicom" / "series" / "secondary_capture.dcm")
     assert {i.ReferencedSOPInstanceUID for i in sc.SourceImageSequence} == referenced
     assert list(sc.PatientOrientation) == ["L", "P"]
+    # a derived frame of reference (the files have none), the same on a rerun
+    assert pm.FrameOfReferenceUID == generate_uid(
+        entropy_srcs=["medres frame of reference", source.SeriesInstanceUID]
+    )
+
+
+def test_enhanced_frames_and_2d_images_are_aligned(mr_run):
+    outdir, _, scans = mr_run
+    pm = pydicom.dcmread(outdir / "dicom" / "enhanced" / "parametric_map.dcm")
+    frame = pm.PerFrameFunctionalGroupsSequence[hot_frame(pm)]
+    where = where_reader_put(scans / "enhanced.dcm", HOT_SLICE["enhanced"])
+    assert np.allclose(frame.PlanePositionSequence[0].ImagePositionPatient, where, atol=1e-3)
+    (source,) = frame.DerivationImageSequence[0].SourceImageSequence
+    enhanced = pydicom.dcmread(scans / "enhanced.dcm", stop_before_pixels=True)
+    placed = enhanced.PerFrameFunctionalGroupsSequence[source.ReferencedFrameNumber - 1]
+    assert np.allclose(placed.PlanePositionSequence[0].ImagePositionPatient, where, atol=1e-3)
 
     single = pydicom.dcmread(outdir / "dicom" / "single" / "parametric_map.dcm").pixel_array
-    x, y = hot_pixel
+    x, y = HOT_PIXEL
     assert np.argwhere(single.reshape(256, 256) == 1.0).tolist() == [[y, x]]
-    sr = pydicom.dcmread(outdir / "dicom" / "series" / "sr.dcm")
-    assert "conformal set holds 2 classes" in text_values(sr)
