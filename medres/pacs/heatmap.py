@@ -49,6 +49,13 @@ def aligned_frames(
             "the source has no patient frame of reference (a projection image?), so no "
             "parametric map can be placed on it"
         )
+    one_per_file = len({s.path for s in slices}) == len(slices)
+    frames_of_one_file = is_multiframe(first) and frame_count(first) == len(slices)
+    if not (one_per_file or frames_of_one_file):
+        raise ValueError(
+            "the slices are tiles of a mosaic or part of a 4D multi-frame object: no "
+            "parametric map can be aligned to their frames"
+        )
     cam = np.asarray(cam, dtype=np.float32)
     cam = cam[..., None] if cam.ndim == 2 else cam
     if cam.ndim != 3 or cam.shape[2] != len(slices):
@@ -59,15 +66,12 @@ def aligned_frames(
             f"a heatmap of {planes.shape[2]} x {planes.shape[1]} pixels does not fit images "
             f"of {first.Columns} x {first.Rows}"
         )
-    files = {s.path for s in slices}
-    if len(files) == len(slices):
+    if one_per_file:
         return [headers[s.path] for s in slices], planes
-    if len(files) == 1 and is_multiframe(first) and frame_count(first) == len(slices):
-        frames = np.empty_like(planes)
-        for k, source in enumerate(slices):
-            frames[source.frame] = planes[k]
-        return [first], frames
-    raise ValueError("the slices are tiles of a mosaic or part of a 4D multi-frame object")
+    frames = np.empty_like(planes)
+    for k, source in enumerate(slices):
+        frames[source.frame] = planes[k]
+    return [first], frames
 
 
 def parametric_map(

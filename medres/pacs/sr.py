@@ -4,15 +4,15 @@ The report holds one measurement group (TID 1501) whose items are coded in the p
 scheme :data:`CODING_SCHEME`:
 
 - ``Predicted class``: the class shown, a code whose meaning is the class name;
-- ``Calibrated probability``: its calibrated probability, a numeric measurement in UCUM
-  ``1`` (no units), in [0, 1];
-- ``Conformal set member``: one item per class of the conformal prediction set;
-- ``Out of distribution`` and ``Referral recommended``: SNOMED CT Yes / No;
+- ``Calibrated probability of the predicted class``: a numeric measurement in UCUM ``1``
+  (no units), in [0, 1];
+- ``Conformal prediction set member``: one item per class of the conformal set;
+- ``Out of distribution`` and ``Referral to a clinician recommended``: SNOMED CT Yes / No;
 
 with the algorithm (TID 4019: name ``medres``, its version, the bundle id and checksum as
-parameters) and the source images. A report-level ``Qualitative Evaluations`` container
-(TID 1500 rows 12-14) holds the free text: the reason for referral and the notice that
-the result is not for diagnostic use unless validated locally. The device observer
+parameters) and the source images. TID 1500's report-level ``Qualitative Evaluations``
+container (UMLS C0034375) holds the free text: the reason for referral and the notice
+that the result is not for diagnostic use unless validated locally. The device observer
 (TID 1004) is the bundle: its UID comes from the bundle id and checksum, so every
 retrained bundle is another device.
 """
