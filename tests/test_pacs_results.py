@@ -31,7 +31,12 @@ from medres.io.geometry import LPS_TO_RAS
 from medres.pacs.results import NO_HEATMAP, NOT_DICOM, write_results
 from medres.predict import PredictOptions, predict_folder
 from tests.conftest import DICOM2NIFTI, EXAMPLE, shared_file
-from tests.pacs_data import cr_study, dicom_cr_bundle  # noqa: F401  (a fixture)
+from tests.pacs_data import (  # noqa: F401  (dicom_cr_bundle: a fixture)
+    cr_cohort_folder,
+    cr_study,
+    dicom_cr_bundle,
+    train_quick,
+)
 
 PATIENT_NAME = "Doe^Jane"  # must never reach a log
 SERIES_REVERSED = DICOM2NIFTI / "generic" / "anatomical" / "001"  # files named against slice order
@@ -179,6 +184,17 @@ def test_rerun_keeps_uids_another_bundle_changes_them(cr_run, dicom_cr_bundle, t
         for folder in (outdir / "dicom", other / "dicom")
     ]
     assert len(devices[0]) == len(devices[1]) == 1 and devices[0] != devices[1]
+
+
+def test_regression_bundle_is_refused(cr_run, tmp_path):
+    outdir, _, _ = cr_run
+    folder = cr_cohort_folder(tmp_path / "cr", sizes=(16, 8, 0))
+    labels = pd.read_csv(folder / "labels.csv")
+    labels["label"] = [0.1 + (i % 5) / 5 for i in range(len(labels))]  # a continuous target
+    labels.to_csv(folder / "labels.csv", index=False)
+    bundle = train_quick(folder, tmp_path / "bundle")
+    with pytest.raises(ConfigError, match="regression bundle"):
+        write_results(outdir, bundle)
 
 
 @pytest.fixture(scope="module")
