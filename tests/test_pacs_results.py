@@ -1,8 +1,9 @@
 """`medres.pacs.results.write_results`: a predict OUTDIR's results as DICOM objects (TID 1500
 SR, parametric map, secondary capture), checked with dciodvfy and read back with highdicom.
 
-Real data: chest X-ray CR studies predicted by a bundle trained on CR (tests/pacs_data.py),
-and real MR series from ../shared/data/dicom/dicom2nifti with a heatmap placed on them.
+Real data: chest X-ray CR studies predicted by a bundle trained on CR (tests/pacs_data.py);
+real MR series from ../shared/data/dicom/dicom2nifti and pydicom's enhanced CT, with a
+heatmap placed on each as read.
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ from medres.io.geometry import LPS_TO_RAS
 from medres.pacs.results import NO_HEATMAP, NOT_DICOM, write_results
 from medres.predict import PredictOptions, predict_folder
 from tests.conftest import DICOM2NIFTI, EXAMPLE, shared_file
-from tests.pacs_data import (  # noqa: F401  (dicom_cr_bundle: a fixture)
+from tests.pacs_data import (  # noqa: F401 (dicom_cr_bundle: a fixture)
     cr_cohort_folder,
     cr_study,
     dicom_cr_bundle,
     train_quick,
 )
 
-PATIENT_NAME = "Doe^Jane"  # must never reach a log
+PATIENT_NAME = "JANE DOE"  # one component, as old systems write: highdicom warns quoting it
 SERIES_REVERSED = DICOM2NIFTI / "generic" / "anatomical" / "001"  # files named against slice order
 SINGLE_SLICE = DICOM2NIFTI / "ge" / "anatomical" / "001_single_slice"
 PLAIN_SERIES = DICOM2NIFTI / "ge" / "anatomical" / "001"
@@ -79,7 +80,7 @@ def sop_uids(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cr_run(dicom_cr_bundle, tmp_path_factory):  # noqa: F811
     """``medres predict --explain`` over a CR study of two images and one PNG, then
-    :func:`write_results`: ``(outdir, summary, sources)``."""
+    :func:`write_results`: ``(outdir, summary, sources, bundle)``."""
     tmp = tmp_path_factory.mktemp("cr_run")
     pngs = sorted((EXAMPLE / "test").glob("*.png"))[-3:]
     sources = cr_study(
@@ -89,11 +90,12 @@ def cr_run(dicom_cr_bundle, tmp_path_factory):  # noqa: F811
     predict_folder(
         dicom_cr_bundle, tmp / "scans", tmp / "out", PredictOptions(explain=True, workers=0)
     )
-    return tmp / "out", write_results(tmp / "out", dicom_cr_bundle), sources
+    summary = write_results(tmp / "out", dicom_cr_bundle)
+    return tmp / "out", summary, sources, dicom_cr_bundle
 
 
 def test_cr_results_are_valid_dicom_in_the_source_study(cr_run):
-    outdir, summary, sources = cr_run
+    outdir, summary, sources, _ = cr_run
     table = pd.read_parquet(outdir / "predictions.parquet")
     dicom_rows = table[table["modality"] == "CR"]
     assert len(dicom_rows) == 2
@@ -102,12 +104,12 @@ def test_cr_results_are_valid_dicom_in_the_source_study(cr_run):
     assert sum(n for reason, n in summary.skipped.items() if "frame of reference" in reason) == 2
     assert sorted(p.name for p in summary.written) == ["secondary_capture.dcm"] * 2 + ["sr.dcm"] * 2
     source_uids = {str(pydicom.dcmread(p).SOPInstanceUID) for p in sources}
+    source = pydicom.dcmread(sources[0], stop_before_pixels=True)
     referenced = set()
     for path in summary.written:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         print(path.name, dciodvfy(path))
         ds = pydicom.dcmread(path)
-        source = pydicom.dcmread(sources[0], stop_before_pixels=True)
         assert ds.StudyInstanceUID == source.StudyInstanceUID
         assert (ds.PatientID, str(ds.PatientName)) == ("PACS1", PATIENT_NAME)
         assert "not for diagnostic use unless validated locally" in ds.SeriesDescription
@@ -119,7 +121,7 @@ def test_cr_results_are_valid_dicom_in_the_source_study(cr_run):
 
 
 def test_sr_reads_back_the_prediction(cr_run):
-    outdir, summary, _ = cr_run
+    outdir, summary, _, _ = cr_run
     table = pd.read_parquet(outdir / "predictions.parquet").set_index("heatmap_map")
     for path in (p for p in summary.written if p.name == "sr.dcm"):
         row = table.loc[f"explain/{path.parent.name}.npy"]
@@ -149,16 +151,17 @@ def test_sr_reads_back_the_prediction(cr_run):
         assert len(group.source_images) == 1
 
 
-def test_rerun_keeps_uids_another_bundle_changes_them(cr_run, dicom_cr_bundle, tmp_path, caplog):  # noqa: F811
-    outdir, _, _ = cr_run
+def test_rerun_keeps_uids_another_bundle_changes_them(cr_run, tmp_path, caplog, recwarn):
+    outdir, _, _, bundle = cr_run
     first = sop_uids(outdir / "dicom")
     with caplog.at_level(logging.DEBUG):
-        write_results(outdir, dicom_cr_bundle)
+        write_results(outdir, bundle)
     assert sop_uids(outdir / "dicom") == first
-    assert "PACS1" not in caplog.text and "Doe" not in caplog.text
+    said = caplog.text + "".join(str(w.message) for w in recwarn)
+    assert "PACS1" not in said and "JANE" not in said
 
     retrained = tmp_path / "retrained"  # the same weights under a new id, as a retrain gives
-    shutil.copytree(dicom_cr_bundle, retrained)
+    shutil.copytree(bundle, retrained)
     metrics = json.loads((retrained / "metrics.json").read_text())
     update_bundle(retrained, files=[], metrics=metrics, fields={"id": uuid.uuid4().hex})
     with pytest.raises(ConfigError, match="pass the bundle that predicted it"):
@@ -187,7 +190,7 @@ def test_rerun_keeps_uids_another_bundle_changes_them(cr_run, dicom_cr_bundle, t
 
 
 def test_regression_bundle_is_refused(cr_run, tmp_path):
-    outdir, _, _ = cr_run
+    outdir = cr_run[0]
     folder = cr_cohort_folder(tmp_path / "cr", sizes=(16, 8, 0))
     labels = pd.read_csv(folder / "labels.csv")
     labels["label"] = [0.1 + (i % 5) / 5 for i in range(len(labels))]  # a continuous target
