@@ -204,10 +204,13 @@ def orthanc_config(
         "DicomAet": aet,
         "DicomCheckCalledAet": True,
         "DicomModalities": {"medres": [medres_aet, "127.0.0.1", medres_port]},
-        # Any calling AET may echo and store (storescu's default is STORESCU); find, get
-        # and move only from the modalities above.
+        # Any calling AET may echo, store (storescu's default is STORESCU), find and move, as
+        # many PACS allow: a C-MOVE then fails only on its destination, which must be a
+        # modality above (the "register medres's AE title" fault); get only from those.
         "DicomAlwaysAllowEcho": True,
         "DicomAlwaysAllowStore": True,
+        "DicomAlwaysAllowFind": True,
+        "DicomAlwaysAllowMove": True,
         "Plugins": [str(DICOMWEB_PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         "StableAge": 2,  # seconds without a new instance before a study is "stable"
