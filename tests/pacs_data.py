@@ -8,6 +8,8 @@ wrapping (patient, study, series, instance attributes) is made up, one patient p
 from __future__ import annotations
 
 import csv
+import shutil
+import subprocess
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -173,3 +175,14 @@ def dicom_cr_bundle(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("dicom_cr_bundle")
     folder = cr_cohort_folder(tmp / "cr")
     return train_quick(folder, tmp / "bundle", "--set", "positive_class=pneumonia")
+
+
+def dciodvfy(path: Path) -> list[str]:
+    """dciodvfy's lines about ``path``; the test fails showing them all on any Error."""
+    if not shutil.which("dciodvfy"):
+        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error")]
+    assert not errors, f"dciodvfy {path}:\n" + "\n".join(lines)
+    return lines

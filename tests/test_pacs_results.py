@@ -12,7 +12,6 @@ import json
 import logging
 import shutil
 import stat
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from tests.conftest import DICOM2NIFTI, EXAMPLE, shared_file
 from tests.pacs_data import (  # noqa: F401 (dicom_cr_bundle: a fixture)
     cr_cohort_folder,
     cr_study,
+    dciodvfy,
     dicom_cr_bundle,
     train_quick,
 )
@@ -46,17 +46,6 @@ PLAIN_SERIES = DICOM2NIFTI / "ge" / "anatomical" / "001"
 ENHANCED_CT = "eCT_Supplemental.dcm"  # pydicom's: 2 frames, stored against the slice order
 HOT_SLICE = {"series": 1, "enhanced": 0}
 HOT_PIXEL = (10, 200)  # (x = column, y = row)
-
-
-def dciodvfy(path: Path) -> list[str]:
-    """dciodvfy's lines about ``path``; the test fails showing them all on any Error."""
-    if not shutil.which("dciodvfy"):
-        pytest.skip("dciodvfy (dicom3tools) is not installed")
-    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
-    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("Error")]
-    assert not errors, f"dciodvfy {path}:\n" + "\n".join(lines)
-    return lines
 
 
 def text_values(item) -> list[str]:

@@ -22,6 +22,7 @@ from medres.cli import (  # noqa: F401
     train,
     evaluate,
     predict,
+    pacs,
     label_issues,
     review,
     retrain,

@@ -52,7 +52,7 @@ from medres.pacs.heatmap import (
     secondary_capture,
 )
 from medres.pacs.sr import Finding, Producer, structured_report
-from medres.predict.predictor import _safe_stem
+from medres.predict.predictor import safe_stem
 
 RESULTS_FOLDER = "dicom"
 SERIES_NUMBERS = {"sr": 9901, "parametric_map": 9902, "secondary_capture": 9903}
@@ -165,7 +165,7 @@ def _write_row(
         summary.skipped[NOT_DICOM] += 1
         return
     heatmap_map, overlay = _text(row.get("heatmap_map")), _text(row.get("heatmap"))
-    stem = _stem(heatmap_map) if heatmap_map else _safe_stem(row["scan_id"], row["input_hash"])
+    stem = _stem(heatmap_map) if heatmap_map else safe_stem(row["scan_id"], row["input_hash"])
     folder = outdir / RESULTS_FOLDER / stem
     finding = Finding(
         predicted_class=str(row["predicted_class"]),

@@ -146,7 +146,7 @@ class Predictor:
         folder = self.out / "explain"
         for row, item, cam in zip(rows, items, cams, strict=True):
             on_scan = map_to_scan(cam, item.image, self.transform)
-            stem = _safe_stem(row["scan_id"], item.input_hash)
+            stem = safe_stem(row["scan_id"], item.input_hash)
             paths = write_explanation(item.volume, on_scan, folder, stem)
             row["heatmap"] = str(Path(paths["png"]).relative_to(self.out))
             row["heatmap_map"] = str(Path(paths.get("nifti") or paths["npy"]).relative_to(self.out))
@@ -197,7 +197,7 @@ def _scan_fields(scan: ScanSource, item: Item) -> dict[str, Any]:
     }
 
 
-def _safe_stem(scan_id: str, digest: str) -> str:
+def safe_stem(scan_id: str, digest: str) -> str:
     """A file name for a scan's outputs: its id with unsafe characters replaced, plus
     8 hex digits of its content hash (two ids may map to the same safe text)."""
     name = re.sub(r"\.(nii\.gz|nii|dcm|png|jpe?g)$", "", scan_id, flags=re.IGNORECASE)

@@ -1,0 +1,107 @@
+"""The hospital loop through the command line, against a real Orthanc (tests/pacs_servers.py):
+`medres pacs pull` → `medres predict --explain` → `medres pacs push --bundle`; Orthanc then
+holds the results in the source study, the SR reads back as predictions.parquet says, a
+rerun adds no instance, and nothing names the patient or the password in the output."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import pandas as pd
+import pydicom
+import pytest
+from typer.testing import CliRunner
+
+from medres.cli import app
+from tests.conftest import EXAMPLE
+from tests.pacs_data import cr_study, dciodvfy, dicom_cr_bundle  # noqa: F401 (a fixture)
+
+PATIENT_ID, PATIENT_NAME = "RT-0042", "ROUNDTRIP^ALICE"
+
+
+def _run(*args, env=None):
+    result = CliRunner().invoke(app, [str(a) for a in args], env=env)
+    return result.exit_code, " ".join(result.output.split())  # rich wraps long lines
+
+
+@pytest.fixture(scope="module")
+def study(orthanc, tmp_path_factory):
+    """A 4-image CR chest study and a corrupt 5th instance (JPEG bytes that do not decode)
+    in Orthanc: ``(study_uid, sop uids of the images)``."""
+    tmp = tmp_path_factory.mktemp("rt_study")
+    pngs = sorted((EXAMPLE / "test").glob("*.png"))[:5]
+    files = cr_study(tmp, pngs, patient_id=PATIENT_ID, patient_name=PATIENT_NAME)
+    corrupt = pydicom.dcmread(files[-1])
+    corrupt.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    corrupt.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8\xff\xe0 not a JPEG" * 4])
+    corrupt.save_as(files[-1], enforce_file_format=True)
+    for f in files:
+        orthanc.upload(f)
+    uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+    return str(corrupt.StudyInstanceUID), uids
+
+
+def test_pull_predict_push_round_trip(orthanc, study, dicom_cr_bundle, tmp_path):  # noqa: F811
+    study_uid, sources = study
+    secrets = {"MEDRES_PACS_USER": orthanc.user, "MEDRES_PACS_PASSWORD": orthanc.password}
+    dimse = f"dicom://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"
+    scans, out = tmp_path / "scans", tmp_path / "out"
+
+    code, said = _run("pacs", "echo", orthanc.http_url, env=secrets)
+    assert code == 0 and "answers (QIDO-RS with credentials)" in said, said
+    code, pulled = _run(
+        "pacs", "pull", orthanc.http_url, "--study", study_uid, "-o", scans, env=secrets
+    )
+    assert code == 0, pulled
+    assert "5 image(s) fetched" in pulled, pulled
+    code, predicted = _run("predict", dicom_cr_bundle, scans, "-o", out, "--explain")
+    assert code == 0, predicted
+    table = pd.read_parquet(out / "predictions.parquet")
+    failures = pd.read_csv(out / "failures.csv")
+    assert len(table) == 4 and len(failures) == 1  # the corrupt instance: a failure row
+    assert sources[-1] in failures["path"].iloc[0]
+
+    code, pushed = _run("pacs", "push", out, dimse, "--bundle", dicom_cr_bundle)
+    assert code == 0, pushed
+    held = orthanc.study_instances(study_uid)
+    by_series = {}
+    for instance in held:
+        series = orthanc.get(f"/series/{instance['ParentSeries']}").json()["MainDicomTags"]
+        by_series.setdefault(series.get("SeriesDescription", ""), set()).add(instance["ID"])
+    results = {d: ids for d, ids in by_series.items() if d.lower().startswith("medres")}
+    assert len(held) == 5 + 2 * 4, by_series  # per predicted image: an SR and a capture
+    assert all("not for diagnostic use" in d.lower() for d in results), results
+    assert len(results) == 2, results  # one SR series, one secondary-capture series
+
+    rows = table.set_index(table["path"].map(lambda p: p.rsplit("/", 1)[-1].removesuffix(".dcm")))
+    srs = [i for i in held if i["ID"] in by_series[_sr_series(by_series)]]
+    assert len(srs) == 4
+    for instance in srs:  # each SR as Orthanc gives it back, read with highdicom
+        path = tmp_path / f"{instance['ID']}.dcm"
+        path.write_bytes(orthanc.get(f"/instances/{instance['ID']}/file").content)
+        dciodvfy(path)
+        (group,) = hd.sr.srread(path).content.get_image_measurement_groups()
+        row = rows.loc[group.source_images[0].referenced_sop_instance_uid]
+        evaluations = {q.name.meaning: q.value.meaning for q in group.get_qualitative_evaluations()}
+        assert evaluations["Predicted class"] == row["predicted_class"]
+        (probability,) = group.get_measurements()
+        assert probability.value == pytest.approx(row["confidence"])
+
+    code, again = _run("pacs", "push", out, dimse, "--bundle", dicom_cr_bundle, "--again")
+    assert code == 0, again
+    assert len(orthanc.study_instances(study_uid)) == len(held)  # replaced, not added
+    code, repulled = _run("pacs", "pull", dimse, "--study", study_uid, "-o", scans)
+    assert code == 0 and "0 image(s) fetched, 5 already there" in repulled, repulled
+    assert "medres result" in repulled  # our own objects are counted, not pulled back
+
+    shown = pulled + predicted + pushed + again + repulled
+    for secret in (PATIENT_ID, PATIENT_NAME, "ROUNDTRIP", orthanc.password):
+        assert secret not in shown
+    record = (out / "pacs.json").read_text()
+    assert orthanc.password not in record and PATIENT_ID not in record
+
+
+def _sr_series(by_series: dict[str, set[str]]) -> str:
+    (description,) = [
+        d for d in by_series if d.lower().startswith("medres") and "report" in d.lower()
+    ]
+    return description
