@@ -5,6 +5,12 @@ rerun adds no instance, and nothing names the patient or the password in the out
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
+import time
+
 import highdicom as hd
 import pandas as pd
 import pydicom
@@ -12,8 +18,9 @@ import pytest
 from typer.testing import CliRunner
 
 from medres.cli import app
-from tests.conftest import EXAMPLE
+from tests.conftest import EXAMPLE, PROJECT
 from tests.pacs_data import cr_study, dciodvfy, dicom_cr_bundle  # noqa: F401 (a fixture)
+from tests.pacs_servers import free_port, storescu
 
 PATIENT_ID, PATIENT_NAME = "RT-0042", "ROUNDTRIP^ALICE"
 
@@ -105,3 +112,69 @@ def _sr_series(by_series: dict[str, set[str]]) -> str:
         d for d in by_series if d.lower().startswith("medres") and "report" in d.lower()
     ]
     return description
+
+
+def _listener(bundle, out, port, stable_s, push, log):
+    """`medres pacs listen` in a child process (it shares this private network namespace)."""
+    command = [sys.executable, "-m", "medres", "pacs", "listen", bundle, "-o", out]
+    command += ["--host", "127.0.0.1", "--port", port, "--stable-seconds", stable_s]
+    command += ["--max-studies", 1, "--push", push]
+    return subprocess.Popen(
+        [str(c) for c in command], stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT
+    )
+
+
+def test_listener_killed_then_restarted_sends_its_results_once(
+    orthanc,
+    dicom_cr_bundle,  # noqa: F811
+    tmp_path,
+):
+    pngs = sorted((EXAMPLE / "test").glob("*.png"))[10:13]
+    sent = cr_study(tmp_path / "study", pngs, patient_id="LS-7", patient_name="LISTEN^BOB")
+    study_uid = str(pydicom.dcmread(sent[0], stop_before_pixels=True).StudyInstanceUID)
+    out, port = tmp_path / "out", free_port()
+    dimse = f"dicom://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"
+    with open(tmp_path / "first.log", "wb") as log:
+        first = _listener(dicom_cr_bundle, out, port, 600, dimse, log)  # would wait 10 min
+        try:
+            _wait(lambda: _listening(port) or first.poll() is not None, "the listener listens")
+            stored = storescu(port, "MEDRES", sent)
+            assert stored.returncode == 0, stored.stderr
+        finally:
+            first.send_signal(signal.SIGKILL)  # accepted, not predicted
+            first.wait(60)
+    assert orthanc.study_instances(study_uid) == []
+    with open(tmp_path / "second.log", "wb") as log:
+        started = time.monotonic()
+        second = _listener(dicom_cr_bundle, out, port, 2, dimse, log)
+        try:
+            assert second.wait(120) == 0, (tmp_path / "second.log").read_text()
+        finally:
+            if second.poll() is None:
+                second.kill()
+        took = time.monotonic() - started
+    held = orthanc.study_instances(study_uid)
+    assert len(held) == 2 * len(sent), held  # an SR and an overlay per image, once
+    rows = pd.read_parquet(next(out.rglob("predictions.parquet")))
+    assert len(rows) == len(sent) and rows["scan_id"].is_unique
+    logs = (tmp_path / "first.log").read_text() + (tmp_path / "second.log").read_text()
+    for secret in ("LS-7", "LISTEN", study_uid):
+        assert secret not in logs, logs
+    print(f"restarted listener: study predicted and pushed {took:.1f} s after its start")
+
+
+def _wait(condition, what, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout:g} s: {what}")
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
