@@ -28,7 +28,10 @@ from medres.errors import ConfigError
 from medres.explain import write_explanation
 from medres.io import discover, read_scan
 from medres.io.geometry import LPS_TO_RAS
+from medres.pacs.peer import Peer
+from medres.pacs.push import push
 from medres.pacs.results import NO_HEATMAP, NOT_DICOM, write_results
+from medres.pacs.url import Credentials, parse_url
 from medres.predict import PredictOptions, predict_folder
 from tests.conftest import DICOM2NIFTI, EXAMPLE, shared_file
 from tests.pacs_data import (  # noqa: F401 (dicom_cr_bundle: a fixture)
@@ -319,3 +322,23 @@ def test_enhanced_frames_and_2d_images_are_aligned(mr_run):
     single = pydicom.dcmread(outdir / "dicom" / "single" / "parametric_map.dcm").pixel_array
     x, y = HOT_PIXEL
     assert np.argwhere(single.reshape(256, 256) == 1.0).tolist() == [[y, x]]
+
+
+def test_parametric_maps_land_in_orthanc_beside_their_source(mr_run, orthanc):
+    """STOW-RS into a real Orthanc holding the source scans: each parametric map, overlay
+    and SR joins its source's study; sending again adds no instance."""
+    outdir, summary, scans = mr_run
+    for source in sorted(p for p in scans.rglob("*") if p.is_file()):
+        orthanc.upload(source)
+    peer = Peer(parse_url(orthanc.http_url), credentials=Credentials(*orthanc.auth))
+    push(outdir, peer)
+    maps = [p for p in summary.written if p.name == "parametric_map.dcm"]
+    assert len(maps) == 3  # the series, the one-slice MR, the enhanced CT
+    studies = set()
+    for path in summary.written:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert ds.SOPInstanceUID in orthanc.sop_uids(ds.StudyInstanceUID), path
+        studies.add(ds.StudyInstanceUID)
+    held = sum(len(orthanc.study_instances(s)) for s in studies)
+    push(outdir, peer, again=True)
+    assert sum(len(orthanc.study_instances(s)) for s in studies) == held
