@@ -190,8 +190,10 @@ def orthanc_config(
     password: str = "medres-test-password",
     aet: str = "ORTHANC",
     medres_aet: str = "MEDRES",
+    explorer: bool = False,
 ) -> dict:
-    """The configuration the tests give Orthanc 1.10 (see the module docstring)."""
+    """The configuration the tests give Orthanc 1.10 (see the module docstring);
+    ``explorer``: serve Orthanc Explorer (/app/explorer.html), off for the tests."""
     return {
         "Name": "medres-test",
         "StorageDirectory": str(folder / "storage"),
@@ -215,7 +217,7 @@ def orthanc_config(
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         "StableAge": 2,  # seconds without a new instance before a study is "stable"
         "SaveJobs": False,
-        "OrthancExplorerEnabled": False,
+        "OrthancExplorerEnabled": explorer,
         "WebDavEnabled": False,
         "DicomScuTimeout": 10,
         "DicomScpTimeout": 10,
@@ -229,10 +231,12 @@ def orthanc_config(
 
 
 @contextlib.contextmanager
-def run_orthanc(folder: Path, *, start_s: float = ORTHANC_START_S) -> Iterator[Orthanc]:
+def run_orthanc(
+    folder: Path, *, start_s: float = ORTHANC_START_S, explorer: bool = False
+) -> Iterator[Orthanc]:
     """Start Orthanc with a fresh configuration and storage under ``folder`` (call it inside
     :func:`private_network`); yield it once /system answers; stop it on exit (terminate,
-    wait up to :data:`ORTHANC_STOP_S` seconds, kill)."""
+    wait up to :data:`ORTHANC_STOP_S` seconds, kill). ``explorer``: see :func:`orthanc_config`."""
     if not ORTHANC.exists() or not DICOMWEB_PLUGIN.exists():
         pytest.skip(f"Orthanc or its DICOMweb plugin not installed ({ORTHANC}, {DICOMWEB_PLUGIN})")
     folder.mkdir(parents=True, exist_ok=True)
@@ -240,7 +244,11 @@ def run_orthanc(folder: Path, *, start_s: float = ORTHANC_START_S) -> Iterator[O
     while len({http_port, dicom_port, medres_port}) < 3:  # bounded in practice: 3 of ~28000
         dicom_port, medres_port = free_port(), free_port()
     config = orthanc_config(
-        folder, http_port=http_port, dicom_port=dicom_port, medres_port=medres_port
+        folder,
+        http_port=http_port,
+        dicom_port=dicom_port,
+        medres_port=medres_port,
+        explorer=explorer,
     )
     config_path = folder / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))
