@@ -51,6 +51,7 @@ from pynetdicom.sop_class import Verification
 from medres.bundle import load_bundle
 from medres.errors import ConfigError, PacsError
 from medres.files import atomic_write, write_json
+from medres.pacs.query import check_uid, is_uid
 from medres.predict import PredictOptions, predict_folder
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,6 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # could not store the instance (disk full, permissions ...)
 CANNOT_UNDERSTAND = 0xC000  # the dataset lacks usable Study/Series/SOP Instance UIDs
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _ANY_UID = re.compile(r"\b[0-9]+(?:\.[0-9]+){3,}\b")
 _UID_TAGS = [(0x0020, 0x000D), (0x0020, 0x000E), (0x0008, 0x0018)]  # study, series, SOP
 
@@ -77,14 +77,6 @@ Push = Callable[[Path], object]
 def study_tag(study_uid: str) -> str:
     """A short stable name of a study for log lines: 10 hex digits of the SHA-256 of its UID."""
     return hashlib.sha256(study_uid.encode()).hexdigest()[:10]
-
-
-def safe_uid(uid: str, what: str) -> str:
-    """``uid`` if it can be a file or folder name: digits and dots, 1 to 64 characters
-    (so never ``.``, ``..``, a slash or a hidden name); else PacsError."""
-    if not (0 < len(uid) <= 64 and _UID.match(uid)):
-        raise PacsError(f"{what} is not a DICOM UID (digits and dots, at most 64 characters)")
-    return uid
 
 
 def scrub(text: str) -> str:
@@ -243,9 +235,9 @@ def _uids(data: bytes) -> tuple[str, str, str]:
     """Study, series and SOP Instance UIDs of an encoded file, each safe as a path part."""
     ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=_UID_TAGS)
     return (
-        safe_uid(str(ds.get("StudyInstanceUID", "")), "the StudyInstanceUID"),
-        safe_uid(str(ds.get("SeriesInstanceUID", "")), "the SeriesInstanceUID"),
-        safe_uid(str(ds.get("SOPInstanceUID", "")), "the SOPInstanceUID"),
+        check_uid(str(ds.get("StudyInstanceUID", "")), "the StudyInstanceUID"),
+        check_uid(str(ds.get("SeriesInstanceUID", "")), "the SeriesInstanceUID"),
+        check_uid(str(ds.get("SOPInstanceUID", "")), "the SOPInstanceUID"),
     )
 
 
@@ -281,7 +273,7 @@ def _recover(state: _State) -> None:
     if not incoming.is_dir():
         return
     for folder in sorted(incoming.iterdir()):
-        if not folder.is_dir() or not _UID.match(folder.name):
+        if not folder.is_dir() or not is_uid(folder.name):
             continue
         newest = 0.0
         for path in folder.rglob("*"):

@@ -72,8 +72,15 @@ class Instance:
         return name.removesuffix(" Storage")
 
 
+def is_uid(text: str) -> bool:
+    """Digits and dots, 1 to 64 characters: a UID that can be a file or folder name (never
+    ``.``, ``..``, a slash or a hidden name)."""
+    return 0 < len(text) <= 64 and bool(_UID.match(text))
+
+
 def check_uid(uid: str, what: str) -> str:
-    """A UID used as a file or folder name: digits and dots, at most 64 characters."""
-    if not (0 < len(uid) <= 64 and _UID.match(uid)):
-        raise PacsError(f"{what} {uid!r} is not a DICOM UID (digits and dots, at most 64)")
+    """``uid`` if :func:`is_uid`; else a PacsError (which does not quote it: a received
+    value can be anything, and log lines must not carry identifiers)."""
+    if not is_uid(uid):
+        raise PacsError(f"{what} is not a DICOM UID (digits and dots, at most 64 characters)")
     return uid

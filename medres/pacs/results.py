@@ -285,6 +285,11 @@ def _load_map(path: Path) -> np.ndarray:
 
 
 def _save(dataset: Dataset, path: Path) -> Path:
+    """Write ``dataset`` atomically, mode 0600; its series dated by its content (when it was
+    written), so that viewers list the result series by date, not under "unknown"."""
+    for series, content in (("SeriesDate", "ContentDate"), ("SeriesTime", "ContentTime")):
+        if series not in dataset and content in dataset:
+            setattr(dataset, series, dataset[content].value)
     return atomic_write(path, lambda tmp: dataset.save_as(tmp), private=True)
 
 
