@@ -180,6 +180,7 @@ def test_listen_stores_durably_predicts_pushes_and_reopens(
 
 
 def test_refusals_answer_failure_statuses(bundle, pacs_network, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="medres.pacs.listen")
     (good,) = _study(tmp_path / "a", 1)
     (bad,) = _study(tmp_path / "b", 1, patient="P2")
     ds = pydicom.dcmread(bad)
@@ -189,8 +190,14 @@ def test_refusals_answer_failure_statuses(bundle, pacs_network, tmp_path, monkey
     def full_disk(path, data):
         raise OSError(28, "No space left on device")
 
+    (ours,) = _study(tmp_path / "c", 1, patient="P3")  # as if one of medres's own results
+    result = pydicom.dcmread(ours)
+    result.SeriesDescription = "medres overlay: not for diagnostic use unless validated locally"
+    result.save_as(ours, enforce_file_format=True)
+
     listener = _Listener(bundle, tmp_path / "out", max_studies=1)
     try:
+        assert _send(listener.port, [ours]) == [0x0000]  # acknowledged, dropped
         assert _send(listener.port, [bad]) == [0xC000]
         monkeypatch.setattr(listen_module, "write_durably", full_disk)
         assert _send(listener.port, [good]) == [0xA700]
@@ -199,6 +206,7 @@ def test_refusals_answer_failure_statuses(bundle, pacs_network, tmp_path, monkey
         listener.close()
     assert "No space left on device" in caplog.text and "0xA700" in caplog.text
     assert "nothing to predict" in caplog.text and listener.pushed == []
+    assert "a medres result received, not stored" in caplog.text
     assert not list((tmp_path / "out").rglob("*.dcm"))
     assert not (tmp_path / "out" / RESULTS).exists()
 

@@ -10,10 +10,11 @@ import pytest
 from pydicom.uid import generate_uid
 
 from medres.errors import PacsError
+from medres.pacs.dicomweb import search_all
 from medres.pacs.peer import Peer
 from medres.pacs.pull import pull
 from medres.pacs.push import push
-from medres.pacs.query import StudyQuery
+from medres.pacs.query import StudyQuery, is_uid
 from medres.pacs.url import Credentials, load_credentials, parse_url
 from tests.conftest import PYDICOM_FILES, SHARED_DATA, needs
 from tests.pacs_servers import free_port
@@ -43,6 +44,11 @@ def test_urls_name_the_protocol_and_refuse_credentials():
         parse_url("dicom://" + "A" * 17 + "@pacs:104")
     with pytest.raises(PacsError, match="not a PACS URL"):
         parse_url("ftp://pacs/")
+    for leaky in ("http://u:s3cret@pacs:99999/x", "htp://u:s3cret@pacs/x", "dicom://A:s3cret@p"):
+        with pytest.raises(PacsError) as refused:
+            parse_url(leaky)
+        assert "s3cret" not in str(refused.value)
+    assert is_uid("1.2.840.10008") and not is_uid("1.2.3\n") and not is_uid("../1.2")
 
 
 def test_credentials_from_env_or_private_file_and_never_shown(tmp_path):
@@ -56,9 +62,25 @@ def test_credentials_from_env_or_private_file_and_never_shown(tmp_path):
     file.chmod(0o600)
     assert load_credentials(file, env={}).token == "tok-123"
     assert "tok-123" not in repr(load_credentials(file, env={}))
+    file.write_text('{"ca_file": "/nowhere/ca.pem"}')
+    with pytest.raises(PacsError, match=r"CA file /nowhere/ca.pem .* does not exist"):
+        load_credentials(file, env={})
     file.write_text('{"user": "u", "pasword": "typo"}')
     with pytest.raises(PacsError, match="pasword"):
         load_credentials(file, env={})
+
+
+def test_every_search_page_is_read_whether_or_not_offset_is_honoured():
+    matches = [{"0020000D": {"Value": [f"1.2.{i}"]}} for i in range(7)]
+
+    def paged(offset=0, **kwargs):  # a server answering 3 matches per request
+        return matches[offset : offset + 3]
+
+    def ignores_offset(offset=0, **kwargs):  # Orthanc's DICOMweb plugin 1.7
+        return matches[:3]
+
+    assert search_all(paged, "0020000D") == matches
+    assert search_all(ignores_offset, "0020000D") == matches[:3]
 
 
 # ---- against Orthanc ----

@@ -26,6 +26,7 @@ from pydicom.uid import generate_uid
 from medres.bundle import load_bundle, update_bundle
 from medres.errors import ConfigError
 from medres.explain import write_explanation
+from medres.files import sha256_file
 from medres.io import discover, read_scan
 from medres.io.geometry import LPS_TO_RAS
 from medres.pacs.peer import Peer
@@ -146,9 +147,12 @@ def test_sr_reads_back_the_prediction(cr_run):
 def test_rerun_keeps_uids_another_bundle_changes_them(cr_run, tmp_path, caplog, recwarn):
     outdir, _, _, bundle = cr_run
     first = sop_uids(outdir / "dicom")
+    files = sorted((outdir / "dicom").rglob("*.dcm"))
+    digests = [sha256_file(p) for p in files]
     with caplog.at_level(logging.DEBUG):
         write_results(outdir, bundle)
     assert sop_uids(outdir / "dicom") == first
+    assert [sha256_file(p) for p in files] == digests  # the same bytes: a push sends nothing
     said = caplog.text + "".join(str(w.message) for w in recwarn)
     assert "PACS1" not in said and "JANE" not in said
 

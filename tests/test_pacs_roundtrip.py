@@ -93,14 +93,16 @@ def test_pull_predict_push_round_trip(orthanc, study, dicom_cr_bundle, tmp_path)
         (probability,) = group.get_measurements()
         assert probability.value == pytest.approx(row["confidence"])
 
-    code, again = _run("pacs", "push", out, dimse, "--bundle", dicom_cr_bundle, "--again")
-    assert code == 0, again
+    code, again = _run("pacs", "push", out, dimse, "--bundle", dicom_cr_bundle)
+    assert code == 0 and "sent 0 object(s)" in again and "(8 already sent unchanged)" in again
+    code, forced = _run("pacs", "push", out, dimse, "--bundle", dicom_cr_bundle, "--again")
+    assert code == 0 and "sent 8 object(s)" in forced, forced
     assert len(orthanc.study_instances(study_uid)) == len(held)  # replaced, not added
     code, repulled = _run("pacs", "pull", dimse, "--study", study_uid, "-o", scans)
     assert code == 0 and "0 image(s) fetched, 5 already there" in repulled, repulled
     assert "medres result" in repulled  # our own objects are counted, not pulled back
 
-    shown = pulled + predicted + pushed + again + repulled
+    shown = pulled + predicted + pushed + again + forced + repulled
     for secret in (PATIENT_ID, PATIENT_NAME, "ROUNDTRIP", orthanc.password):
         assert secret not in shown
     record = (out / "pacs.json").read_text()

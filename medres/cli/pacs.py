@@ -203,6 +203,10 @@ def listen_command(
     max_studies: Annotated[
         int | None, typer.Option(help="Stop after this many studies (default: run until Ctrl-C).")
     ] = None,
+    allow_aet: Annotated[
+        list[str] | None,
+        typer.Option(help="Accept studies only from this calling AE title (repeatable)."),
+    ] = None,
     calling_aet: CallingAet = "MEDRES",
     credentials: CredentialsOption = None,
     device: DeviceOption = None,
@@ -214,7 +218,8 @@ def listen_command(
     instance; it is then predicted with the heatmaps (as `medres predict --explain`, into
     OUT/results/<study>) and, with --push, its SR, parametric map and secondary capture
     are sent. Restarted after a crash or a kill, it finishes the studies received but not
-    predicted. Logs name studies by a short hash, never patients.
+    predicted. Logs name studies by a short hash, never patients. Studies from any
+    calling AE title are accepted unless --allow-aet names those to accept.
 
     Example:
 
@@ -228,9 +233,13 @@ def listen_command(
         check_device(device)
         sender = _peer(push, calling_aet, credentials) if push else None
 
-        def send(results: Path) -> None:
-            _write_results(results, bundle)
-            push_results(results, sender)
+        def send(results: Path) -> None:  # quiet: the path names the study; the log does
+            from medres.pacs.results import write_results
+
+            if (results / "predictions.parquet").exists() and write_results(
+                results, bundle
+            ).written:
+                push_results(results, sender)
 
         _log_to_console()
         listen(
@@ -243,6 +252,7 @@ def listen_command(
             push=send if sender else None,
             predict_options=PredictOptions(explain=True, device=device or "auto"),
             max_studies=max_studies,
+            allowed_aets=allow_aet,
         )
 
 

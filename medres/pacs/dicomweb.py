@@ -15,12 +15,14 @@ import requests
 from dicomweb_client import DICOMwebClient
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from retrying import RetryError
 
 from medres.errors import PacsError
 from medres.pacs.query import Instance, StudyQuery
 from medres.pacs.url import ENV_PASSWORD, ENV_TOKEN, ENV_USER, Credentials, PacsUrl
 
 TIMEOUT = 30.0  # seconds for each HTTP request
+MAX_PAGES = 1000  # of QIDO-RS results: a bound on a server that keeps answering
 RETRIES = 3  # attempts of each request (dicomweb-client's back-off: 0.5 s, then 1 s)
 
 _STUDY, _SERIES, _SOP, _SOP_CLASS, _DESCRIPTION = (
@@ -64,12 +66,10 @@ def find_studies(url: PacsUrl, credentials: Credentials, query: StudyQuery) -> l
     filters = {k: v for k, v in filters.items() if v}
     web = client(url, credentials)
     found = []
-    # one request per UID, no get_remaining: Orthanc's DICOMweb plugin 1.7 ignores the offset
-    # that get_remaining pages with, so it would ask for the same page forever
     with _calls(url, "QIDO-RS search for studies"):
         for uid in query.study_uids or (None,):
             one = {**filters, "StudyInstanceUID": uid} if uid else filters
-            found += web.search_for_studies(search_filters=one)
+            found += search_all(web.search_for_studies, _STUDY, search_filters=one)
     return sorted({_value(d, _STUDY) for d in found} - {""})
 
 
@@ -78,10 +78,10 @@ def find_instances(url: PacsUrl, credentials: Credentials, study_uid: str) -> li
     web = client(url, credentials)
     instances = []
     with _calls(url, "QIDO-RS search for series and instances"):
-        series = web.search_for_series(study_uid, fields=[_DESCRIPTION])
+        series = search_all(web.search_for_series, _SERIES, study_uid, fields=[_DESCRIPTION])
         for s in sorted(series, key=lambda d: _value(d, _SERIES)):
             series_uid = _value(s, _SERIES)
-            found = web.search_for_instances(study_uid, series_uid)
+            found = search_all(web.search_for_instances, _SOP, study_uid, series_uid)
             instances += [
                 Instance(
                     study_uid,
@@ -146,6 +146,11 @@ def _calls(url: PacsUrl, what: str) -> Iterator[None]:
         ) from None
     except requests.exceptions.Timeout:
         raise PacsError(f"{url}: no answer to {what} within {TIMEOUT:.0f} s") from None
+    except RetryError:
+        raise PacsError(
+            f"{url}: {what}: the service stayed unavailable (HTTP 408/429/503/504) over "
+            f"{RETRIES} attempts; try again later"
+        ) from None
     except requests.exceptions.HTTPError as e:
         code = e.response.status_code if e.response is not None else 0
         if code in (401, 403):
@@ -159,6 +164,25 @@ def _calls(url: PacsUrl, what: str) -> Iterator[None]:
                 "http://host:8042/dicom-web) or the object is gone"
             ) from None
         raise PacsError(f"{url}: {what} failed with HTTP {code}") from None
+    except requests.exceptions.RequestException as e:
+        raise PacsError(f"{url}: {what} failed ({type(e).__name__}); try again") from None
+
+
+def search_all(search, key: str, *args, **kwargs) -> list[dict]:
+    """All matches of a QIDO-RS search, page by page (``offset``), until a page comes back
+    empty or repeats the previous one: a server may answer fewer matches than exist per
+    request (a page limit) or ignore ``offset`` (Orthanc's DICOMweb plugin 1.7), where
+    dicomweb-client's ``get_remaining`` would ask for the same page forever."""
+    found: list[dict] = []
+    seen: set[str] = set()
+    for _ in range(MAX_PAGES):
+        page = search(*args, offset=len(found), **kwargs) if found else search(*args, **kwargs)
+        new = [d for d in page if _value(d, key) not in seen]
+        if not new:
+            return found
+        found += new
+        seen.update(_value(d, key) for d in new)
+    raise PacsError(f"more than {MAX_PAGES} pages of search results; narrow the query")
 
 
 def _value(attributes: dict, tag: str) -> str:

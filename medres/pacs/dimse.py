@@ -16,7 +16,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -101,17 +101,17 @@ def get_instances(url: PacsUrl, calling_aet: str, instances: list[Instance], sto
     ae = _ae(calling_aet)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     roles = []
-    for context in StoragePresentationContexts[:127]:  # 128 contexts at most, Get included
-        ae.add_requested_context(context.abstract_syntax)
+    for context in StoragePresentationContexts:  # 120 + Get: within DICOM's 128 contexts
+        ae.add_requested_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         roles.append(build_role(context.abstract_syntax, scp_role=True))
     handlers = [(evt.EVT_C_STORE, _on_store(store))]
     with _association(url, calling_aet, [], ae=ae, ext_neg=roles, handlers=handlers) as assoc:
         for instance in instances:
-            _retrieve(
-                url,
-                "C-GET",
-                assoc.send_c_get(_image(instance), StudyRootQueryRetrieveInformationModelGet),
-            )
+            with _refused_context(url, "C-GET", "use --retrieve move"):
+                answers = assoc.send_c_get(
+                    _image(instance), StudyRootQueryRetrieveInformationModelGet
+                )
+                _retrieve(url, "C-GET", answers)
 
 
 def move_instances(
@@ -120,7 +120,8 @@ def move_instances(
     """C-MOVE each instance to medres's own storage SCP, started here on ``port``
     (all interfaces: the PACS connects back to it) for the time of the retrieve."""
     scp = _ae(calling_aet)
-    scp.supported_contexts = StoragePresentationContexts
+    for context in StoragePresentationContexts:
+        scp.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     handlers = [(evt.EVT_C_STORE, _on_store(store))]
     try:
         server = scp.start_server(("0.0.0.0", port), block=False, evt_handlers=handlers)
@@ -148,8 +149,20 @@ def store_files(url: PacsUrl, calling_aet: str, paths: list[Path]) -> None:
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     with _association(url, calling_aet, [], ae=ae) as assoc:
         for path, ds in zip(paths, datasets, strict=True):
-            status = assoc.send_c_store(ds)
+            with _refused_context(url, f"storing {ds.SOPClassUID.name}", "send by DICOMweb"):
+                status = assoc.send_c_store(ds)
             _check_status(url, f"C-STORE of {path.name}", status)
+
+
+@contextmanager
+def _refused_context(url: PacsUrl, what: str, instead: str) -> Iterator[None]:
+    """pynetdicom raises ValueError for a service the peer accepted no context for."""
+    try:
+        yield
+    except ValueError as e:
+        if "no presentation context" not in str(e).lower():
+            raise
+        raise PacsError(f"{url} does not accept {what} from medres: {instead}") from None
 
 
 def _ae(calling_aet: str) -> AE:
@@ -247,8 +260,8 @@ def _check_status(url: PacsUrl, what: str, status, move_destination: str | None 
             "(Orthanc: DicomModalities), and check the PACS's log"
         )
     code = int(status.Status)
-    if code in (0x0000, 0xFF00, 0xFF01, 0xB000) or code & 0xF000 == 0xF000:
-        return code
+    if code in (0x0000, 0x0001, 0xFF00, 0xFF01) or code & 0xF000 in (0xB000, 0xF000):
+        return code  # success, pending, cancel, or a warning (0x0001, 0xBxxx: done anyway)
     meaning = _STATUS.get(code) or _STATUS.get(code & 0xFF00, "failure")
     comment = status.get("ErrorComment")
     refused = f"{url} refused {what}: status 0x{code:04X} ({meaning})" + (

@@ -51,7 +51,8 @@ from pynetdicom.sop_class import Verification
 from medres.bundle import load_bundle
 from medres.errors import ConfigError, PacsError
 from medres.files import atomic_write, write_json
-from medres.pacs.query import check_uid, is_uid
+from medres.pacs.query import RESULT_SERIES_PREFIX, check_uid, is_uid
+from medres.pacs.url import check_ae_title
 from medres.predict import PredictOptions, predict_folder
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ OUT_OF_RESOURCES = 0xA700  # could not store the instance (disk full, permission
 CANNOT_UNDERSTAND = 0xC000  # the dataset lacks usable Study/Series/SOP Instance UIDs
 
 _ANY_UID = re.compile(r"\b[0-9]+(?:\.[0-9]+){3,}\b")
-_UID_TAGS = [(0x0020, 0x000D), (0x0020, 0x000E), (0x0008, 0x0018)]  # study, series, SOP
+# study, series, SOP instance UIDs, series description
+_HEADER_TAGS = [(0x0020, 0x000D), (0x0020, 0x000E), (0x0008, 0x0018), (0x0008, 0x103E)]
 
 Push = Callable[[Path], object]
 """Called with ``OUTDIR/results/<study>`` once the study is predicted; raises on failure."""
@@ -137,6 +139,7 @@ def listen(
     predict_options: PredictOptions | None = None,
     stop: threading.Event | None = None,
     max_studies: int | None = None,
+    allowed_aets: list[str] | None = None,
 ) -> None:
     """Receive studies on ``host:port`` as ``ae_title`` and predict each with ``bundle``
     once it is complete (see the module docstring for the files and the rules).
@@ -147,6 +150,8 @@ def listen(
         predict_options: as ``medres predict``'s (default: :class:`PredictOptions`()).
         stop: set it to end the listener (checked at least every second; a prediction
             under way is finished first).
+        allowed_aets: accept associations only from these calling AE titles (None: any;
+            with ``push``, anyone who can connect can otherwise put objects into the PACS).
         max_studies: end after this many studies were processed (predicted and pushed,
             or failed), counted from this start; None: until ``stop``.
 
@@ -163,7 +168,7 @@ def listen(
     load_bundle(bundle)  # a broken bundle is refused before any instance is accepted
     state = _State(outdir)
     _recover(state)
-    server = _start_server(state, host, port, ae_title)
+    server = _start_server(state, host, port, ae_title, allowed_aets)
     log.info(
         "listening as %s on %s:%d; %d study(ies) received earlier wait for prediction",
         ae_title,
@@ -185,12 +190,12 @@ def listen(
         log.info("stopped after %d study(ies)", processed)
 
 
-def _start_server(state: _State, host: str, port: int, ae_title: str):
+def _start_server(state: _State, host: str, port: int, ae_title: str, allowed: list[str] | None):
     """The storage SCP, serving in its own threads (``server.shutdown()`` ends it)."""
-    if not 0 < len(ae_title) <= 16 or "\\" in ae_title or not ae_title.isascii():
-        raise PacsError(f"AE title {ae_title!r}: 1 to 16 ASCII characters, no backslash")
-    ae = AE(ae_title=ae_title)
+    ae = AE(ae_title=check_ae_title(ae_title, "--ae-title"))
     ae.require_called_aet = True
+    if allowed:
+        ae.require_calling_aet = [check_ae_title(a, "--allow-aet") for a in allowed]
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
@@ -211,10 +216,13 @@ def _on_store(state: _State):
     def handle(event) -> int:
         try:
             data = event.encoded_dataset(include_meta=True)
-            study, series, sop = _uids(data)
+            study, series, sop, description = _header(data)
         except Exception as e:  # answered as a failure; the sender keeps its copy
             log.warning("refused an instance: %s", scrub(str(e)))
             return CANNOT_UNDERSTAND
+        if description.lower().startswith(RESULT_SERIES_PREFIX):  # medres's own result:
+            log.info("study %s: a medres result received, not stored", study_tag(study))
+            return SUCCESS  # predicting it would answer a result with a result
         path = state.outdir / INCOMING / study / series / f"{sop}.dcm"
         try:
             state.received(study)
@@ -231,13 +239,15 @@ def _on_store(state: _State):
     return handle
 
 
-def _uids(data: bytes) -> tuple[str, str, str]:
-    """Study, series and SOP Instance UIDs of an encoded file, each safe as a path part."""
-    ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=_UID_TAGS)
+def _header(data: bytes) -> tuple[str, str, str, str]:
+    """Study, series and SOP Instance UIDs of an encoded file, each safe as a path part,
+    and its series description."""
+    ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
     return (
         check_uid(str(ds.get("StudyInstanceUID", "")), "the StudyInstanceUID"),
         check_uid(str(ds.get("SeriesInstanceUID", "")), "the SeriesInstanceUID"),
         check_uid(str(ds.get("SOPInstanceUID", "")), "the SOPInstanceUID"),
+        str(ds.get("SeriesDescription", "") or ""),
     )
 
 

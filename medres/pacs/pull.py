@@ -87,10 +87,13 @@ def _pull_study(peer: Peer, study: str, folder: Path, summary: PullSummary) -> N
     if now - {i.sop_uid for i in listed}:
         summary.still_arriving.append(study)
         return
-    for instance in missing:
-        target = _where(folder, instance)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(_where(folder / INCOMING, instance), target)
+    if not (folder / study).exists():  # a new study appears whole, in one rename
+        os.replace(folder / INCOMING / study, folder / study)
+    else:  # images added to a study pulled before: each file is whole when it appears
+        for instance in missing:
+            target = _where(folder, instance)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(_where(folder / INCOMING, instance), target)
     summary.complete += 1
 
 

@@ -3,7 +3,8 @@
 ``OUTDIR/pacs.json`` lists every object sent: to which URL (credentials never), when, its
 SOP Instance UID and the sha256 of the file. A rerun sends only objects that changed or
 were never sent to that URL; since result UIDs are deterministic
-(:mod:`medres.pacs.results`) a PACS replaces an object rather than adding one.
+(:mod:`medres.pacs.results`) an object sent again never adds an instance: the PACS keeps
+one copy (Orthanc keeps the first unless its OverwriteInstances option is set).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ RESULT_SERIES_PREFIX = "medres"
 """Series whose description starts with this are medres's own results (SR, parametric map,
 secondary capture: :mod:`medres.pacs.results`); a pull never fetches them back."""
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,12 @@ class Instance:
         """Why a pull leaves this object out (``None``: an image to fetch)."""
         if self.series_description.lower().startswith(RESULT_SERIES_PREFIX):
             return "medres result"
-        name = UID(self.sop_class_uid).name if self.sop_class_uid else ""
+        if not self.sop_class_uid:  # an optional answer of C-FIND: discovery decides later
+            return None
+        name = UID(self.sop_class_uid).name
         if "Image Storage" in name:
             return None
-        if not name or name == self.sop_class_uid:
+        if name == self.sop_class_uid:
             return "unknown SOP class"
         return name.removesuffix(" Storage")
 
@@ -75,7 +77,7 @@ class Instance:
 def is_uid(text: str) -> bool:
     """Digits and dots, 1 to 64 characters: a UID that can be a file or folder name (never
     ``.``, ``..``, a slash or a hidden name)."""
-    return 0 < len(text) <= 64 and bool(_UID.match(text))
+    return 0 < len(text) <= 64 and bool(_UID.fullmatch(text))
 
 
 def check_uid(uid: str, what: str) -> str:

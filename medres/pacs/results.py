@@ -20,6 +20,7 @@ patient data. Nothing about the patient is logged.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import warnings
 from collections import Counter
@@ -167,6 +168,7 @@ def _write_row(
     heatmap_map, overlay = _text(row.get("heatmap_map")), _text(row.get("heatmap"))
     stem = _stem(heatmap_map) if heatmap_map else safe_stem(row["scan_id"], row["input_hash"])
     folder = outdir / RESULTS_FOLDER / stem
+    when = _predicted_at(row)
     finding = Finding(
         predicted_class=str(row["predicted_class"]),
         confidence=float(row["confidence"]),
@@ -176,7 +178,7 @@ def _write_row(
         refer_reason=_text(row.get("refer_reason")) or "",
     )
     sr = structured_report(scan.datasets, finding, producer, **_identity(producer, scan, "sr"))
-    summary.written.append(_save(sr, folder / "sr.dcm"))
+    summary.written.append(_save(sr, folder / "sr.dcm", when))
     if not heatmap_map:
         summary.skipped[NO_HEATMAP] += 1
         return
@@ -188,14 +190,14 @@ def _write_row(
     else:
         identity = _identity(producer, scan, "parametric_map")
         pm = parametric_map(sources, frames, producer, **identity)
-        summary.written.append(_save(pm, folder / "parametric_map.dcm"))
+        summary.written.append(_save(pm, folder / "parametric_map.dcm", when))
     rgb = np.asarray(Image.open(outdir / overlay).convert("RGB"))  # (rows, columns, 3)
     orientation = (
         AXIAL_OVERLAY_ORIENTATION if cam.ndim == 3 else patient_orientation(scan.reference)
     )
     identity = _identity(producer, scan, "secondary_capture")
     sc = secondary_capture(scan.reference, scan.datasets, rgb, orientation, producer, **identity)
-    summary.written.append(_save(sc, folder / "secondary_capture.dcm"))
+    summary.written.append(_save(sc, folder / "secondary_capture.dcm", when))
 
 
 def _dicom_scan(row: dict[str, Any]) -> _Scan | None:
@@ -263,13 +265,14 @@ def _identity(producer: Producer, scan: _Scan, kind: str) -> dict[str, Any]:
     """An object's deterministic series and instance UIDs, numbers and description.
 
     ``sop_uid``: from the bundle id, every source SOPInstanceUID (in slice order) and the
-    kind; ``series_uid``: from the bundle id, the study UID and the kind.
+    kind; ``series_uid``: from the bundle id, the source series UID and the kind (one
+    result series per source series, so a series never mixes frames of reference).
     """
-    study_uid = str(scan.reference.StudyInstanceUID)
+    series_uid = str(scan.reference.SeriesInstanceUID)
     source_uids = [s.sop_instance_uid for s in scan.slices]
     number = scan.reference.get("InstanceNumber")
     return {
-        "series_uid": generate_uid(entropy_srcs=[producer.bundle_id, study_uid, kind]),
+        "series_uid": generate_uid(entropy_srcs=[producer.bundle_id, series_uid, kind]),
         "sop_uid": generate_uid(entropy_srcs=[producer.bundle_id, *source_uids, kind]),
         "series_number": SERIES_NUMBERS[kind],
         "instance_number": int(number) if number not in (None, "") else 1,
@@ -284,13 +287,30 @@ def _load_map(path: Path) -> np.ndarray:
     return np.asarray(nib.load(path).dataobj, dtype=np.float32)
 
 
-def _save(dataset: Dataset, path: Path) -> Path:
-    """Write ``dataset`` atomically, mode 0600; its series dated by its content (when it was
-    written), so that viewers list the result series by date, not under "unknown"."""
-    for series, content in (("SeriesDate", "ContentDate"), ("SeriesTime", "ContentTime")):
-        if series not in dataset and content in dataset:
-            setattr(dataset, series, dataset[content].value)
+def _save(dataset: Dataset, path: Path, when: dt.datetime) -> Path:
+    """Write ``dataset`` atomically, mode 0600, dated ``when`` (the prediction's time, UTC):
+    its content, creation and series date and time (so viewers list the series by date),
+    instead of the time of writing, so that writing the same results again gives the same
+    bytes and a push sends only what changed."""
+    for name in ("Content", "InstanceCreation", "Series"):
+        setattr(dataset, f"{name}Date", when.strftime("%Y%m%d"))
+        setattr(dataset, f"{name}Time", when.strftime("%H%M%S"))
+    if "DateOfSecondaryCapture" in dataset:
+        dataset.DateOfSecondaryCapture = when.strftime("%Y%m%d")
+        dataset.TimeOfSecondaryCapture = when.strftime("%H%M%S")
+    for item in dataset.get("ContributingEquipmentSequence", []):  # highdicom: "now"
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
     return atomic_write(path, lambda tmp: dataset.save_as(tmp), private=True)
+
+
+def _predicted_at(row: dict[str, Any]) -> dt.datetime:
+    """The row's ``predicted_at`` (ISO 8601, UTC), or now when it has none."""
+    text = _text(row.get("predicted_at"))
+    try:
+        return dt.datetime.fromisoformat(text) if text else dt.datetime.now(dt.UTC)
+    except ValueError:
+        return dt.datetime.now(dt.UTC)
 
 
 def _stem(heatmap_map: str) -> str:

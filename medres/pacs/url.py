@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,9 @@ def parse_url(text: str) -> PacsUrl:
     """
     parts = urlsplit(text.strip())
     scheme = parts.scheme.lower()
+    if parts.password is not None:  # checked first: no message below may quote it
+        raise PacsError(f"credentials do not go into the URL, which logs and shells keep: {_HOW}")
+    text = _without_userinfo(text) if scheme != "dicom" else text
     if scheme not in ("http", "https", "dicom"):
         raise PacsError(
             f"{text!r} is not a PACS URL: use http(s)://host:port/dicom-web for DICOMweb or "
@@ -98,8 +102,6 @@ def parse_url(text: str) -> PacsUrl:
     if not host:
         raise PacsError(f"{text!r} names no host; e.g. http://pacs:8042/dicom-web")
     if scheme == "dicom":
-        if parts.password is not None:
-            raise PacsError(f"a DIMSE URL holds no password; write dicom://AET@{host}:port")
         aet = parts.username or ""
         if not aet:
             raise PacsError(
@@ -113,6 +115,11 @@ def parse_url(text: str) -> PacsUrl:
         raise PacsError(f"credentials do not go into the URL, which logs and shells keep: {_HOW}")
     shown = f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
     return PacsUrl("dicomweb", shown, host, port or (443 if scheme == "https" else 80))
+
+
+def _without_userinfo(text: str) -> str:
+    """``text`` with anything before an ``@`` of its network location replaced by ``***``."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1***@", text.strip())
 
 
 def check_ae_title(aet: str, what: str) -> str:
@@ -143,12 +150,24 @@ def load_credentials(
     file = file or env.get(ENV_CREDENTIALS)
     if file:
         return _from_file(Path(file))
-    return Credentials(
-        user=env.get(ENV_USER) or None,
-        password=env.get(ENV_PASSWORD) or None,
-        token=env.get(ENV_TOKEN) or None,
-        ca_file=env.get(ENV_CA_FILE) or None,
+    return _checked(
+        Credentials(
+            user=env.get(ENV_USER) or None,
+            password=env.get(ENV_PASSWORD) or None,
+            token=env.get(ENV_TOKEN) or None,
+            ca_file=env.get(ENV_CA_FILE) or None,
+        )
     )
+
+
+def _checked(credentials: Credentials) -> Credentials:
+    """Refuse a CA file that is not there, before any connection tries to use it."""
+    if credentials.ca_file and not Path(credentials.ca_file).is_file():
+        raise PacsError(
+            f"the CA file {credentials.ca_file} (MEDRES_PACS_CA_FILE or the credentials "
+            "file's ca_file) does not exist: give the path of the hospital's CA certificates"
+        )
+    return credentials
 
 
 def _from_file(path: Path) -> Credentials:
@@ -175,4 +194,6 @@ def _from_file(path: Path) -> Credentials:
         raise PacsError(
             f"the credentials file {path} holds {extra}: only user, password, token, ca_file"
         )
-    return Credentials(**{k: (str(v) if v is not None else None) for k, v in values.items()})
+    return _checked(
+        Credentials(**{k: (str(v) if v is not None else None) for k, v in values.items()})
+    )
