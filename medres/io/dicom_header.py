@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset, read_partial
@@ -231,14 +233,26 @@ def _after_pixel_data(tag, vr, length) -> bool:
 
 
 def _parse_public(ds: Dataset) -> None:
-    """Convert every public element now (pydicom defers it, and a damaged value would
-    then raise wherever it is first read); private elements stay raw until asked for."""
+    """Check every public element now for the damage that makes pydicom raise when the
+    value is first read (pydicom defers conversion, so the error would otherwise come from
+    wherever that is): each sequence is parsed, recursively, and each binary number's
+    length must be a whole number of values. Those are the only conversions that can fail
+    (text and byte values convert whatever they hold), so the rest stay raw until read,
+    which saves converting every element of every file. Private elements are not checked."""
     for tag in list(ds.keys()):
-        if not tag.is_private:
-            element = ds[tag]
-            if element.VR == "SQ":
-                for item in element.value:
-                    _parse_public(item)
+        if tag.is_private:
+            continue
+        element = ds.get_item(tag)
+        vr = element.VR if element.VR not in (None, "UN") else _dictionary_vr(tag)
+        if vr == "SQ":
+            for item in ds[tag].value:
+                _parse_public(item)
+        elif (
+            vr in _NUMBER_BYTES
+            and isinstance(element, RawDataElement)
+            and len(element.value or b"") % _NUMBER_BYTES[vr]
+        ):
+            ds[tag]  # pydicom's own conversion raises, with its message
 
 
 def _damage(ds: Dataset) -> str | None:
@@ -318,3 +332,27 @@ def scan_meta(ds: Dataset) -> dict[str, Any]:
         "window_center": window_center,
         "window_width": window_width,
     }
+
+
+# Bytes per value of the binary number VRs: a value of another length fails to convert.
+_NUMBER_BYTES = {
+    "US": 2,
+    "SS": 2,
+    "US or SS": 2,
+    "UL": 4,
+    "SL": 4,
+    "FL": 4,
+    "AT": 4,
+    "FD": 8,
+    "SV": 8,
+    "UV": 8,
+}
+
+
+def _dictionary_vr(tag) -> str:
+    """The VR the data dictionary gives ``tag`` (what pydicom converts an implicit-VR or
+    UN element to), "UN" for a tag it does not know."""
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
