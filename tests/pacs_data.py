@@ -186,3 +186,32 @@ def dciodvfy(path: Path) -> list[str]:
     errors = [line for line in lines if line.startswith("Error")]
     assert not errors, f"dciodvfy {path}:\n" + "\n".join(lines)
     return lines
+
+
+def mr_cohort_folder(folder: Path) -> Path:
+    """The 12 real MR series of ../shared/data/dicom/dicom2nifti (``*/anatomical/*``
+    but the one-slice ones) under ``folder/scans/sNN``, each given its own PatientID (the
+    originals share one), with ``folder/labels.csv``: labels ``a``/``b`` alternating,
+    6/3/3 series in train/val/test. The labels mean nothing: a bundle trained on them
+    exercises 3D DICOM plumbing (parametric maps on real slices), not accuracy."""
+    from tests.conftest import DICOM2NIFTI
+
+    series = sorted(DICOM2NIFTI.glob("*/anatomical/*")) + sorted(
+        (DICOM2NIFTI / "anatomical").glob("*")
+    )
+    series = [s for s in series if s.is_dir() and "single" not in s.name]
+    splits = ["train"] * 6 + ["val"] * 3 + ["test"] * 3
+    lines = []
+    for i, (source, split) in enumerate(zip(series, splits, strict=False)):
+        name = f"s{i:02d}"
+        for path in sorted(source.iterdir()):
+            ds = pydicom.dcmread(path)
+            ds.PatientID = f"MR{i:02d}"
+            (folder / "scans" / name).mkdir(parents=True, exist_ok=True)
+            ds.save_as(folder / "scans" / name / path.name)
+        lines.append({"path": name, "label": "ab"[i % 2], "split": split})
+    with open(folder / "labels.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "split"])
+        writer.writeheader()
+        writer.writerows(lines)
+    return folder

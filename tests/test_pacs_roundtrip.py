@@ -18,8 +18,14 @@ import pytest
 from typer.testing import CliRunner
 
 from medres.cli import app
-from tests.conftest import EXAMPLE, PROJECT
-from tests.pacs_data import cr_study, dciodvfy, dicom_cr_bundle  # noqa: F401 (a fixture)
+from tests.conftest import DICOM2NIFTI, EXAMPLE, PROJECT, needs
+from tests.pacs_data import (  # noqa: F401 (dicom_cr_bundle: a fixture)
+    cr_study,
+    dciodvfy,
+    dicom_cr_bundle,
+    mr_cohort_folder,
+    train_quick,
+)
 from tests.pacs_servers import free_port, storescu
 
 PATIENT_ID, PATIENT_NAME = "RT-0042", "ROUNDTRIP^ALICE"
@@ -180,3 +186,44 @@ def _listening(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+@needs(DICOM2NIFTI)
+def test_an_mr_series_round_trip_adds_a_parametric_map_on_its_slices(orthanc, tmp_path):
+    """A 3D bundle (on real MR series, labels meaningless: tests/pacs_data.py) predicts a
+    real MR series pulled by C-GET; pushed by STOW-RS, Orthanc holds the SR, the parametric
+    map (one frame per source slice, valid for dciodvfy) and the overlay in its study."""
+    folder = mr_cohort_folder(tmp_path / "mr")
+    small = ["--set", "preprocess.spatial_size=[32,32,16]", "--set", "batch_size=4"]
+    bundle = train_quick(folder, tmp_path / "bundle", "--set", "positive_class=b", *small)
+    series = sorted((folder / "scans" / "s09").iterdir())  # a test-split series
+    study_uid = str(pydicom.dcmread(series[0], stop_before_pixels=True).StudyInstanceUID)
+    for path in series:
+        orthanc.upload(path)
+    before = len(orthanc.study_instances(study_uid))
+    dimse = f"dicom://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"
+    secrets = {"MEDRES_PACS_USER": orthanc.user, "MEDRES_PACS_PASSWORD": orthanc.password}
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    code, pulled = _run("pacs", "pull", dimse, "--study", study_uid, "-o", scans)
+    assert code == 0, pulled
+    code, predicted = _run("predict", bundle, scans, "-o", out, "--explain")
+    assert code == 0 and len(pd.read_parquet(out / "predictions.parquet")) == 1, predicted
+    code, pushed = _run("pacs", "push", out, orthanc.http_url, "--bundle", bundle, env=secrets)
+    assert code == 0 and "sent 3 object(s)" in pushed, pushed
+    held = orthanc.study_instances(study_uid)
+    assert len(held) == before + 3
+    modalities = {}
+    for instance in held:
+        tags = orthanc.get(f"/instances/{instance['ID']}/tags?simplify").json()
+        modalities.setdefault(tags.get("Modality"), []).append(instance["ID"])
+    (pm_id,) = [
+        i
+        for i in modalities.get("OT", []) + modalities.get("MR", [])
+        if orthanc.get(f"/instances/{i}/tags?simplify").json().get("SOPClassUID")
+        == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
+    ]
+    path = tmp_path / "pm.dcm"
+    path.write_bytes(orthanc.get(f"/instances/{pm_id}/file").content)
+    dciodvfy(path)
+    assert int(pydicom.dcmread(path, stop_before_pixels=True).NumberOfFrames) == len(series)
+    assert "SR" in modalities
