@@ -29,6 +29,7 @@ import ctypes.util
 import fcntl
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -63,6 +64,15 @@ NOT_ROOT_REASON = (
 
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: be sent SIGTERM if the test process dies (killed by a
+    timeout, say), so that no Orthanc outlives the tests that started it."""
+    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _loopback_up() -> None:
@@ -262,6 +272,7 @@ def run_orthanc(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=folder,
+            preexec_fn=_die_with_parent,
         )
     server = Orthanc(
         http_url=f"{rest_url}/dicom-web",
