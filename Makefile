@@ -8,7 +8,7 @@ DEMO_PORT ?= 8501
 DEMO_PASSWORD := $(shell $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(9))")
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test lint format clean chromium pacs-tools
+.PHONY: install demo test lint format clean chromium services
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,14 +52,16 @@ lint: $(STAMP)
 chromium:
 	test -x /usr/bin/chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
 
-# the PACS tests start Debian's Orthanc (with its DICOMweb plugin), DCMTK's storescu/findscu as an
-# independent client, and dicom3tools' dciodvfy as the validator of every object medres writes
-pacs-tools:
+# the PACS tests start Debian's Orthanc (with its DICOMweb plugin), DCMTK's storescu/echoscu as an
+# independent client, and dicom3tools' dciodvfy as the validator of every object medres writes;
+# the review store's tests start a PostgreSQL server (Unix socket only) from Debian's postgresql
+services:
 	test -x /usr/sbin/Orthanc -a -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so \
-		-a -x /usr/bin/storescu -a -x /usr/bin/dciodvfy || ($(SUDO) apt-get update && \
-		$(SUDO) apt-get install -y orthanc orthanc-dicomweb dcmtk dicom3tools)
+		-a -x /usr/bin/storescu -a -x /usr/bin/dciodvfy -a -d /usr/lib/postgresql \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y orthanc orthanc-dicomweb \
+		dcmtk dicom3tools postgresql)
 
-test: lint chromium pacs-tools
+test: lint chromium services
 	$(BIN)/pytest -q
 
 format: $(STAMP)

@@ -11,7 +11,7 @@ import pydicom.data
 import pytest
 
 # Fixtures for tests against real PACS components (private network namespace, Orthanc)
-pytest_plugins = ("tests.pacs_servers",)
+pytest_plugins = ("tests.pacs_servers", "tests.pg_server")
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDRES_SHARED_DATA", PROJECT.parent / "shared" / "data"))

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
 from medres.cli import app
 from medres.errors import ReviewError
 from medres.review import ReviewStore, add_user, verify
+from tests.pg_server import new_database
 
 runner = CliRunner()
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "chest_xray_small"
@@ -31,17 +33,34 @@ def predicted(review_run) -> Path:
     return review_run
 
 
-def _rows(db: Path, table: str) -> int:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path) -> Path | str:
+    """A new review store: a SQLite file, or a database on a real PostgreSQL server
+    (tests/pg_server.py), as ``--store`` takes them."""
+    if request.param == "sqlite":
+        return tmp_path / "review.db"
+    return new_database(request.getfixturevalue("postgres_server"))
+
+
+def _sql(db: Path | str, query: str) -> list[tuple]:
+    """Rows of ``query`` on the store ``db`` (SQLite file or database URL)."""
+    engine = create_engine(f"sqlite:///{db}" if isinstance(db, Path) else db)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(query))]
+    finally:
+        engine.dispose()
+
+
+def _rows(db: Path | str, table: str) -> int:
+    return _sql(db, f"SELECT count(*) FROM {table}")[0][0]
 
 
 def _predictions(outdir: Path) -> pd.DataFrame:
     return pd.read_parquet(outdir / "predictions.parquet").set_index("scan_id")
 
 
-def test_loading_the_same_outdir_twice_changes_nothing(predicted, tmp_path):
-    db = tmp_path / "review.db"
+def test_loading_the_same_outdir_twice_changes_nothing(predicted, db):
     with ReviewStore(db) as store:
         first = store.load_run(predicted)
         counts = {t: _rows(db, t) for t in ("runs", "cases", "decisions", "audit")}
@@ -51,8 +70,8 @@ def test_loading_the_same_outdir_twice_changes_nothing(predicted, tmp_path):
     assert (again.run_id, again.new, again.cases_added) == (first.run_id, False, 0)
     assert {t: _rows(db, t) for t in counts} == counts
     assert counts == {"runs": 1, "cases": 21, "decisions": 0, "audit": 1}
-    with sqlite3.connect(db) as conn:  # WAL, as a reviewer's concurrent writes need
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    if isinstance(db, Path):  # SQLite in WAL mode, as a reviewer's concurrent writes need
+        assert _sql(db, "PRAGMA journal_mode")[0][0] == "wal"
 
     # the command line says so too, and refuses a folder that is not a predict output
     cli = runner.invoke(app, ["review", "load", str(predicted), "--store", str(db)])
@@ -64,10 +83,10 @@ def test_loading_the_same_outdir_twice_changes_nothing(predicted, tmp_path):
     assert _rows(db, "cases") == 21
 
 
-def test_worklist_puts_ood_first_then_multiclass_sets_then_the_most_uncertain(predicted, tmp_path):
+def test_worklist_puts_ood_first_then_multiclass_sets_then_the_most_uncertain(predicted, db):
     rows = _predictions(predicted)
     assert rows.loc["zz_black.png", "ood"], "the bundle should flag the black image as OOD"
-    with ReviewStore(tmp_path / "review.db") as store:
+    with ReviewStore(db) as store:
         run = store.load_run(predicted, site="St Elsewhere").run_id
         work = store.worklist(run)
         ood_only = store.worklist(run, reason="out of distribution")
@@ -92,13 +111,14 @@ def test_worklist_puts_ood_first_then_multiclass_sets_then_the_most_uncertain(pr
     assert (work["site"] == "St Elsewhere").all() and other_site.empty
     assert sum(len(t) for t in by_class.values()) == 21
     assert all((t["predicted_class"] == c).all() for c, t in by_class.items())
-    case = ReviewStore(tmp_path / "review.db").case(work["case_id"][0])
+    with ReviewStore(db) as store:
+        case = store.case(work["case_id"][0])
     assert Path(case["heatmap"]).is_absolute() and Path(case["heatmap"]).is_file()
     assert case["classes"] == ["0", "1"] and set(case["probabilities"]) == {"0", "1"}
 
 
-def test_decisions_keep_their_history_newest_first_with_an_audit_row_each(predicted, tmp_path):
-    with ReviewStore(tmp_path / "review.db") as store:
+def test_decisions_keep_their_history_newest_first_with_an_audit_row_each(predicted, db):
+    with ReviewStore(db) as store:
         run = store.load_run(predicted).run_id
         case = int(store.worklist(run)["case_id"][0])
         predicted_class = store.case(case)["predicted_class"]
@@ -123,8 +143,7 @@ def test_decisions_keep_their_history_newest_first_with_an_audit_row_each(predic
     assert [d["decision_id"] for d in trail["details"]] == [first, second]
 
 
-def test_bad_decisions_are_refused_and_write_nothing(predicted, tmp_path):
-    db = tmp_path / "review.db"
+def test_bad_decisions_are_refused_and_write_nothing(predicted, db):
     with ReviewStore(db) as store:
         case = int(store.worklist(store.load_run(predicted).run_id)["case_id"][0])
         refusals = {
@@ -143,9 +162,8 @@ def test_bad_decisions_are_refused_and_write_nothing(predicted, tmp_path):
 
 
 def test_a_decision_and_its_audit_row_commit_together_and_audit_is_append_only(
-    predicted, tmp_path, monkeypatch
+    predicted, db, monkeypatch
 ):
-    db = tmp_path / "review.db"
     with ReviewStore(db) as store:
         case = int(store.worklist(store.load_run(predicted).run_id)["case_id"][0])
         store.decide(case, "dr_lee", "agree")
@@ -157,10 +175,9 @@ def test_a_decision_and_its_audit_row_commit_together_and_audit_is_append_only(
         with pytest.raises(OSError, match="disk full"):
             store.decide(case, "dr_okafor", "uncertain")
     assert _rows(db, "decisions") == 1 and _rows(db, "audit") == 2  # load + first decision
-    with sqlite3.connect(db) as conn:
-        for sql in ("UPDATE audit SET actor = 'someone else'", "DELETE FROM decisions"):
-            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-                conn.execute(sql)
+    for sql in ("UPDATE audit SET actor = 'someone else'", "DELETE FROM decisions"):
+        with pytest.raises(DBAPIError, match="append-only"):
+            _sql(db, sql)
 
 
 def _decide_many(db: str, reviewer: str, case_ids: list[int], n: int, barrier) -> None:
@@ -172,8 +189,7 @@ def _decide_many(db: str, reviewer: str, case_ids: list[int], n: int, barrier) -
     store.close()
 
 
-def test_four_processes_deciding_at_once_lose_nothing(predicted, tmp_path):
-    db = tmp_path / "review.db"
+def test_four_processes_deciding_at_once_lose_nothing(predicted, db):
     with ReviewStore(db) as store:
         case_ids = store.worklist(store.load_run(predicted).run_id)["case_id"].tolist()
     ctx = multiprocessing.get_context("spawn")
@@ -188,19 +204,15 @@ def test_four_processes_deciding_at_once_lose_nothing(predicted, tmp_path):
     for w in workers:
         w.join(timeout=120)
     assert [w.exitcode for w in workers] == [0, 0, 0, 0]
-    with sqlite3.connect(db) as conn:
-        per_reviewer = dict(
-            conn.execute("SELECT reviewer, count(*) FROM decisions GROUP BY reviewer").fetchall()
-        )
-        audited = conn.execute("SELECT count(*) FROM audit WHERE action = 'decide'").fetchone()[0]
+    per_reviewer = dict(_sql(db, "SELECT reviewer, count(*) FROM decisions GROUP BY reviewer"))
+    audited = _sql(db, "SELECT count(*) FROM audit WHERE action = 'decide'")[0][0]
     assert per_reviewer == {f"dr_{i}": 50 for i in range(4)}
     assert audited == 200
 
 
-def test_export_is_a_labels_csv_that_ingest_joins_latest_decision_only(predicted, tmp_path):
+def test_export_is_a_labels_csv_that_ingest_joins_latest_decision_only(predicted, db, tmp_path):
     from medres.cohort import build_cohort
 
-    db = tmp_path / "review.db"
     with ReviewStore(db) as store:
         work = store.worklist(store.load_run(predicted).run_id)
         ids = dict(zip(work["scan_id"], work["case_id"].astype(int), strict=True))

@@ -16,7 +16,7 @@ audit       append-only log: who did what to which run / case, when, details
 ==========  ====================================================================
 
 Times are ISO 8601 UTC text (``2026-11-22T19:41:14.123456+00:00``): portable across
-SQLite and PostgreSQL and sortable as text. On SQLite, triggers refuse UPDATE and
+SQLite and PostgreSQL and sortable as text. On SQLite and PostgreSQL, triggers refuse UPDATE and
 DELETE on ``decisions`` and ``audit``.
 
 :func:`check_schema` refuses a store whose ``schema_version`` has a major version this
@@ -144,13 +144,22 @@ audit = Table(
 
 
 def _append_only(table: Table) -> None:
+    """Triggers that refuse UPDATE and DELETE on ``table`` (SQLite and PostgreSQL)."""
+    refusal = f"{table.name} is append-only: add a new row instead"
     for verb in ("UPDATE", "DELETE"):
         trigger = DDL(
             f"CREATE TRIGGER IF NOT EXISTS {table.name}_no_{verb.lower()} BEFORE {verb} "
-            f"ON {table.name} BEGIN SELECT RAISE(ABORT, "
-            f"'{table.name} is append-only: add a new row instead'); END"
+            f"ON {table.name} BEGIN SELECT RAISE(ABORT, '{refusal}'); END"
         )
         event.listen(table, "after_create", trigger.execute_if(dialect="sqlite"))
+    function = f"medres_{table.name}_append_only"
+    for statement in (
+        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$$ BEGIN RAISE EXCEPTION '{refusal}'; END $$",
+        f"CREATE TRIGGER {table.name}_append_only BEFORE UPDATE OR DELETE ON {table.name} "
+        f"FOR EACH ROW EXECUTE FUNCTION {function}()",
+    ):
+        event.listen(table, "after_create", DDL(statement).execute_if(dialect="postgresql"))
 
 
 _append_only(decisions)
