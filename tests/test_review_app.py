@@ -137,11 +137,26 @@ def test_decision_flow_saves_shows_history_and_audits(store):
     case_id = int(first["case_id"].iloc[0])
     assert at.title[0].value == "Case zz\\_black\\.png" and at.session_state["case_id"] == case_id
     assert at.get("image"), "the scan is drawn"
-    assert any("Out of distribution" in m.value for m in at.markdown)  # the OOD badge
     assert at.slider(key=f"case{case_id}_opacity").value == 0.4  # it has a Grad-CAM map
     predicted_class = first["predicted_class"].iloc[0]
     other = "0" if predicted_class == "1" else "1"
     key = f"case{case_id}"
+
+    # the scan first: the overlay is off, the model's output and the form wait to be asked
+    assert at.toggle(key=f"{key}_heat").value is False
+    assert not [h for h in at.subheader if h.value.startswith("Model says")]
+    assert f"{key}_choice" not in at.session_state
+    at.toggle(key=f"{key}_reveal").set_value(True).run()
+    assert [h.value for h in at.subheader if h.value.startswith("Model says")]
+    assert at.radio(key=f"{key}_choice").value is None  # nothing pre-selected
+    # an out-of-distribution case: its badge, its probabilities called unreliable, not shown
+    assert any("Out of distribution" in m.value for m in at.markdown)
+    assert any("not reliable" in w.value for w in at.warning)
+    assert not [m for m in at.markdown if "Calibrated confidence" in m.value]
+    at.text_area(key=f"{key}_notes").input("saved with Ctrl+Enter, no decision chosen")
+    at.button(key=f"{key}_save").click().run()  # what Ctrl+Enter in the notes does
+    assert "Choose agree, disagree or uncertain first" in at.error[0].value
+    assert store.history(case_id) == []
 
     # disagree without a corrected label: refused, nothing written
     at.radio(key=f"{key}_choice").set_value("disagree")
@@ -359,6 +374,7 @@ def test_data_shows_as_plain_text_never_as_markdown_links_or_images(store):
     at.switch_page(CASE_PAGE).run()
     assert not at.exception
     key = f"case{case_id}"
+    at.toggle(key=f"{key}_reveal").set_value(True).run()
     at.radio(key=f"{key}_choice").set_value("disagree")
     at.button(key=f"{key}_save").click().run()  # refused: the message names the classes
     assert not at.exception and at.error

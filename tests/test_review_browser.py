@@ -178,6 +178,7 @@ def test_a_reviewer_signs_in_scrolls_a_case_and_records_a_disagreement(served, t
                 preset = page.get_by_role("combobox", name="Window preset")
                 expect(preset).to_have_value("manual")
 
+            page.get_by_text("Show the model's output").click()  # hidden until asked
             page.get_by_text("Disagree", exact=True).click()
             _choose(page, "Corrected label (when you disagree)", other)
             page.get_by_label("Notes").fill("seen in the browser test")

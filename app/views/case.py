@@ -1,5 +1,10 @@
 """Case view: the scan (window/level, slices, Grad-CAM), the model's output in plain words,
-the decision form and the case's decision history."""
+the decision form and the case's decision history.
+
+Not steering the reader (automation bias): the scan comes first; the model's output, the
+Grad-CAM overlay and the decision form (whose "agree" names the model's class) stay hidden
+until the reader asks for them, and no decision is pre-selected: Save without a choice
+saves nothing."""
 
 import pandas as pd
 import streamlit as st
@@ -74,7 +79,7 @@ def viewer(case: dict) -> None:
     opacity = 0.0
     if heat is not None:
         left, right = st.columns([1, 2])
-        shown = left.toggle("Grad-CAM overlay", value=True, key=f"{key}_heat")
+        shown = left.toggle("Grad-CAM overlay", value=False, key=f"{key}_heat")
         opacity = right.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, key=f"{key}_opacity")
         if not shown:
             heat = None
@@ -91,15 +96,22 @@ def viewer(case: dict) -> None:
 
 
 def model_output(case: dict) -> None:
-    """Prediction, calibrated probabilities, badges, referral, model id."""
+    """Prediction, calibrated probabilities (not for an out-of-distribution scan, where
+    they mean nothing), badges, referral, model id."""
     st.subheader(f"Model says: {render.literal(case['predicted_class'])}")
     confidence = case.get("confidence")
-    if confidence is not None:
+    if case.get("ood"):
+        st.warning(
+            "This scan is unlike the scans the model was trained on (out of distribution): "
+            "its probabilities are not reliable, whatever they say. Read it without them."
+        )
+    elif confidence is not None:
         st.write(f"Calibrated confidence **{confidence:.0%}**")
-    probabilities = pd.DataFrame(
-        {"probability": pd.Series(case["probabilities"], dtype=float)}
-    ).rename_axis("class")
-    st.bar_chart(probabilities, horizontal=True, height=60 + 30 * len(probabilities))
+    if not case.get("ood"):
+        probabilities = pd.DataFrame(
+            {"probability": pd.Series(case["probabilities"], dtype=float)}
+        ).rename_axis("class")
+        st.bar_chart(probabilities, horizontal=True, height=60 + 30 * len(probabilities))
     for badge in case_badges(case):
         ui.badge(badge.label, badge.colour)
         st.caption(render.literal(badge.explanation))
@@ -124,6 +136,7 @@ def decision_form(case: dict, reviewer: str) -> None:
             list(choices),
             format_func=choices.get,
             horizontal=True,
+            index=None,  # nothing pre-selected: the reader chooses
             key=f"{key}_choice",
         )
         corrected = st.selectbox(
@@ -135,7 +148,9 @@ def decision_form(case: dict, reviewer: str) -> None:
         )
         notes = st.text_area("Notes", key=f"{key}_notes", height=80)
         saved = st.form_submit_button("Save decision", type="primary", key=f"{key}_save")
-    if saved:
+    if saved and decision is None:
+        st.error("Choose agree, disagree or uncertain first: nothing was saved.")
+    elif saved:
         try:
             store.decide(
                 case["case_id"],
@@ -198,6 +213,14 @@ image_column, output_column = st.columns([3, 2], gap="large")
 with image_column:
     viewer(case)
 with output_column:
-    model_output(case)
-    decision_form(case, reviewer)
+    revealed = st.toggle(
+        "Show the model's output",
+        value=False,
+        key=f"case{case_id}_reveal",
+        help="Read the scan first: the model's class, probabilities and the decision form "
+        "appear when you ask for them.",
+    )
+    if revealed:
+        model_output(case)
+        decision_form(case, reviewer)
     history(case_id)
