@@ -82,6 +82,28 @@ def test_no_case_data_without_a_valid_sign_in(store):
         assert not at.get("image") and "anon-" not in text, page
 
 
+def test_sign_ins_are_audited_and_a_name_locks_after_five_failures(store, tmp_path):
+    from medres.review.sign_ins import LOCK, locked_until
+
+    for _ in range(5):
+        assert [e.value for e in start("dr_lee", "guess").error] == [
+            "Wrong reviewer name or password."
+        ]
+    sixth = start("dr_lee", PASSWORD)  # the right password, refused for a while
+    assert "reviewer" not in sixth.session_state
+    assert "Too many failed sign-ins for this name: try again in 15 minute(s)" in (
+        sixth.error[0].value
+    )
+    trail = store.audit_log()
+    attempts = trail[trail["actor"] == "dr_lee"]["action"].tolist()
+    assert sorted(attempts) == ["sign_in_failed"] * 5 + ["sign_in_locked"]  # each one a row
+    until = locked_until(store, "dr_lee")
+    assert until is not None and locked_until(store, "dr_lee", at=until + LOCK) is None
+    # the store and the users file are the owner's only
+    for path in (tmp_path / "review.db", tmp_path / "users.json"):
+        assert oct(path.stat().st_mode & 0o777) == "0o600", path
+
+
 def test_worklist_shows_the_most_urgent_cases_first_with_counts(store):
     at = start()
     assert not at.exception and at.session_state["reviewer"] == "dr_lee"

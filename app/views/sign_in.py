@@ -11,9 +11,10 @@ with st.form("sign_in_form", clear_on_submit=True):
     password = st.text_input("Password", type="password", key="sign_in_password")
     submitted = st.form_submit_button("Sign in", type="primary", key="sign_in_submit")
 if submitted:
-    if ui.sign_in(name, password):
+    refused = ui.sign_in(name, password)
+    if refused is None:
         st.rerun()
-    st.error("Wrong reviewer name or password.")
+    st.error(refused)
 if ui.oidc_configured():
     st.divider()
     st.button("Sign in with your organisation account", on_click=st.login, key="sign_in_oidc")

@@ -136,7 +136,7 @@ audit = Table(
     Column("id", Integer, primary_key=True),
     Column("at", String(40), nullable=False),
     Column("actor", String(128), nullable=False),
-    Column("action", String(32), nullable=False),  # load_run / reload_run / decide / export
+    Column("action", String(32), nullable=False),  # load_run, decide, export, sign_in... (docs)
     Column("run_id", Integer, ForeignKey("runs.id")),
     Column("case_id", Integer, ForeignKey("cases.id")),
     Column("details", JSON, nullable=False),

@@ -16,11 +16,13 @@ reviewer is then the identity provider's e-mail address).
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import streamlit as st
 
 from medres.errors import MedresError
+from medres.review import sign_ins
 from medres.review.render import literal
 from medres.review.store import ReviewStore
 from medres.review.users import default_users_path, verify
@@ -76,19 +78,36 @@ def reviewer() -> str | None:
     return None
 
 
-def sign_in(name: str, password: str) -> bool:
-    """Check a name and password against the users file; remember the reviewer on success.
-
-    A wrong password and an unknown name are refused alike (no hint which)."""
-    name = (name or "").strip()
+def sign_in(name: str, password: str) -> str | None:
+    """Check a name and password against the users file; remember the reviewer on success
+    (None), else say why. Every attempt is an audit row; after
+    :data:`~medres.review.sign_ins.MAX_FAILURES` failures in a row the name is locked for
+    a while, even for the right password. A wrong password and an unknown name are
+    refused alike (no hint which)."""
+    name = (name or "").strip()[:128]
+    reviews = store()
+    until = sign_ins.locked_until(reviews, name)
+    if until is not None:
+        sign_ins.record(reviews, name, "sign_in_locked")
+        minutes = max(1, round((until - datetime.now(UTC)).total_seconds() / 60))
+        return (
+            f"Too many failed sign-ins for this name: try again in {minutes} minute(s). "
+            "An administrator can see the attempts in the audit log."
+        )
     if not verify(users_file(), name, password or ""):
-        return False
+        sign_ins.record(reviews, name, "sign_in_failed")
+        return "Wrong reviewer name or password."
+    sign_ins.record(reviews, name, "sign_in")
     st.session_state["reviewer"] = name
-    return True
+    return None
 
 
 def sign_out() -> None:
-    """Forget the session's reviewer and open case (and end an OpenID Connect session)."""
+    """Forget the session's reviewer and open case (and end an OpenID Connect session);
+    an audit row says so."""
+    name = st.session_state.get("reviewer")
+    if name:
+        sign_ins.record(store(), name, "sign_out")
     for key in list(st.session_state.keys()):
         del st.session_state[key]
     if oidc_configured() and st.user.is_logged_in:
