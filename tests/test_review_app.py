@@ -191,11 +191,18 @@ def test_decision_flow_saves_shows_history_and_audits(store):
     at.text_area(key=f"{key}_notes").input("no lung fields: blank export")
     at.button(key=f"{key}_save").click().run()
     assert not at.exception and not at.error
-    assert at.success[0].value == f"Saved: disagree → {other} by dr\\_lee."
+    # save and next: the worklist's second case opens, saying what was saved
+    second = int(first["case_id"].iloc[1])
+    assert at.session_state["case_id"] == second
+    assert at.success[0].value == f"Saved: disagree → {other} by dr\\_lee. Next case:"
+    at.button(key="case_previous").click().run()  # back to the case just decided
+    assert at.session_state["case_id"] == case_id
     history = next(f.value for f in at.dataframe if "decided_at" in f.value.columns)
     assert history[["reviewer", "decision", "corrected_label", "current"]].values.tolist() == [
         ["dr_lee", "disagree", other, True]
     ]
+    at.button(key="case_next").click().run()  # skip: the next case, nothing decided
+    assert at.session_state["case_id"] == second and store.history(second) == []
     saved = store.history(case_id)
     assert [(h["reviewer"], h["decision"], h["corrected_label"]) for h in saved] == [
         ("dr_lee", "disagree", other)
@@ -403,9 +410,15 @@ def test_data_shows_as_plain_text_never_as_markdown_links_or_images(store):
     _assert_plain(_markdown_bodies(at))
     at.radio(key=f"{key}_choice").set_value("disagree")
     at.selectbox(key=f"{key}_label").set_value(CLASS_Q)
-    at.button(key=f"{key}_save").click().run()
-    assert not at.exception and not at.error
+    at.button(key=f"{key}_save").click().run()  # saved: the next case opens, saying so
+    assert not at.exception
+    assert at.success[0].value == (
+        f"Saved: disagree → {literal(CLASS_Q)} by {literal(REVIEWER)}. Next case:"
+    )
     _assert_plain(_markdown_bodies(at))
+    at.session_state["case_id"] = case_id  # back to the hostile case
+    at.switch_page(CASE_PAGE).run()
+    at.toggle(key=f"{key}_reveal").set_value(True).run()
 
     # the values are there, escaped, where the reviewer reads them
     assert at.title[0].value == f"Case {literal(LINKED)}"
@@ -417,7 +430,6 @@ def test_data_shows_as_plain_text_never_as_markdown_links_or_images(store):
     assert any(literal(HOSTILE["bundle_id"]) in c.value for c in at.caption)
     assert any(literal(CLASS_P) in m.value for m in at.markdown)  # the conformal badge
     assert f"Agree ({literal(CLASS_P)})" in at.radio(key=f"{key}_choice").options
-    assert at.success[0].value == f"Saved: disagree → {literal(CLASS_Q)} by {literal(REVIEWER)}."
     assert f"Signed in as **{literal(REVIEWER)}**" in [c.value for c in at.sidebar.caption]
     assert any(literal(Path(HOSTILE["heatmap_map"])) in w.value for w in at.warning)
     # tables show data as it is: no escaping, no link columns

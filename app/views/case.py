@@ -121,8 +121,9 @@ def model_output(case: dict) -> None:
     st.caption(f"Model {render.literal(model)} · predicted {render.literal(predicted_at)}")
 
 
-def decision_form(case: dict, reviewer: str) -> None:
-    """Agree / disagree with a corrected label / uncertain, with notes: one Save click."""
+def decision_form(case: dict, reviewer: str, following: int | None) -> None:
+    """Agree / disagree with a corrected label / uncertain, with notes: one Save click,
+    which then opens ``following`` (the next case of the worklist; None: stay)."""
     others = [c for c in case["classes"] if c != case["predicted_class"]]
     choices = {
         "agree": f"Agree ({render.literal(case['predicted_class'])})",  # radio: Markdown
@@ -163,7 +164,12 @@ def decision_form(case: dict, reviewer: str) -> None:
             st.error(render.literal(e))
         else:
             label = f" → {render.literal(corrected)}" if decision == "disagree" else ""
-            st.success(f"Saved: {decision}{label} by {render.literal(reviewer)}.")
+            note = f"Saved: {decision}{label} by {render.literal(reviewer)}."
+            if following is None:  # the end of the worklist: stay, and say so
+                st.success(note + " That was the last case of the worklist.")
+            else:  # save and next: the next case of the worklist, in its order
+                st.session_state["case_saved"] = f"{note} Next case:"
+                ui.open_case(following)
 
 
 def history(case_id: int) -> None:
@@ -195,12 +201,18 @@ except ReviewError as e:
     st.error(render.literal(e))
     st.stop()
 
-title, next_column = st.columns([4, 1], vertical_alignment="bottom")
+in_order = store.worklist(status="all")["case_id"].astype(int).tolist()  # without a worklist
+previous_case = ui.neighbour(case_id, -1, in_order)
+next_case = ui.neighbour(case_id, +1, in_order)
+title, back, skip = st.columns([4, 1, 1], vertical_alignment="bottom")
 title.title(f"Case {render.literal(case['scan_id'])}")
-pending = store.worklist(status="pending")
-pending = pending[pending["case_id"] != case_id]
-if next_column.button("Next pending case", disabled=pending.empty, key="case_next"):
-    ui.open_case(int(pending["case_id"].iloc[0]))
+if back.button("Previous", disabled=previous_case is None, key="case_previous"):
+    ui.open_case(previous_case)
+if skip.button("Skip", disabled=next_case is None, key="case_next", help="Next case, no decision"):
+    ui.open_case(next_case)
+saved_note = st.session_state.pop("case_saved", None)
+if saved_note:
+    st.success(saved_note)
 facts = {
     "patient": case.get("patient_id") or "(none)",
     "site": case.get("site") or "(none)",
@@ -222,5 +234,5 @@ with output_column:
     )
     if revealed:
         model_output(case)
-        decision_form(case, reviewer)
+        decision_form(case, reviewer, next_case)
     history(case_id)

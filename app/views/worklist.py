@@ -46,6 +46,7 @@ counts[1].metric("Pending", len(scope) - reviewed)
 counts[2].metric("Reviewed", reviewed)
 counts[3].metric("Referred", int(scope["refer"].sum()))
 
+st.session_state[ui.ORDER_KEY] = table["case_id"].astype(int).tolist()  # for next / previous
 if table.empty:
     st.success("No case matches these filters.")
     st.stop()

@@ -129,6 +129,19 @@ def open_case(case_id: int) -> None:
     st.switch_page(CASE_PAGE)
 
 
+ORDER_KEY = "wl_order"  # the case ids of the worklist as last shown: its order and filters
+
+
+def neighbour(case_id: int, step: int, fallback: list[int]) -> int | None:
+    """The case ``step`` places after ``case_id`` (-1: before) in the worklist as the
+    reader last saw it (its order and filters), else in ``fallback``; None at either end."""
+    order = [int(c) for c in st.session_state.get(ORDER_KEY) or fallback]
+    if case_id not in order:
+        order = [case_id, *[c for c in fallback if c != case_id]]
+    at = order.index(case_id) + step
+    return order[at] if 0 <= at < len(order) else None
+
+
 def current_case() -> int | None:
     """The case the reviewer opened (the ``?case=ID`` link, else the session's), or None."""
     linked = st.query_params.get("case")
