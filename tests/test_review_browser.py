@@ -10,6 +10,7 @@ slider.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -160,6 +161,11 @@ def test_a_reviewer_signs_in_scrolls_a_case_and_records_a_disagreement(served, t
             page.get_by_label("Password", exact=True).fill(PASSWORD)
             page.get_by_role("button", name="Sign in").click()
             expect(page.get_by_role("heading", name="Worklist")).to_be_visible()
+            expect(page.get_by_role("button", name="Next case")).to_be_visible()
+            expect(page.get_by_text("In this list")).to_be_visible()
+            expect(page.get_by_test_id("stDataFrame")).to_be_visible()
+            page.wait_for_timeout(1500)  # the table draws on a canvas after it appears
+            page.screenshot(path=str(tmp_path / "review_worklist.png"))
             page.get_by_role("button", name="Next case").click()
             expect(page.get_by_role("heading", name=f"Case {first['scan_id']}")).to_be_visible()
 
@@ -179,16 +185,21 @@ def test_a_reviewer_signs_in_scrolls_a_case_and_records_a_disagreement(served, t
                 expect(preset).to_have_value("manual")
 
             page.get_by_text("Show the model's output").click()  # hidden until asked
+            page.get_by_text("Grad-CAM overlay").click()  # off until asked, too
             page.get_by_text("Disagree", exact=True).click()
             _choose(page, "Corrected label (when you disagree)", other)
             page.get_by_label("Notes").fill("seen in the browser test")
+            page.set_viewport_size({"width": 1400, "height": 1500})  # the whole case view
+            page.screenshot(path=str(tmp_path / "review_case_view.png"))
             page.get_by_role("button", name="Save decision").click()
             expect(page.get_by_text(f"Saved: disagree → {other} by dr_lee.")).to_be_visible()
-            page.screenshot(path=str(tmp_path / "case_view.png"), full_page=True)
         finally:
             browser.close()
 
-    assert (tmp_path / "case_view.png").stat().st_size > 10_000
+    for name in ("review_worklist.png", "review_case_view.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+        if os.environ.get("MEDRES_SCREENSHOTS"):  # README's: MEDRES_SCREENSHOTS=docs pytest ...
+            shutil.copy(tmp_path / name, Path(os.environ["MEDRES_SCREENSHOTS"]) / name)
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
             "SELECT case_id, reviewer, decision, corrected_label, notes FROM decisions"
