@@ -69,7 +69,7 @@ def _libc() -> ctypes.CDLL:
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: be sent SIGTERM if the test process dies (killed by a
     timeout, say), so that no Orthanc outlives the tests that started it."""
     _libc().prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -272,7 +272,7 @@ def run_orthanc(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=folder,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     server = Orthanc(
         http_url=f"{rest_url}/dicom-web",
@@ -380,3 +380,24 @@ def orthanc(pacs_network, tmp_path_factory, request) -> Iterator[Orthanc]:
             reporter = request.config.pluginmanager.get_plugin("terminalreporter")
             if reporter is not None:
                 reporter.write_line(f"\n--- Orthanc log ({server.log}) ---\n{server.log_tail()}")
+
+
+def wait_until(condition, what: str, timeout: float = 60.0, poll: float = 0.1):
+    """``condition()``'s first true value, polled every ``poll`` s for at most ``timeout``
+    s; an AssertionError naming ``what`` after that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"not within {timeout:g} s: {what}")
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False

@@ -9,12 +9,9 @@ the tests that need it skip, saying which.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import itertools
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -23,13 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.pacs_servers import die_with_parent
+
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
 START_S = 30.0  # seconds the server may take to accept connections
 _databases = itertools.count()
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(ctypes.util.find_library("c") or None).prctl(1, signal.SIGTERM, 0, 0, 0)
 
 
 def _as_postgres(*command: str, **kwargs) -> subprocess.CompletedProcess:
@@ -95,7 +90,7 @@ def postgres_server() -> Iterator[Path]:
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,  # runuser passes the SIGTERM on
     )
     try:
         deadline = time.monotonic() + START_S

@@ -7,11 +7,9 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +24,7 @@ from medres.pacs.listen import DONE, INCOMING, RESULTS, listen, study_tag
 from medres.predict import PredictOptions
 from tests.conftest import EXAMPLE, PROJECT
 from tests.pacs_data import CR_IMAGE_STORAGE, cr_study, dicom_cr_bundle  # noqa: F401 (fixture)
-from tests.pacs_servers import free_port, storescu
+from tests.pacs_servers import free_port, listening, storescu, wait_until
 
 PATIENT_NAME, PATIENT_ID = "Secretname^Jane", "PID-7731-SECRET"
 STABLE_S = 1.5  # seconds without a new instance before a study is complete (in-process tests)
@@ -53,24 +51,6 @@ def _truncate_pixels(path: Path) -> Path:
     ds.PixelData = ds.PixelData[:100]
     ds.save_as(path, enforce_file_format=True)
     return path
-
-
-def _wait_until(condition, what: str, timeout: float = WAIT_S, poll: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"not within {timeout:g} s: {what}")
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def _uid(path: Path, name: str) -> str:
@@ -103,7 +83,7 @@ class _Listener:
 
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
-        _wait_until(lambda: _listening(self.port) or self.errors, "the listener listens")
+        wait_until(lambda: listening(self.port) or self.errors, "the listener listens")
         assert not self.errors, self.errors
 
     def close(self) -> None:
@@ -150,7 +130,7 @@ def test_listen_stores_durably_predicts_pushes_and_reopens(
         assert done.returncode == 0, done.stderr
         assert len(list(incoming.glob("*.dcm"))) == 4  # all there when storescu returns
 
-        _wait_until(lambda: (results / DONE).exists(), "the study is predicted and pushed")
+        wait_until(lambda: (results / DONE).exists(), "the study is predicted and pushed")
         rows = pd.read_parquet(results / "predictions.parquet")
         failures = pd.read_csv(results / "failures.csv")
         assert len(rows) == 3 and rows["scan_id"].is_unique
@@ -233,7 +213,7 @@ def test_killed_listener_finishes_the_study_after_a_restart(bundle, pacs_network
     out, port = tmp_path / "out", free_port()
     first = _listener_process(bundle, out, port, stable_s=600)  # would wait 10 min
     try:
-        _wait_until(lambda: _listening(port) or first.poll() is not None, "listener up")
+        wait_until(lambda: listening(port) or first.poll() is not None, "listener up")
         stored = storescu(port, "MEDRES", sent)
         assert stored.returncode == 0, stored.stderr
     finally:

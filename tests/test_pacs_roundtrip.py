@@ -6,7 +6,6 @@ rerun adds no instance, and nothing names the patient or the password in the out
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from tests.pacs_data import (  # noqa: F401 (dicom_cr_bundle: a fixture)
     mr_cohort_folder,
     train_quick,
 )
-from tests.pacs_servers import free_port, storescu
+from tests.pacs_servers import free_port, listening, storescu, wait_until
 
 PATIENT_ID, PATIENT_NAME = "RT-0042", "ROUNDTRIP^ALICE"
 
@@ -145,7 +144,7 @@ def test_listener_killed_then_restarted_sends_its_results_once(
     with open(tmp_path / "first.log", "wb") as log:
         first = _listener(dicom_cr_bundle, out, port, 600, dimse, log)  # would wait 10 min
         try:
-            _wait(lambda: _listening(port) or first.poll() is not None, "the listener listens")
+            wait_until(lambda: listening(port) or first.poll() is not None, "the listener listens")
             stored = storescu(port, "MEDRES", sent)
             assert stored.returncode == 0, stored.stderr
         finally:
@@ -169,23 +168,6 @@ def test_listener_killed_then_restarted_sends_its_results_once(
     for secret in ("LS-7", "LISTEN", study_uid):
         assert secret not in logs, logs
     print(f"restarted listener: study predicted and pushed {took:.1f} s after its start")
-
-
-def _wait(condition, what, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout:g} s: {what}")
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 @needs(DICOM2NIFTI)

@@ -109,13 +109,14 @@ def pull_command(
         medres pacs pull dicom://ORTHANC@pacs:4242 --modality CR --since 2026-12-01 -o scans/
         medres pacs pull https://pacs/dicom-web --study 1.2.840.113619.2.55.3.1 -o scans/
     """
+    from medres.errors import ConfigError
     from medres.pacs.pull import pull
     from medres.pacs.query import StudyQuery
     from medres.progress import progress as progress_display
 
     with user_errors():
         if retrieve not in ("get", "move"):
-            raise _usage(f"--retrieve {retrieve!r}: use get or move")
+            raise ConfigError(f"--retrieve {retrieve!r}: use get or move")
         peer = _peer(url, calling_aet, credentials, retrieve_with=retrieve, move_port=port)
         query = StudyQuery(tuple(study or ()), accession, modality, since and since.date())
         with progress_display(console=console, transient=True) as progress:
@@ -271,12 +272,6 @@ def _how(peer) -> str:
     if peer.url.kind == "dimse":
         return f"C-ECHO from AE title {peer.calling_aet!r}"
     return "QIDO-RS" + (" with credentials" if peer.credentials.given else "")
-
-
-def _usage(message: str):
-    from medres.errors import ConfigError
-
-    return ConfigError(message)
 
 
 def _log_to_console() -> None:

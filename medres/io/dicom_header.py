@@ -115,7 +115,7 @@ def read_header(path: str | Path, *, pixels: bool = False) -> Dataset:
         with warnings.catch_warnings():  # pydicom's warnings quote header values: hostile
             warnings.simplefilter("ignore")  # text, or a patient's name, would reach the log
             ds = _dcmread(path, pixels)
-            _parse_public(ds)
+            _check_public(ds)
     except InvalidDicomError as e:
         kind = sniff_file_type(path)
         hint = f"it looks like a {kind} file: give it the right extension" if kind else ""
@@ -198,15 +198,9 @@ def complete_pixels(ds: Dataset, path: str | Path) -> Dataset:
             with open(path, "rb") as fh:
                 fh.seek(offset)
                 tail = read_dataset(fh, implicit, little)
-            tags = list(tail.keys())
-            for tag in tags:
+            _check_public(tail)  # as read_header checks the header
+            for tag in list(tail.keys()):
                 ds[tag] = tail.get_item(tag)
-            for tag in tags:  # as _parse_public does for the whole file
-                if not tag.is_private:
-                    element = ds[tag]
-                    if element.VR == "SQ":
-                        for item in element.value:
-                            _parse_public(item)
     except MemoryError:  # read_scan names it
         raise
     except Exception:
@@ -232,7 +226,7 @@ def _after_pixel_data(tag, vr, length) -> bool:
     return tag > 0x7FE00010
 
 
-def _parse_public(ds: Dataset) -> None:
+def _check_public(ds: Dataset) -> None:
     """Check every public element now for the damage that makes pydicom raise when the
     value is first read (pydicom defers conversion, so the error would otherwise come from
     wherever that is): each sequence is parsed, recursively, and each binary number's
@@ -246,7 +240,7 @@ def _parse_public(ds: Dataset) -> None:
         vr = element.VR if element.VR not in (None, "UN") else _dictionary_vr(tag)
         if vr == "SQ":
             for item in ds[tag].value:
-                _parse_public(item)
+                _check_public(item)
         elif (
             vr in _NUMBER_BYTES
             and isinstance(element, RawDataElement)

@@ -176,7 +176,7 @@ def search_all(search, key: str, *args, **kwargs) -> list[dict]:
     found: list[dict] = []
     seen: set[str] = set()
     for _ in range(MAX_PAGES):
-        page = search(*args, offset=len(found), **kwargs) if found else search(*args, **kwargs)
+        page = search(*args, offset=len(found), **kwargs)
         new = [d for d in page if _value(d, key) not in seen]
         if not new:
             return found

@@ -14,7 +14,13 @@ from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
 
 from medres.io.dicom import SliceSource, frame_count, is_multiframe
-from medres.pacs.sr import CODING_SCHEME, NOT_FOR_DIAGNOSIS, Producer, declare_coding_scheme
+from medres.pacs.sr import (
+    CODING_SCHEME,
+    NOT_FOR_DIAGNOSIS,
+    Identity,
+    Producer,
+    declare_coding_scheme,
+)
 
 ACTIVATION = Code("GRADCAM", CODING_SCHEME, "Class activation (Grad-CAM)")
 
@@ -78,12 +84,7 @@ def parametric_map(
     sources: Sequence[Dataset],
     frames: np.ndarray,
     producer: Producer,
-    *,
-    series_uid: str,
-    sop_uid: str,
-    series_number: int,
-    instance_number: int,
-    series_description: str,
+    identity: Identity,
 ) -> hd.pm.ParametricMap:
     """The heatmap as a float Parametric Map on the sources' frames (from
     :func:`aligned_frames`): same plane positions, orientation and pixel spacing, each
@@ -101,10 +102,7 @@ def parametric_map(
     pm = hd.pm.ParametricMap(
         source_images=list(sources),
         pixel_array=frames.astype(np.float32),
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_uid,
-        instance_number=instance_number,
+        **identity.highdicom(),
         manufacturer="medres",
         manufacturer_model_name=f"bundle {producer.bundle_id}",
         software_versions=producer.version,
@@ -117,7 +115,7 @@ def parametric_map(
         content_qualification=hd.ContentQualificationValues.RESEARCH,
     )
     pm.Laterality = _laterality(sources[0])
-    pm.SeriesDescription = series_description
+    pm.SeriesDescription = identity.series_description
     pm.ImageComments = _comment(producer)
     declare_coding_scheme(pm)
     return pm
@@ -129,12 +127,7 @@ def secondary_capture(
     rgb: np.ndarray,
     orientation: tuple[str, str] | None,
     producer: Producer,
-    *,
-    series_uid: str,
-    sop_uid: str,
-    series_number: int,
-    instance_number: int,
-    series_description: str,
+    identity: Identity,
 ) -> hd.sc.SCImage:
     """The overlay PNG as an RGB Secondary Capture in ``reference``'s study and patient,
     its Source Image Sequence naming ``sources`` (the images the map was computed on).
@@ -152,10 +145,7 @@ def secondary_capture(
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_uid,
-        instance_number=instance_number,
+        **identity.highdicom(),
         manufacturer="medres",
         patient_orientation=orientation or ("L", "P"),
         transfer_syntax_uid=ExplicitVRLittleEndian,
@@ -163,7 +153,7 @@ def secondary_capture(
     if orientation is None:
         sc.PatientOrientation = None
     sc.Laterality = _laterality(reference)
-    sc.SeriesDescription = series_description
+    sc.SeriesDescription = identity.series_description
     sc.BurnedInAnnotation = "NO"
     sc.DerivationDescription = "Grad-CAM heatmap (jet, alpha 0.4) over the scan, by medres"
     sc.ImageComments = _comment(producer)

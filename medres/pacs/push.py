@@ -64,23 +64,26 @@ def push(outdir: str | Path, peer: Peer, *, again: bool = False) -> PushSummary:
         if again or sent_before.get((peer.url.text, _relative(outdir, p))) != digests[p]
     ]
     summary = PushSummary(unchanged=len(files) - len(todo))
+    uids = {path: _uids(path) for path in todo}  # (study, SOP instance) of each file
+    studies: dict[str, list[Path]] = {}
+    for path in todo:
+        studies.setdefault(uids[path][0], []).append(path)
     try:
-        for study_files in _by_study(todo).values():
+        for study_files in studies.values():
             peer.store(study_files)
             summary.sent += study_files
     finally:
         if summary.sent:
-            _record(outdir, record, peer, summary.sent, digests)
+            _record(outdir, record, peer, summary.sent, digests, uids)
         summary.record = outdir / RECORD if (outdir / RECORD).exists() else None
     return summary
 
 
-def _by_study(paths: list[Path]) -> dict[str, list[Path]]:
-    studies: dict[str, list[Path]] = {}
-    for path in paths:
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
-        studies.setdefault(str(ds.StudyInstanceUID), []).append(path)
-    return studies
+def _uids(path: Path) -> tuple[str, str]:
+    """A result file's StudyInstanceUID and SOPInstanceUID (its header only)."""
+    tags = ["StudyInstanceUID", "SOPInstanceUID"]
+    ds = dcmread(path, stop_before_pixels=True, specific_tags=tags)
+    return str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
 
 
 def _relative(outdir: Path, path: Path) -> str:
@@ -93,31 +96,26 @@ def _read_record(outdir: Path) -> dict:
         return {"format": FORMAT, "sent": []}
     try:
         record = json.loads(path.read_text())
-        assert isinstance(record.get("sent"), list)
-        return record
-    except (ValueError, AssertionError, AttributeError):
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("sent"), list):
         raise PacsError(
             f"{path} is not a medres push record; move it away (the next push sends everything)"
-        ) from None
+        )
+    return record
 
 
-def _record(outdir: Path, record: dict, peer: Peer, sent: list[Path], digests) -> None:
+def _record(outdir: Path, record: dict, peer: Peer, sent: list[Path], digests, uids) -> None:
+    """Replace the entries of ``sent`` (for this URL) in pacs.json and write it."""
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    files = {_relative(outdir, p) for p in sent}
-    kept = [
-        e
-        for e in record["sent"]
-        if (e["url"], e["file"]) not in {(peer.url.text, f) for f in files}
-    ]
+    replaced = {(peer.url.text, _relative(outdir, p)) for p in sent}
+    kept = [e for e in record["sent"] if (e["url"], e["file"]) not in replaced]
     for path in sent:
-        uid = dcmread(
-            path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]
-        ).SOPInstanceUID
         kept.append(
             {
                 "url": peer.url.text,
                 "file": _relative(outdir, path),
-                "sop_instance_uid": str(uid),
+                "sop_instance_uid": uids[path][1],
                 "sha256": digests[path],
                 "sent_at": now,
             }

@@ -52,15 +52,19 @@ from medres.pacs.heatmap import (
     patient_orientation,
     secondary_capture,
 )
-from medres.pacs.sr import Finding, Producer, structured_report
+from medres.pacs.query import RESULT_SERIES_PREFIX
+from medres.pacs.sr import Finding, Identity, Producer, structured_report
 from medres.predict.predictor import safe_stem
 
 RESULTS_FOLDER = "dicom"
 SERIES_NUMBERS = {"sr": 9901, "parametric_map": 9902, "secondary_capture": 9903}
-SERIES_DESCRIPTIONS = {
-    "sr": "medres report: not for diagnostic use unless validated locally",
-    "parametric_map": "medres heatmap: not for diagnostic use unless validated locally",
-    "secondary_capture": "medres overlay: not for diagnostic use unless validated locally",
+SERIES_DESCRIPTIONS = {  # the prefix is how pull and listen know medres's own results
+    kind: f"{RESULT_SERIES_PREFIX} {what}: not for diagnostic use unless validated locally"
+    for kind, what in (
+        ("sr", "report"),
+        ("parametric_map", "heatmap"),
+        ("secondary_capture", "overlay"),
+    )
 }
 AXIAL_OVERLAY_ORIENTATION = ("L", "P")  # a 3D overlay PNG is a radiological axial slice
 
@@ -177,7 +181,7 @@ def _write_row(
         refer=bool(row["refer"]),
         refer_reason=_text(row.get("refer_reason")) or "",
     )
-    sr = structured_report(scan.datasets, finding, producer, **_identity(producer, scan, "sr"))
+    sr = structured_report(scan.datasets, finding, producer, _identity(producer, scan, "sr"))
     summary.written.append(_save(sr, folder / "sr.dcm", when))
     if not heatmap_map:
         summary.skipped[NO_HEATMAP] += 1
@@ -189,14 +193,14 @@ def _write_row(
         summary.skipped[f"parametric map not aligned: {e}"] += 1
     else:
         identity = _identity(producer, scan, "parametric_map")
-        pm = parametric_map(sources, frames, producer, **identity)
+        pm = parametric_map(sources, frames, producer, identity)
         summary.written.append(_save(pm, folder / "parametric_map.dcm", when))
     rgb = np.asarray(Image.open(outdir / overlay).convert("RGB"))  # (rows, columns, 3)
     orientation = (
         AXIAL_OVERLAY_ORIENTATION if cam.ndim == 3 else patient_orientation(scan.reference)
     )
     identity = _identity(producer, scan, "secondary_capture")
-    sc = secondary_capture(scan.reference, scan.datasets, rgb, orientation, producer, **identity)
+    sc = secondary_capture(scan.reference, scan.datasets, rgb, orientation, producer, identity)
     summary.written.append(_save(sc, folder / "secondary_capture.dcm", when))
 
 
@@ -261,7 +265,7 @@ def _valid(element: DataElement) -> bool:
     return True
 
 
-def _identity(producer: Producer, scan: _Scan, kind: str) -> dict[str, Any]:
+def _identity(producer: Producer, scan: _Scan, kind: str) -> Identity:
     """An object's deterministic series and instance UIDs, numbers and description.
 
     ``sop_uid``: from the bundle id, every source SOPInstanceUID (in slice order) and the
@@ -271,13 +275,13 @@ def _identity(producer: Producer, scan: _Scan, kind: str) -> dict[str, Any]:
     series_uid = str(scan.reference.SeriesInstanceUID)
     source_uids = [s.sop_instance_uid for s in scan.slices]
     number = scan.reference.get("InstanceNumber")
-    return {
-        "series_uid": generate_uid(entropy_srcs=[producer.bundle_id, series_uid, kind]),
-        "sop_uid": generate_uid(entropy_srcs=[producer.bundle_id, *source_uids, kind]),
-        "series_number": SERIES_NUMBERS[kind],
-        "instance_number": int(number) if number not in (None, "") else 1,
-        "series_description": SERIES_DESCRIPTIONS[kind],
-    }
+    return Identity(
+        series_uid=generate_uid(entropy_srcs=[producer.bundle_id, series_uid, kind]),
+        sop_uid=generate_uid(entropy_srcs=[producer.bundle_id, *source_uids, kind]),
+        series_number=SERIES_NUMBERS[kind],
+        instance_number=int(number) if number not in (None, "") else 1,
+        series_description=SERIES_DESCRIPTIONS[kind],
+    )
 
 
 def _load_map(path: Path) -> np.ndarray:

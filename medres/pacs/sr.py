@@ -70,6 +70,27 @@ class Producer:
 
 
 @dataclass(frozen=True)
+class Identity:
+    """One result object's place: its series and instance UIDs and numbers, and the series
+    description (derived by :mod:`medres.pacs.results`)."""
+
+    series_uid: str
+    sop_uid: str
+    series_number: int
+    instance_number: int
+    series_description: str
+
+    def highdicom(self) -> dict[str, object]:
+        """The arguments every highdicom object constructor takes for these."""
+        return {
+            "series_instance_uid": self.series_uid,
+            "series_number": self.series_number,
+            "sop_instance_uid": self.sop_uid,
+            "instance_number": self.instance_number,
+        }
+
+
+@dataclass(frozen=True)
 class Finding:
     """One scan's prediction as ``predictions.parquet`` holds it.
 
@@ -101,12 +122,7 @@ def structured_report(
     sources: Sequence[Dataset],
     finding: Finding,
     producer: Producer,
-    *,
-    series_uid: str,
-    sop_uid: str,
-    series_number: int,
-    instance_number: int,
-    series_description: str,
+    identity: Identity,
 ) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report of ``finding`` on ``sources`` (the scan's DICOM headers, one per
     file; pixels not needed), in their study with their patient module."""
@@ -138,7 +154,8 @@ def structured_report(
     ]
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=generate_uid(entropy_srcs=[sop_uid, "tracking"]), identifier="medres prediction"
+            uid=generate_uid(entropy_srcs=[identity.sop_uid, "tracking"]),
+            identifier="medres prediction",
         ),
         algorithm_id=algorithm,
         measurements=[
@@ -161,14 +178,11 @@ def structured_report(
     sr = hd.sr.Comprehensive3DSR(
         evidence=list(sources),
         content=report[0],
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_uid,
-        instance_number=instance_number,
+        **identity.highdicom(),
         manufacturer="medres",
         is_complete=True,
     )
-    sr.SeriesDescription = series_description
+    sr.SeriesDescription = identity.series_description
     declare_coding_scheme(sr)
     return sr
 
