@@ -123,6 +123,16 @@ def _slider(page, label: str):
     return page.locator('[data-testid="stSlider"]').filter(has_text=label).get_by_role("slider")
 
 
+def _settle(page) -> None:
+    """Wait until the app has finished every rerun the last actions started: a widget
+    touched mid-rerun is replaced under the pointer (the stApp's script state is
+    Streamlit's own signal, the one its end-to-end tests wait on)."""
+    page.wait_for_timeout(300)  # a rerun just asked for may not have started yet
+    page.locator(
+        '[data-testid="stApp"][data-test-script-state="notRunning"]'
+    ).wait_for(state="attached", timeout=60_000)
+
+
 def _choose(page, combobox: str, option: str, attempts: int = 5) -> None:
     """Open a Streamlit selectbox and pick `option`, retrying when a rerun re-rendered it."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -130,14 +140,15 @@ def _choose(page, combobox: str, option: str, attempts: int = 5) -> None:
     box = page.get_by_role("combobox", name=combobox)
     choice = page.get_by_role("option", name=option, exact=True)
     for _ in range(attempts):
-        box.focus()
-        box.press("ArrowDown")  # opens the list of classes
+        _settle(page)
+        box.click()  # opens the list of classes
         try:
             choice.wait_for(state="visible", timeout=5_000)
-            break
-        except PlaywrightTimeout:  # the slider's rerun replaced the box while it opened
+            choice.click(timeout=5_000)
+            return
+        except PlaywrightTimeout:  # a rerun replaced the box while it opened
             page.keyboard.press("Escape")
-    choice.click()
+    raise AssertionError(f"could not choose {option!r} in {combobox!r} in {attempts} tries")
 
 
 def test_a_reviewer_signs_in_scrolls_a_case_and_records_a_disagreement(served, tmp_path):
@@ -184,8 +195,11 @@ def test_a_reviewer_signs_in_scrolls_a_case_and_records_a_disagreement(served, t
                 preset = page.get_by_role("combobox", name="Window preset")
                 expect(preset).to_have_value("manual")
 
+            _settle(page)
             page.get_by_text("Show the model's output").click()  # hidden until asked
+            _settle(page)
             page.get_by_text("Grad-CAM overlay").click()  # off until asked, too
+            _settle(page)
             page.get_by_text("Disagree", exact=True).click()
             _choose(page, "Corrected label (when you disagree)", other)
             page.get_by_label("Notes").fill("seen in the browser test")
