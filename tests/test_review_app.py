@@ -116,6 +116,11 @@ def test_worklist_shows_the_most_urgent_cases_first_with_counts(store):
     assert metrics["In this list"] == "21" and metrics["Pending"] == "21"
     assert metrics["Reviewed"] == "0"
     assert "Signed in as **dr\\_lee**" in [c.value for c in at.sidebar.caption]
+    # nothing is decided yet: no empty decision columns; the pending cases per reason
+    assert {"decision", "reviewer", "corrected_label"}.isdisjoint(table.columns)
+    reasons = next(f.value for f in at.dataframe if "Why it is here" in f.value.columns)
+    ood = reasons.set_index("Why it is here").loc["out of distribution", "Pending"]
+    assert ood == len(store.worklist(reason="out of distribution")) >= 1
 
 
 def test_worklist_filters_by_status_class_site_and_reason(store):
@@ -134,8 +139,16 @@ def test_worklist_filters_by_status_class_site_and_reason(store):
     cls = counts.index[0]
     at.selectbox(key="wl_class").set_value(cls).run()
     table = worklist_table(at)
-    assert (table["predicted_class"] == cls).all()
+    expected = store.worklist(predicted_class=cls)["case_id"].tolist()
+    assert table["case_id"].tolist() == expected
     assert len(table) == counts[cls] - (work["predicted_class"].iloc[3] == cls)
+    # the table says why a case is here, not what the model said
+    assert {"predicted_class", "confidence", "conformal_set"}.isdisjoint(table.columns)
+    # the filters stay while the reader opens a case and comes back
+    at.switch_page(CASE_PAGE).run()
+    at.switch_page(WORKLIST_PAGE).run()
+    assert at.selectbox(key="wl_class").value == cls
+    assert worklist_table(at)["case_id"].tolist() == expected
     at.selectbox(key="wl_class").set_value("(any)").run()
 
     assert at.selectbox(key="wl_site").options == ["(any)", "St Elsewhere"]
@@ -144,7 +157,8 @@ def test_worklist_filters_by_status_class_site_and_reason(store):
 
     at.selectbox(key="wl_reason").set_value("out of distribution").run()
     table = worklist_table(at)
-    assert table["ood"].all() and "zz_black.png" in table["scan_id"].tolist()
+    assert "zz_black.png" in table["scan_id"].tolist()
+    assert table["refer_reason"].str.contains("out of distribution").all()
     assert (
         table["scan_id"].tolist()
         == store.worklist(reason="out of distribution")["scan_id"].tolist()

@@ -1,9 +1,73 @@
-"""Worklist: the cases most in need of a human first, with filters, counts and "next case"."""
+"""Worklist: the cases most in need of a human first, with filters, counts per reason,
+clickable rows and "next case" (N).
 
+Not steering the reader: the table says why a case is here and what was decided, not
+what the model predicted or how sure it was. The filters are kept while the reader
+moves through cases (Streamlit forgets a widget's value once its page is left, so
+:func:`keep` restores them from a copy)."""
+
+import pandas as pd
 import streamlit as st
 
-from medres.review import ui
-from medres.review.summary import reasons_in
+from medres.review import render, ui
+from medres.review.summary import reasons_in, referral_reasons
+
+ANY = "(any)"
+FILTERS = {"wl_status": "pending", "wl_run": ANY, "wl_class": ANY, "wl_site": ANY, "wl_reason": ANY}
+HEADERS = {  # column: (header, help); the others stay out of the table
+    "rank": ("#", "Reading order: out of distribution first, then the most uncertain"),
+    "scan_id": ("Scan", None),
+    "modality": ("Modality", None),
+    "site": ("Site", None),
+    "refer_reason": ("Why it is here", "The referral reasons; empty: not referred"),
+    "decision": ("Decision", None),
+    "corrected_label": ("Corrected to", None),
+    "reviewer": ("Reader", None),
+    "decided_at": ("Decided", None),
+}
+
+
+def keep(defaults: dict[str, object]) -> None:
+    """Give each filter widget its last value (else its default) before it is drawn."""
+    state = st.session_state
+    for key, default in defaults.items():
+        if key not in state:
+            state[key] = state.get(f"kept_{key}", default)
+
+
+def remember(defaults: dict[str, object]) -> None:
+    """Copy the filter widgets' values where Streamlit keeps them across pages."""
+    for key in defaults:
+        st.session_state[f"kept_{key}"] = st.session_state[key]
+
+
+def reason_counts(scope: pd.DataFrame) -> pd.DataFrame:
+    """Pending and reviewed cases per referral reason (a case counts under each reason)."""
+    counts = referral_reasons(scope)
+    return pd.DataFrame(
+        {
+            "Why it is here": counts["reason"],
+            "Pending": counts["cases"] - counts["reviewed"],
+            "Reviewed": counts["reviewed"],
+        }
+    )
+
+
+def table_view(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The worklist as shown: readable headers, no column that is empty throughout."""
+    shown = [c for c in HEADERS if c in table.columns and table[c].notna().any()]
+    frame = table.assign(
+        refer_reason=table["refer_reason"].fillna(""),
+        decided_at=table["decided_at"].map(lambda t: t[:16].replace("T", " ") if t else t),
+    )
+    config = {
+        c: st.column_config.Column(header, help=text)
+        for c, (header, text) in HEADERS.items()
+        if c in shown
+    }
+    config["rank"] = st.column_config.NumberColumn("#", help=HEADERS["rank"][1], width="small")
+    return frame[["case_id", *shown]], config | {"case_id": None}
+
 
 ui.require_reviewer()
 store = ui.store()
@@ -14,7 +78,6 @@ if runs.empty:
     st.info("No prediction run is loaded: `medres review load OUTDIR --store DB`.")
     st.stop()
 everything = store.worklist(status="all")
-ANY = "(any)"
 run_labels = {
     int(r.id): f"run {r.id}: model {str(r.bundle_id)[:12]}, {r.cases} cases, {r.loaded_at[:10]}"
     for r in runs.itertuples()
@@ -22,6 +85,7 @@ run_labels = {
 classes = sorted({str(c) for r in runs["classes"] for c in r})
 sites = sorted(everything["site"].dropna().unique().tolist())
 
+keep(FILTERS)
 first, second, third, fourth, fifth = st.columns([1.7, 1.6, 1, 1, 1.6])
 status = first.radio("Status", ["pending", "reviewed", "all"], horizontal=True, key="wl_status")
 run = second.selectbox(
@@ -30,6 +94,7 @@ run = second.selectbox(
 predicted = third.selectbox("Predicted class", [ANY, *classes], key="wl_class")
 site = fourth.selectbox("Site", [ANY, *sites], key="wl_site")
 reason = fifth.selectbox("Referral reason", [ANY, *reasons_in(everything)], key="wl_reason")
+remember(FILTERS)
 
 table = store.worklist(
     run_id=None if run == ANY else run,
@@ -40,54 +105,35 @@ table = store.worklist(
 )
 scope = everything if run == ANY else everything[everything["run_id"] == run]
 reviewed = int(scope["decision"].notna().sum())
-counts = st.columns(4)
-counts[0].metric("In this list", len(table))
-counts[1].metric("Pending", len(scope) - reviewed)
-counts[2].metric("Reviewed", reviewed)
-counts[3].metric("Referred", int(scope["refer"].sum()))
+counts, reasons = st.columns([3, 2])
+with counts:
+    numbers = st.columns(4)
+    numbers[0].metric("In this list", len(table))
+    numbers[1].metric("Pending", len(scope) - reviewed)
+    numbers[2].metric("Reviewed", reviewed)
+    numbers[3].metric("Referred", int(scope["refer"].sum()))
+with reasons:
+    st.dataframe(reason_counts(scope), hide_index=True, key="wl_reasons")
 
 st.session_state[ui.ORDER_KEY] = table["case_id"].astype(int).tolist()  # for next / previous
 if table.empty:
     st.success("No case matches these filters.")
     st.stop()
-labels = {
-    int(row.case_id): f"#{row.rank}  {row.scan_id}  (predicted {row.predicted_class})"
-    for row in table.itertuples()
-}
-pick, next_button, open_button = st.columns([3, 1, 1], vertical_alignment="bottom")
-chosen = pick.selectbox("Case", list(labels), format_func=labels.get, key="wl_case")
-if next_button.button("Next case", type="primary", key="wl_next"):
+if st.button("Next case", type="primary", key="wl_next", shortcut="N"):
     ui.open_case(int(table["case_id"].iloc[0]))
-if open_button.button("Open case", key="wl_open"):
-    ui.open_case(chosen)
-
-shown = table.assign(
-    conformal_set=table["conformal_set"].map(lambda s: ", ".join(s or [])),
-)[
-    [
-        "rank",
-        "case_id",
-        "scan_id",
-        "predicted_class",
-        "confidence",
-        "conformal_set",
-        "uncertainty",
-        "ood",
-        "refer_reason",
-        "site",
-        "patient_id",
-        "decision",
-        "corrected_label",
-        "reviewer",
-    ]
-]
-st.dataframe(
-    shown,
+st.caption("Click a row to open its case; N opens the first one.")
+frame, config = table_view(table)
+picked = st.dataframe(
+    frame,
     hide_index=True,
     key="wl_table",
-    column_config={
-        "confidence": st.column_config.NumberColumn("confidence", format="%.2f"),
-        "uncertainty": st.column_config.NumberColumn("uncertainty", format="%.2f"),
-        "ood": st.column_config.CheckboxColumn("OOD"),
-    },
+    column_config=config,
+    on_select="rerun",
+    selection_mode="single-row",
+)
+if picked.selection.rows:
+    ui.open_case(int(frame["case_id"].iloc[picked.selection.rows[0]]))
+st.caption(
+    f"{render.literal(len(table))} case(s). The model's prediction shows in the case "
+    "view, after you have looked at the scan."
 )
