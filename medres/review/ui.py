@@ -74,7 +74,11 @@ def reviewer() -> str | None:
     if name:
         return str(name)
     if oidc_configured() and st.user.is_logged_in:
-        return str(st.user.get("email") or st.user.get("name") or "") or None
+        name = str(st.user.get("email") or st.user.get("name") or "") or None
+        if name:  # signed in at the identity provider: an audit row once per session
+            sign_ins.record(store(), name, "sign_in")
+            st.session_state["reviewer"] = name
+        return name
     return None
 
 
@@ -111,7 +115,8 @@ def sign_out() -> None:
     for key in list(st.session_state.keys()):
         del st.session_state[key]
     if oidc_configured() and st.user.is_logged_in:
-        st.logout()
+        st.logout()  # sends the browser to the identity provider's end of session, a
+        st.stop()  # redirect that a rerun would drop: this run stops here instead
 
 
 def require_reviewer() -> str:
