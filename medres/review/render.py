@@ -27,7 +27,7 @@ characters, never as a link, an image, emphasis, LaTeX or an icon. Tables
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -50,6 +50,15 @@ CT_PRESETS: dict[str, tuple[float, float]] = {
 }
 # every ASCII punctuation character: CommonMark lets a backslash escape any of them
 MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+# scan metadata the viewer shows as study context (no patient identifiers)
+CONTEXT_FACTS = (
+    "study_date",
+    "study_description",
+    "series_description",
+    "description",
+    "body_part",
+    "manufacturer",
+)
 OVERLAY_CMAP = "jet"  # as the PNG overlays medres predict --explain writes
 DISPLAY_SIZE = 512  # pixels along the longer side of a rendered view
 
@@ -82,6 +91,8 @@ class DisplayScan:
         header_window: ``(width, level)`` from a DICOM header, or None.
         orientation: nibabel orientation change from the scan's voxel axes to ``values``
             (None for a 2D image); heat maps on the scan's grid take the same change.
+        facts: what the viewer may say about the study (:data:`CONTEXT_FACTS` of the
+            scan's metadata that it has); never a patient's name or id.
     """
 
     values: np.ndarray
@@ -89,6 +100,7 @@ class DisplayScan:
     modality: str | None
     header_window: tuple[float, float] | None
     orientation: np.ndarray | None
+    facts: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_3d(self) -> bool:
@@ -108,6 +120,7 @@ def display_scan(volume: Volume) -> DisplayScan:
     if meta.get("window_width") and meta.get("window_center") is not None:
         window = (float(meta["window_width"]), float(meta["window_center"]))
     modality = meta.get("modality")
+    facts = {name: str(meta[name]) for name in CONTEXT_FACTS if meta.get(name)}
     if not volume.is_3d:
         if volume.channels in (3, 4):
             values = array[:3].transpose(2, 1, 0)  # (rows, cols, RGB)
@@ -116,14 +129,14 @@ def display_scan(volume: Volume) -> DisplayScan:
         else:
             values = array.mean(axis=0).T
         spacing = tuple(reversed(volume.spacing_mm))  # (row, col)
-        return DisplayScan(np.ascontiguousarray(values), spacing, modality, window, None)
+        return DisplayScan(np.ascontiguousarray(values), spacing, modality, window, None, facts)
     current = nib.orientations.io_orientation(volume.affine)
     change = nib.orientations.ornt_transform(current, nib.orientations.axcodes2ornt("LPS"))
     grey = nib.orientations.apply_orientation(array.mean(axis=0), change)
     shape = volume.spatial_shape
     affine = volume.affine @ nib.orientations.inv_ornt_aff(change, shape)
     spacing = tuple(float(n) for n in np.linalg.norm(affine[:3, :3], axis=0))
-    return DisplayScan(np.ascontiguousarray(grey), spacing, modality, window, change)
+    return DisplayScan(np.ascontiguousarray(grey), spacing, modality, window, change, facts)
 
 
 def auto_window(values: np.ndarray, percentiles=AUTO_PERCENTILES) -> tuple[float, float]:
@@ -208,6 +221,70 @@ def pixel_mm(scan: DisplayScan, plane: str) -> tuple[float, float]:
     return {"axial": (sy, sx), "coronal": (sz, sx), "sagittal": (sz, sy)}[plane]
 
 
+def source_index(
+    scan: DisplayScan, plane: str, index: int
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Where the pixels of :func:`take_slice`'s picture lie in the scan's own array.
+
+    Returns ``(origin, per_row, per_col)``: the pixel at picture row ``r``, column ``c``
+    is the scan file's element ``origin + r * per_row + c * per_col`` — ``(row, col)``
+    of a 2D image's matrix, ``(i, j, k)`` of a volume's ``Volume.array[channel]``
+    (the voxel index as stored, before the reordering for display).
+    """
+    if not scan.is_3d:
+        return (0, 0), (1, 0), (0, 1)
+    k = int(np.clip(index, 0, slice_count(scan, plane) - 1))
+    top = scan.values.shape[2] - 1  # rows run from superior down in coronal / sagittal
+    where = {  # (x, y, z) of values at picture (r, c)
+        "axial": lambda r, c: (c, r, k),
+        "coronal": lambda r, c: (c, k, top - r),
+        "sagittal": lambda r, c: (k, c, top - r),
+    }[plane]
+
+    def stored(r: int, c: int) -> np.ndarray:
+        shown = where(r, c)
+        out = []
+        for axis_out, flip in scan.orientation:  # one row per stored axis
+            v = shown[int(axis_out)]
+            out.append(v if flip > 0 else scan.values.shape[int(axis_out)] - 1 - v)
+        return np.array(out, dtype=np.int64)
+
+    origin = stored(0, 0)
+    rows, cols = stored(1, 0) - origin, stored(0, 1) - origin
+    return tuple(map(int, origin)), tuple(map(int, rows)), tuple(map(int, cols))
+
+
+def value_unit(scan: DisplayScan) -> str:
+    """The unit of ``scan.values``: ``HU`` for CT (the DICOM rescale is applied on
+    reading), else ``a.u.`` (stored values with no fixed scale)."""
+    return "HU" if (scan.modality or "").upper() == "CT" else "a.u."
+
+
+def display_shape(shape: tuple[int, int], mm: tuple[float, float], size: int = DISPLAY_SIZE):
+    """``(height, width)`` in screen pixels of a ``shape`` (rows, cols) picture whose
+    pixels measure ``mm`` (row step, col step), its longer side ``size`` (as
+    :func:`scale_to`)."""
+    height_mm, width_mm = shape[0] * mm[0], shape[1] * mm[1]
+    scale = size / max(height_mm, width_mm)
+    return max(1, round(height_mm * scale)), max(1, round(width_mm * scale))
+
+
+def upsampling(shape: tuple[int, int], mm: tuple[float, float], size: int = DISPLAY_SIZE):
+    """How many screen pixels one matrix pixel spans (the larger of the two directions)
+    when a ``shape`` picture is drawn ``size`` pixels on its longer side."""
+    height, width = display_shape(shape, mm, size)
+    return max(height / shape[0], width / shape[1])
+
+
+def overlay_rgba(heat: np.ndarray, opacity: float) -> np.ndarray:
+    """The ``jet`` colour map of ``heat`` (0–1) as an (H, W, 4) uint8 layer to draw over
+    the scan, its alpha ``opacity`` everywhere (0 transparent, 1 opaque); as
+    :func:`overlay` blends it."""
+    colour = colormaps[OVERLAY_CMAP](np.clip(heat, 0.0, 1.0))
+    colour[..., 3] = float(np.clip(opacity, 0.0, 1.0))
+    return np.clip(np.rint(colour * 255.0), 0, 255).astype(np.uint8)
+
+
 def load_heatmap(path: str | Path | None, scan: DisplayScan) -> np.ndarray | None:
     """The case's Grad-CAM map (``.npy`` for 2D, ``.nii.gz`` for 3D, values 0–1) on the
     same grid as ``scan.values``; None when the case has no map.
@@ -271,10 +348,8 @@ def render_view(
 def scale_to(rgb: np.ndarray, mm: tuple[float, float], size: int = DISPLAY_SIZE) -> np.ndarray:
     """Resize an (H, W, 3) picture so its longer side is ``size`` pixels and each
     pixel's height : width is ``mm[0] : mm[1]`` (bilinear)."""
-    height_mm, width_mm = rgb.shape[0] * mm[0], rgb.shape[1] * mm[1]
-    scale = size / max(height_mm, width_mm)
-    shape = (max(1, round(width_mm * scale)), max(1, round(height_mm * scale)))
-    return np.asarray(Image.fromarray(rgb).resize(shape, Image.Resampling.BILINEAR))
+    height, width = display_shape(rgb.shape[:2], mm, size)
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def _rgb(picture: np.ndarray) -> np.ndarray:
