@@ -1,7 +1,9 @@
 """medres review app: the entry point that ``medres review serve`` runs.
 
-Before sign-in the navigation holds the sign-in page only, so no URL reaches a page
-with case data; every page also checks the reviewer itself (``ui.require_reviewer``).
+Before sign-in the navigation holds the sign-in page only (also at the other pages'
+addresses, hidden, so a bookmark or a reload signs in instead of "page not found"),
+so no URL reaches a page with case data; every page also checks the reviewer itself
+(``ui.require_reviewer``). A ``/?case=ID`` link is kept across the sign-in.
 """
 
 import streamlit as st
@@ -10,8 +12,14 @@ from medres.review import render, ui
 
 st.set_page_config(page_title="medres review", page_icon=":material/radiology:", layout="wide")
 
-if ui.reviewer() is None:
-    page = st.navigation([st.Page(ui.SIGN_IN_PAGE, title="Sign in", icon=":material/login:")])
+signed_in = ui.reviewer() is not None
+if not signed_in:
+    sign_in = st.Page(ui.SIGN_IN_PAGE, title="Sign in", icon=":material/login:", default=True)
+    hidden = [
+        st.Page(ui.SIGN_IN_PAGE, title="Sign in", url_path=path, visibility="hidden")
+        for path in ("worklist", "case", "dashboard", "export")
+    ]
+    page = st.navigation([sign_in, *hidden])
 else:
     page = st.navigation(
         [
@@ -26,4 +34,6 @@ else:
         if st.button("Sign out", key="sign_out"):
             ui.sign_out()
             st.rerun()
+ui.follow_link(signed_in, page.url_path)
+ui.keep_session()
 page.run()

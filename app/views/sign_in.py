@@ -6,6 +6,9 @@ from medres.review import ui
 
 st.title("medres review")
 st.write("Sign in with your reviewer account to see the worklist.")
+why = st.session_state.pop("signed_out_why", None)
+if why:
+    st.info(why)
 with st.form("sign_in_form", clear_on_submit=True):
     name = st.text_input("Reviewer name", key="sign_in_name")
     password = st.text_input("Password", type="password", key="sign_in_password")

@@ -22,10 +22,10 @@ from pathlib import Path
 import streamlit as st
 
 from medres.errors import MedresError
-from medres.review import sign_ins
+from medres.review import sessions, sign_ins
 from medres.review.render import literal
 from medres.review.store import ReviewStore
-from medres.review.users import default_users_path, verify
+from medres.review.users import default_users_path, list_users, verify
 
 STORE_ENV = "MEDRES_REVIEW_STORE"
 USERS_ENV = "MEDRES_REVIEW_USERS"
@@ -69,9 +69,28 @@ def oidc_configured() -> bool:
 
 
 def reviewer() -> str | None:
-    """The signed-in reviewer's name, or None."""
-    name = st.session_state.get("reviewer")
+    """The signed-in reviewer's name, or None.
+
+    A session idle for :data:`~medres.review.sessions.IDLE` is signed out here; a new
+    browser session (a reload, a bookmark) resumes from a valid session cookie."""
+    state = st.session_state
+    name = state.get("reviewer")
+    now = datetime.now(UTC)
+    if name and now - state.get("last_active", now) > sessions.IDLE:
+        sign_out()
+        st.session_state["signed_out_why"] = (
+            f"You were signed out after {sessions.IDLE.seconds // 60} minutes without "
+            "activity. Sign in again to go on."
+        )
+        return None
+    if not name:
+        token = st.context.cookies.get(sessions.COOKIE)
+        name = sessions.reviewer_of(store(), token, list_users(users_file())) if token else None
+        if name:
+            sign_ins.record(store(), name, "session_resumed")
+            state["reviewer"], state["session_token"] = name, token
     if name:
+        state["last_active"] = now
         return str(name)
     if oidc_configured() and st.user.is_logged_in:
         name = str(st.user.get("email") or st.user.get("name") or "") or None
@@ -80,6 +99,34 @@ def reviewer() -> str | None:
             st.session_state["reviewer"] = name
         return name
     return None
+
+
+def keep_session() -> None:
+    """Re-issue the session cookie while the reviewer works (every
+    :data:`~medres.review.sessions.REFRESH`), and write or clear it in the browser.
+    Call once per run, after the navigation is chosen."""
+    state = st.session_state
+    name, token = state.get("reviewer"), state.get("session_token")
+    if name and token:
+        issued = sessions.issued_at(token)
+        if issued is None or datetime.now(UTC) - issued > sessions.REFRESH:
+            state["session_token"] = token = sessions.issue(store(), name)
+    wanted = token if name else None
+    if state.get("cookie_written", "") != (wanted or ""):
+        _set_cookie(wanted)
+        state["cookie_written"] = wanted or ""
+
+
+def _set_cookie(token: str | None) -> None:
+    """Write the session cookie (None: delete it) with a script run in the page; the
+    token holds only hex digits and dots."""
+    value, age = (token, int(sessions.IDLE.total_seconds())) if token else ("", 0)
+    secure = "(location.protocol === 'https:' ? '; Secure' : '')"
+    st.html(
+        f"<script>document.cookie = '{sessions.COOKIE}={value}; Path=/; Max-Age={age}; "
+        f"SameSite=Strict' + {secure};</script>",
+        unsafe_allow_javascript=True,
+    )
 
 
 def sign_in(name: str, password: str) -> str | None:
@@ -103,6 +150,8 @@ def sign_in(name: str, password: str) -> str | None:
         return "Wrong reviewer name or password."
     sign_ins.record(reviews, name, "sign_in")
     st.session_state["reviewer"] = name
+    st.session_state["session_token"] = sessions.issue(reviews, name)
+    st.session_state["last_active"] = datetime.now(UTC)
     return None
 
 
@@ -111,9 +160,10 @@ def sign_out() -> None:
     an audit row says so."""
     name = st.session_state.get("reviewer")
     if name:
-        sign_ins.record(store(), name, "sign_out")
+        sign_ins.record(store(), name, "sign_out")  # ends this name's every session
     for key in list(st.session_state.keys()):
-        del st.session_state[key]
+        if key != "cookie_written":  # so that keep_session deletes the cookie
+            del st.session_state[key]
     if oidc_configured() and st.user.is_logged_in:
         st.logout()  # sends the browser to the identity provider's end of session, a
         st.stop()  # redirect that a rerun would drop: this run stops here instead
@@ -129,9 +179,10 @@ def require_reviewer() -> str:
 
 
 def open_case(case_id: int) -> None:
-    """Make ``case_id`` the open case and go to the case view."""
+    """Make ``case_id`` the open case and go to the case view (its address names the
+    case, so a reload or a bookmark comes back to it)."""
     st.session_state["case_id"] = int(case_id)
-    st.switch_page(CASE_PAGE)
+    st.switch_page(CASE_PAGE, query_params={"case": str(int(case_id))})
 
 
 ORDER_KEY = "wl_order"  # the case ids of the worklist as last shown: its order and filters
@@ -152,9 +203,23 @@ def current_case() -> int | None:
     linked = st.query_params.get("case")
     if linked and str(linked).isdigit():
         st.session_state["case_id"] = int(linked)
-        del st.query_params["case"]
     value = st.session_state.get("case_id")
     return None if value is None else int(value)
+
+
+def follow_link(signed_in: bool, page_path: str) -> None:
+    """Open the case a ``?case=ID`` link asked for: one opened before sign-in waits for
+    it; a bookmark opened signed in (a new browser session) goes straight there."""
+    state = st.session_state
+    linked = st.query_params.get("case")
+    fresh = not state.get("session_started")
+    state["session_started"] = True
+    if linked and str(linked).isdigit() and (fresh or not signed_in):
+        state["linked_case"] = int(linked)
+    if signed_in and "linked_case" in state:
+        wanted = state.pop("linked_case")
+        if page_path != "case":
+            open_case(wanted)
 
 
 def badge(label: str, colour: str) -> None:
