@@ -12,13 +12,14 @@ from typing import Any
 from medres.evaluate import Evaluation
 from medres.evaluate.report import format_metric
 from medres.split import TrainingAudit
+from medres.train.class_names import display_name
 
 
 def model_card(facts: dict[str, Any], evaluations: dict[str, Evaluation]) -> str:
     """``model_card.md``: intended use, data, metrics with CIs, limitations."""
     info, spec = facts["info"], facts["spec"]
     what = (
-        f"{info.task} classification into {', '.join(map(str, info.classes))}"
+        f"{info.task} classification into {_classes_text(info, facts.get('class_names'))}"
         if info.kind.classifies
         else "a continuous score"
     )
@@ -58,6 +59,15 @@ def model_card(facts: dict[str, Any], evaluations: dict[str, Evaluation]) -> str
         lines.append("")
     lines += ["## Limitations", "", *(f"- {x}" for x in _limitations(facts, evaluations)), ""]
     return "\n".join(lines)
+
+
+def _classes_text(info, class_names: list[str] | None) -> str:
+    """The classes as a reader sees them: ``normal (0), pneumonia (1)`` (the label
+    alone when it is its own name); binary tasks say which class is positive."""
+    names = class_names or [None] * len(info.classes)
+    shown = [display_name(c, n) for c, n in zip(info.classes, names, strict=True)]
+    text = ", ".join(shown)
+    return f"{text} (positive: {shown[-1]})" if info.kind.operating_point else text
 
 
 def _patient_notes(audit: TrainingAudit) -> tuple[str, list[str]]:

@@ -27,6 +27,7 @@ from medres.model_card import model_card
 from medres.split import TrainingAudit, audit_training_cohort
 from medres.tasks import Task, label_key
 from medres.train import CHECKPOINT, FitResult, TrainConfig, fit
+from medres.train.class_names import class_name_map, display_name
 from medres.train.distributed import from_env
 from medres.uncertainty.trust import Trust
 
@@ -141,6 +142,7 @@ def _train_and_evaluate(
         config.referable_from,
         config.flag_below,
         device=result.config.device,
+        class_names=result.class_names,
     )
     return _Trained(result, trust, evaluations, threshold)
 
@@ -156,7 +158,8 @@ def _write_bundle(
     """The bundle (:func:`~medres.bundle.save_bundle`) with its training and cohort
     records, metrics and model card; returns the ``bundle.json`` path."""
     result, evaluations = trained.result, trained.evaluations
-    counts = _counts(run.cohort, result.info.kind)
+    names = class_name_map(result.info.classes, result.class_names)
+    counts = _counts(run.cohort, result.info.kind, names)
     return save_bundle(
         out,
         model=result.model,
@@ -174,6 +177,7 @@ def _write_bundle(
         parent_id=parent.id if parent is not None else None,
         parent_lineage=parent.lineage if parent is not None else [],
         frozen_test=frozen_test,
+        class_names=result.class_names,
     )
 
 
@@ -232,6 +236,7 @@ def _card_facts(run: _Run, trained: _Trained, counts: dict[str, Any]) -> dict[st
         "task": result.info.task,
         "spec": result.spec,
         "info": result.info,
+        "class_names": result.class_names,
         "best_epoch": result.best_epoch,
         "metric": result.metric,
         "epochs_run": len(result.history),
@@ -266,8 +271,10 @@ def _hashed_scans(scan_ids: list[str], salt: str) -> dict[str, Any]:
     return {"scans": len(scan_ids), "scan_hashes": sorted(hash_id(salt, s) for s in scan_ids)}
 
 
-def _counts(cohort: Cohort, task: Task) -> dict[str, Any]:
-    """Scans per split and class (per split: n, mean, sd of the target for regression)."""
+def _counts(cohort: Cohort, task: Task, names: dict[str, str] | None = None) -> dict[str, Any]:
+    """Scans per split and class (per split: n, mean, sd of the target for regression);
+    the markdown table shows each class with its display name from ``names``
+    (``{label: name}``), e.g. ``normal (0)``."""
     ok = cohort.ok[cohort.ok["label"].notna()]
     splits = ok["split"].fillna("none")
     if not task.classifies:
@@ -276,9 +283,13 @@ def _counts(cohort: Cohort, task: Task) -> dict[str, Any]:
         table.index = ["n", "mean", "sd"]
     else:
         table = pd.crosstab(ok["label"].map(label_key), splits)
-    header = "| label | " + " | ".join(table.columns) + " |"
+    header = f"| {'class' if task.classifies else 'label'} | " + " | ".join(table.columns) + " |"
+    names = names or {}
     rows = [
-        f"| {label} | " + " | ".join(str(v) for v in row) + " |" for label, row in table.iterrows()
+        f"| {display_name(label, names.get(label)) if task.classifies else label} | "
+        + " | ".join(str(v) for v in row)
+        + " |"
+        for label, row in table.iterrows()
     ]
     sites = ok["site"].dropna().astype(str).value_counts().to_dict()
     site_line = ", ".join(f"{s}: {n}" for s, n in sites.items()) or "no site recorded"

@@ -2,9 +2,9 @@
 
 A bundle is a folder::
 
-    bundle.json         id, parent_id, task, classes, model name + arguments, preprocessing
-                        spec, operating point, training cohort fingerprint, versions, and
-                        the sha256 of every file below but bundle.json.sha256
+    bundle.json         id, parent_id, task, classes, class_names, model name + arguments,
+                        preprocessing spec, operating point, training cohort fingerprint,
+                        versions, and the sha256 of every file below but bundle.json.sha256
     bundle.json.sha256  the sha256 of bundle.json itself, in ``sha256sum`` format
                         (``<64 hex digits>  bundle.json``): ``sha256sum -c bundle.json.sha256``
                         in the folder verifies it
@@ -27,9 +27,11 @@ edited: a changed threshold, renamed classes, another task) or has none (a bundl
 medres before the sidecar: retrain it), and one whose files fail their checksums, naming
 the file. :func:`load_bundle` also checks the manifest's fields by type
 (:class:`Manifest`) and against the weights: the task and classes must give the head's
-number of outputs, a threshold is a probability of a binary task, and the input grid
-stays within :func:`medres.limits.max_voxels`. Each refusal is a :class:`BundleError`
-naming the field, what was found and what was expected.
+number of outputs, a threshold is a probability of a binary task, the input grid
+stays within :func:`medres.limits.max_voxels`, and ``class_names`` (optional: the display
+names of the classes, in their order; a bundle without it names each class by its
+label, :attr:`Bundle.class_names`) holds one distinct name per class. Each refusal is a
+:class:`BundleError` naming the field, what was found and what was expected.
 
 Modules: :mod:`~medres.bundle.layout` (file names, seal, verification),
 :mod:`~medres.bundle.manifest` (the typed ``bundle.json``), :mod:`~medres.bundle.load`
@@ -56,6 +58,7 @@ from medres.bundle.manifest import (
     ManifestTarget,
     ManifestTraining,
     TrainedOn,
+    check_class_names,
     validate_manifest,
 )
 from medres.bundle.save import save_bundle, update_bundle, versions
@@ -75,6 +78,7 @@ __all__ = [
     "ManifestTarget",
     "ManifestTraining",
     "TrainedOn",
+    "check_class_names",
     "is_bundle",
     "load_bundle",
     "read_manifest",

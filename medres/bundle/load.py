@@ -20,13 +20,15 @@ from medres.bundle.manifest import (
     ManifestTraining,
     TrainedOn,
     _field_error,
+    check_class_names,
     validate_manifest,
 )
 from medres.cohort import Cohort
 from medres.errors import BundleError, ConfigError
 from medres.files import sha256_file
 from medres.models import create_model
-from medres.tasks import TaskInfo, task_named
+from medres.tasks import TaskInfo, label_key, task_named
+from medres.train.class_names import class_name_map, display_name
 from medres.train.config import TrainConfig
 from medres.transforms import PreprocessSpec
 from medres.uncertainty.trust import CALIBRATION, Trust
@@ -53,6 +55,18 @@ class Bundle:
     def threshold(self) -> float | None:
         """The binary operating point on calibrated P(positive); None for other tasks."""
         return self.manifest.threshold
+
+    @property
+    def class_names(self) -> dict[str, str]:
+        """``{class: display name}`` in the classes' order, each class as text as in
+        ``predicted_class`` (``{"0": "normal", "1": "pneumonia"}``); a bundle written
+        before names were kept names each class by its label. ``{}`` for regression."""
+        return class_name_map(self.info.classes, self.manifest.class_names)
+
+    def shown_class(self, cls: Any) -> str:
+        """How a report shows class ``cls``: ``normal (0)``, or the label when it is
+        its own name."""
+        return display_name(cls, self.class_names.get(label_key(cls)))
 
     @property
     def training(self) -> ManifestTraining:
@@ -139,7 +153,9 @@ def _check_head(path: Path, typed: Manifest, info: TaskInfo, state: dict[str, An
 def read_manifest(path: str | Path) -> Manifest:
     """The verified (:func:`verify_bundle`) and typed (:func:`validate_manifest`)
     ``bundle.json`` of the bundle at ``path``, without loading its weights."""
-    return validate_manifest(path, verify_bundle(path))
+    typed = validate_manifest(path, verify_bundle(path))
+    check_class_names(path, typed)
+    return typed
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -148,7 +164,8 @@ def load_bundle(path: str | Path) -> Bundle:
     Raises:
         BundleError: :func:`verify_bundle`'s refusals; a field of ``bundle.json`` of the
             wrong type, inconsistent with another (:func:`validate_manifest`) or with the
-            weights (the head's outputs against the task and classes), naming the field.
+            weights (the head's outputs against the task and classes), display names
+            that are not one distinct name per class, naming the field.
     """
     path = Path(path)
     manifest = verify_bundle(path)
@@ -161,6 +178,7 @@ def load_bundle(path: str | Path) -> Bundle:
     except (SafetensorError, OSError) as e:
         raise BundleError(f"{path / WEIGHTS} cannot be read as safetensors: {e}") from e
     _check_head(path, typed, info, state)
+    check_class_names(path, typed)
     args = {k: v for k, v in typed.model.args.items() if k != "pretrained"}
     try:
         model = create_model(typed.model.name, **args)

@@ -13,6 +13,7 @@ from medres.bundle.layout import _RESTORE, FORMAT, MANIFEST
 from medres.errors import BundleError, ConfigError
 from medres.limits import MAX_VOXELS_ENV, max_voxels
 from medres.tasks import TASKS, label_key, task_named
+from medres.train.class_names import names_problem
 from medres.transforms import PreprocessSpec
 
 
@@ -86,6 +87,7 @@ class Manifest(BaseModel):
     created: str | None = None
     task: Literal[TASKS]
     classes: list[Any] | None
+    class_names: list[str] | None = None  # aligned with classes; None: labels as text
     target: ManifestTarget = ManifestTarget()
     threshold: float | None = None
     calibrated: bool = False
@@ -121,11 +123,25 @@ def _field_error(path: Path, field: str, found: Any, expected: str) -> BundleErr
     )
 
 
+def check_class_names(path: str | Path, typed: Manifest) -> None:
+    """``class_names``, when present: one distinct, non-empty name per class of
+    ``classes``, none for regression. Checked after the classes (and, when loading, the
+    weights), so an edited ``classes`` is named as the field that contradicts them.
+
+    Raises:
+        BundleError: naming ``class_names``, what was found and expected.
+    """
+    classes = typed.classes if task_named(typed.task).classifies else None
+    problem = names_problem(classes, typed.class_names)
+    if problem:
+        raise _field_error(Path(path), "class_names", typed.class_names, problem)
+
+
 def validate_manifest(path: str | Path, manifest: dict[str, Any]) -> Manifest:
     """The typed manifest of the bundle at ``path``, with its fields consistent with each
     other: classes with the task, the threshold with the task, the model's input
     channels and dimensions with the preprocessing, the input grid within
-    :func:`medres.limits.max_voxels`.
+    :func:`medres.limits.max_voxels`. (``class_names``: :func:`check_class_names`.)
 
     Raises:
         BundleError: naming the first field that fails, what was found and expected.

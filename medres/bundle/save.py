@@ -19,6 +19,7 @@ from medres.bundle.layout import FORMAT, OPTIONAL, REQUIRED, WEIGHTS, write_mani
 from medres.files import atomic_write, sha256_file, write_json, write_text
 from medres.frozen import FROZEN_TEST
 from medres.tasks import TaskInfo
+from medres.train.class_names import default_class_names
 from medres.transforms import PreprocessSpec
 from medres.uncertainty.trust import Trust
 
@@ -41,6 +42,7 @@ def save_bundle(
     parent_id: str | None = None,
     parent_lineage: list[dict[str, Any]] = (),
     frozen_test: dict[str, Any] | None = None,
+    class_names: list[str] | None = None,
 ) -> Path:
     """Write a bundle into ``out`` (created if needed); returns the ``bundle.json`` path.
 
@@ -53,6 +55,8 @@ def save_bundle(
             training cohort: every cohort the weights have seen, oldest first, each as
             ``{path, fingerprint, bundle_id}`` (the bundle that trained on it).
         frozen_test: written to ``frozen_test.json`` (:func:`medres.frozen.freeze`).
+        class_names: classifiers: the display name of each class, aligned with
+            ``info.classes`` (default: the labels as text).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,6 +81,11 @@ def save_bundle(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "task": info.task,
         "classes": info.classes,
+        **(
+            {"class_names": class_names or default_class_names(info.classes)}
+            if info.classes
+            else {}
+        ),
         "target": {"mean": info.target_mean, "std": info.target_std, "range": info.value_range},
         "threshold": threshold,
         "calibrated": trust is not None,

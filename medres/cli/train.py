@@ -59,7 +59,9 @@ def train_command(
     the documented defaults (ResNet-18, AdamW 1e-3, cosine schedule, 30 epochs, an
     average of the weights, early stopping on validation AUROC) are meant to be used as
     is; --set time_limit_minutes=25 sets a time budget (none by default, so that results
-    do not depend on how busy the machine is). The operating
+    do not depend on how busy the machine is); --set class_names=0=normal,1=pneumonia
+    names the classes for people (predictions, reports, the review app; default: the
+    labels). The operating
     point is chosen on the validation split; the model card reports validation and test
     metrics with patient-level 95 % CIs.
 
@@ -79,6 +81,7 @@ def train_command(
     Example:
 
         medres train --cohort cohort_split.parquet -o bundles/pneumonia
+        medres train --cohort cohort_split.parquet --set class_names=0=normal,1=pneumonia -o b
         medres train --cohort cohort_split.parquet --device cuda --nproc 4 -o bundles/pn4
         medres train pipeline.toml --set task=ordinal --set epochs=50 -o bundles/dr
     """

@@ -36,6 +36,7 @@ from medres.evaluate.bootstrap import draw_counts, id_text, intervals, patient_c
 from medres.evaluate.metrics import MetricCI, task_metrics
 from medres.files import jsonable
 from medres.tasks import TASK, TASKS, Task, task_named
+from medres.train.class_names import display_name
 
 __all__ = ["HEADLINE", "TASKS", "Evaluation", "choose_threshold", "evaluate"]
 
@@ -57,6 +58,8 @@ class Evaluation:
         curves: plot data (numpy arrays): binary ``roc``, ``operating_point``, ``pr``;
             multiclass/ordinal ``roc`` per class name and ``confusion`` (K, K) with rows =
             truth; regression ``scatter``. A curve that is undefined is absent.
+        classes: the K classes as text (labels), in output order; None for regression.
+        class_names: their display names (``normal``), aligned; the labels when not given.
     """
 
     task: str
@@ -68,6 +71,7 @@ class Evaluation:
     threshold: float | None
     curves: dict = field(default_factory=dict)
     classes: list[str] | None = None
+    class_names: list[str] | None = None
     patient_aggregate: str = "mean"
     n_boot: int = 1000
     seed: Any = 0
@@ -81,6 +85,7 @@ class Evaluation:
                 "n_patients": self.n_patients,
                 "threshold": self.threshold,
                 "classes": self.classes,
+                "class_names": self.class_names,
                 "patient_aggregate": self.patient_aggregate,
                 "bootstrap": {"n_boot": self.n_boot, "seed": self.seed, "resampled": "patients"},
                 "metrics": {k: m.to_dict() for k, m in self.metrics.items()},
@@ -93,6 +98,13 @@ class Evaluation:
     def kind(self) -> Task:
         """The :class:`~medres.tasks.Task` evaluated."""
         return task_named(self.task)
+
+    @property
+    def shown_classes(self) -> list[str]:
+        """How tables and plots show each class: ``normal (0)``, or the label when it is
+        its own name (``[]`` for regression)."""
+        names = self.class_names or self.classes or []
+        return [display_name(c, n) for c, n in zip(self.classes or [], names, strict=True)]
 
 
 def choose_threshold(y_true, prob_pos) -> float:
@@ -129,6 +141,7 @@ def evaluate(
     *,
     task: str,
     classes=None,
+    class_names=None,
     patient_ids=None,
     sites=None,
     threshold: float | None = None,
@@ -146,7 +159,9 @@ def evaluate(
         probs: (N, K) class probabilities, rows summing to 1 (binary: K = 2, column 1 is
             positive); (N,) predictions for regression.
         task: ``binary`` | ``multiclass`` | ``ordinal`` (grades 0..K-1) | ``regression``.
-        classes: K class names for tables and plots (default "0".."K-1").
+        classes: K class labels for tables and plots (default "0".."K-1").
+        class_names: K display names of those classes (``normal``, ``pneumonia``),
+            shown beside the labels; default: the labels.
         patient_ids: (N,) ids; None, NaN or blank = unknown: that scan is its own patient.
         sites: (N,) site names (NaN = "(unknown)") for the per-site table.
         threshold: binary operating point for sensitivity, specificity, f1, ppv, npv and
@@ -215,6 +230,7 @@ def evaluate(
         threshold=thr,
         curves=_curves(kind, y, s, names, point, thr),
         classes=names,
+        class_names=_display_names(names, class_names),
         patient_aggregate=patient_aggregate,
         n_boot=n_boot,
         seed=seed,
@@ -282,6 +298,18 @@ def _check_inputs(y_true, probs, kind: Task, classes) -> tuple[np.ndarray, np.nd
     if len(names) != k:
         raise ConfigError(f"{len(names)} class names given for {k} probability columns")
     return _labels(y, k, "y_true"), p, names
+
+
+def _display_names(classes: list[str] | None, class_names) -> list[str] | None:
+    """K display names aligned with ``classes`` (the labels when not given)."""
+    if classes is None:
+        return None
+    if class_names is None:
+        return list(classes)
+    names = [str(n) for n in class_names]
+    if len(names) != len(classes):
+        raise ConfigError(f"{len(names)} class_names given for {len(classes)} classes")
+    return names
 
 
 def _check_options(kind, scores, threshold, referable_from, aggregate, n_boot) -> float | None:

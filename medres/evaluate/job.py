@@ -53,6 +53,7 @@ def calibrate_bundle(
         config or TrustConfig(),
         referable,
         device=where,
+        class_names=list(bundle.class_names.values()),
     )
     card = Path(bundle_path) / "model_card.md"
     write_text(card, _recalibrated_card(card.read_text(), cohort_path, trust, evaluations))
@@ -100,11 +101,21 @@ def _recalibrated_card(card: str, cohort_path, trust: Trust, evaluations) -> str
 
 
 def fit_trust_and_evaluate(
-    model, info, spec, cohort, trust_config, referable_from, flag_below=None, *, device="cpu"
+    model,
+    info,
+    spec,
+    cohort,
+    trust_config,
+    referable_from,
+    flag_below=None,
+    *,
+    device="cpu",
+    class_names: list[str] | None = None,
 ):
     """Trust layer (classifiers) fitted on validation, the binary operating point chosen
     on the calibrated validation probabilities, and val/test evaluations; the network runs
-    on ``device``."""
+    on ``device``. ``class_names``: the display names of ``info.classes`` for the
+    evaluations' tables (default: the labels)."""
     rows = {split: cohort.labelled(split) for split in ("val", "test")}
     scored = {
         split: score_rows(model, info, spec, r, device=device)
@@ -126,13 +137,13 @@ def fit_trust_and_evaluate(
             train_features=train.features if len(train.targets) else None,
             train_targets=train.targets,
         )
-    assessed = {split: _assess(info, s, trust) for split, s in scored.items()}
+    assessed = {split: _assess(info, s, trust, class_names) for split, s in scored.items()}
     threshold = None
     if info.kind.operating_point:
         threshold = choose_threshold(scored["val"].targets, assessed["val"][0][:, 1])
     referable = info.referable_index(referable_from)
     evaluations = {
-        split: _evaluate(info, s, assessed[split], threshold, referable, flag_below)
+        split: _evaluate(info, s, assessed[split], threshold, referable, flag_below, class_names)
         for split, s in scored.items()
     }
     return trust, evaluations, threshold
@@ -164,9 +175,12 @@ def evaluate_bundle(
     if scored.rows.empty:
         raise ConfigError(f"none of the {len(rows)} '{split}' scans could be read; see the errors")
     referable = bundle.info.referable_index(bundle.training.referable_from)
-    assessed = _assess(bundle.info, scored, bundle.trust)
+    names = list(bundle.class_names.values()) or None
+    assessed = _assess(bundle.info, scored, bundle.trust, names)
     flag_below = bundle.training.flag_below
-    evaluation = _evaluate(bundle.info, scored, assessed, bundle.threshold, referable, flag_below)
+    evaluation = _evaluate(
+        bundle.info, scored, assessed, bundle.threshold, referable, flag_below, names
+    )
     extra = {
         "bundle_id": bundle.id,
         "split": split,
@@ -190,7 +204,7 @@ def bundle_probabilities(
     return scored, _assess(bundle.info, scored, bundle.trust)[0]
 
 
-def _assess(info: TaskInfo, scored: Scored, trust: Trust | None):
+def _assess(info: TaskInfo, scored: Scored, trust: Trust | None, class_names=None):
     """``(scores, trust report or None)``: calibrated probabilities (N, K) when the bundle
     has a trust layer (else the raw ones; predictions (N,) for regression)."""
     if trust is None:
@@ -202,13 +216,20 @@ def _assess(info: TaskInfo, scored: Scored, trust: Trust | None):
         referral_score=trust.referral["score"],
         coverage_target=trust.config.coverage,
         classes=[str(c) for c in info.classes],
+        class_names=class_names,
         patient_ids=scored.rows["patient_id"].to_numpy(),
     )
     return assessment.probs, report
 
 
 def _evaluate(
-    info: TaskInfo, scored: Scored, assessed, threshold, referable_index, flag_below=None
+    info: TaskInfo,
+    scored: Scored,
+    assessed,
+    threshold,
+    referable_index,
+    flag_below=None,
+    class_names=None,
 ) -> Evaluation:
     scores, trust = assessed
     evaluation = evaluate(
@@ -216,6 +237,7 @@ def _evaluate(
         scores,
         task=info.task,
         classes=[str(c) for c in info.classes or []] or None,
+        class_names=class_names if info.kind.classifies else None,
         patient_ids=scored.rows["patient_id"].to_numpy(),
         sites=scored.rows["site"].to_numpy(),
         threshold=threshold,

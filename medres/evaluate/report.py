@@ -21,6 +21,7 @@ from medres.files import (
     write_json,
     write_text,
 )
+from medres.train.class_names import display_name
 
 REPORT = "report.json"
 FORMAT = 1  # report.json's format version (docs/formats.md#reportjson)
@@ -98,12 +99,15 @@ def format_metric(m: MetricCI | None) -> str:
 
 
 def _markdown(ev: Evaluation, title: str, plots: list[str], trust: TrustReport | None) -> str:
-    op = "" if ev.threshold is None else f" · operating point: p(positive) >= {ev.threshold:.3f}"
+    shown = ev.shown_classes
+    positive = shown[1] if ev.kind.operating_point and shown else "positive"
+    op = "" if ev.threshold is None else f" · operating point: p({positive}) >= {ev.threshold:.3f}"
     lines = [
         f"# {title}",
         "",
         f"Task **{ev.task}** · {ev.n_scans} scans · {ev.n_patients} patients{op}",
         "",
+        *([f"Classes: {', '.join(shown)}.", ""] if shown else []),
         f"95 % CIs: percentile bootstrap, {ev.n_boot} replicates resampling patients "
         f"(seed {ev.seed}); patient probabilities aggregated by {ev.patient_aggregate}.",
         "",
@@ -137,7 +141,8 @@ def _markdown(ev: Evaluation, title: str, plots: list[str], trust: TrustReport |
             "| mean entropy | referred |",
             "|---|---|---|---|---|---|---|---|",
             *(
-                f"| {r['class']} | {r['n']} | {r['coverage']:.3f} | {r['mean_set_size']:.2f} "
+                f"| {display_name(r['class'], r.get('name'))} | {r['n']} "
+                f"| {r['coverage']:.3f} | {r['mean_set_size']:.2f} "
                 f"| {r['accuracy']:.3f} | {r['mean_confidence']:.3f} | {r['mean_entropy']:.3f} "
                 f"| {r['referral_rate']:.1%} |"
                 for r in trust.per_class.to_dict("records")
@@ -190,7 +195,9 @@ def _plot_risk(trust: TrustReport, ax) -> None:
 
 def _plot_coverage(trust: TrustReport, ax) -> None:
     table = trust.per_class
-    ax.bar(table["class"].astype(str), table["coverage"], color="tab:blue")
+    names = table["name"] if "name" in table else table["class"]
+    shown = [display_name(c, n) for c, n in zip(table["class"], names, strict=True)]
+    ax.bar(shown, table["coverage"], color="tab:blue")
     ax.axhline(trust.coverage_target, ls="--", color="k", label="target")
     for i, size in enumerate(table["mean_set_size"]):
         ax.text(i, 0.05, f"size {size:.2f}", ha="center", color="white", fontsize="small")
@@ -207,8 +214,9 @@ def _plot_roc(ev: Evaluation, ax) -> None:
         op = ev.curves["operating_point"]
         ax.plot(op["fpr"], op["tpr"], "o", label=f"threshold {op['threshold']:.3f}")
     elif not ev.kind.operating_point:
+        shown = dict(zip(ev.classes or [], ev.shown_classes, strict=True))
         for name, c in roc.items():
-            ax.plot(c["fpr"], c["tpr"], label=f"{name} vs rest")
+            ax.plot(c["fpr"], c["tpr"], label=f"{shown.get(name, name)} vs rest")
     if not roc:
         ax.text(0.5, 0.5, "undefined: one class only", ha="center")
     else:
@@ -231,8 +239,8 @@ def _plot_confusion(ev: Evaluation, ax) -> None:
     ax.imshow(c, cmap="Blues")
     for (i, j), v in np.ndenumerate(c):
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > c.max() / 2 else "k")
-    ax.set_xticks(range(len(c)), ev.classes, rotation=45)
-    ax.set_yticks(range(len(c)), ev.classes)
+    ax.set_xticks(range(len(c)), ev.shown_classes, rotation=45)
+    ax.set_yticks(range(len(c)), ev.shown_classes)
     ax.set(xlabel="predicted", ylabel="true", title="Confusion (rows: truth)")
 
 

@@ -30,7 +30,8 @@ class TrustReport:
     Attributes:
         metrics: ece, ece_uncalibrated, nll, nll_uncalibrated, brier, conformal_coverage,
             conformal_mean_set_size, aurc, referral_rate, accuracy_not_referred, ood_rate.
-        per_class: per true class: n, coverage and mean_set_size (conformal sets),
+        per_class: per true class (``class``, the label, and ``name``, its display
+            name): n, coverage and mean_set_size (conformal sets),
             accuracy, mean_confidence (max probability), mean_entropy, referral_rate.
         curves: ``risk_coverage`` {score name: (coverage, risk)}; ``reliability``
             {"uncalibrated" | "calibrated": (N, K) probs} and ``targets`` (N,).
@@ -51,11 +52,14 @@ def trust_report(
     referral_score: str,
     coverage_target: float,
     classes: list[str],
+    class_names: list[str] | None = None,
     patient_ids=None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> TrustReport:
-    """Trust figures of N assessed scans with their true class indices ``targets`` (N,)."""
+    """Trust figures of N assessed scans with their true class indices ``targets`` (N,);
+    ``classes`` the labels as text and ``class_names`` their display names (default: the
+    labels)."""
     y = np.asarray(targets, dtype=int)
     n = len(y)
     a = assessment
@@ -91,7 +95,10 @@ def trust_report(
     cis = intervals(replicate(kernel, counts, codes, batched=False), n_boot)
     metrics = {k: MetricCI(float(v), *cis.get(k, (np.nan, np.nan))) for k, v in point.items()}
     per_class = pd.DataFrame(
-        [_class_row(name, y == k, covered, set_size, correct, a) for k, name in enumerate(classes)]
+        [
+            {"class": label, "name": name, **_class_row(y == k, covered, set_size, correct, a)}
+            for k, (label, name) in enumerate(zip(classes, class_names or classes, strict=True))
+        ]
     )
     curves = {
         "risk_coverage": {
@@ -105,7 +112,7 @@ def trust_report(
     return TrustReport(metrics, per_class, curves, sentence, coverage_target)
 
 
-def _class_row(name, member, covered, set_size, correct, a: Assessment) -> dict:
+def _class_row(member, covered, set_size, correct, a: Assessment) -> dict:
     """Per true class: conformal coverage and set size, accuracy, and how uncertain the
     model was (mean max probability and entropy) and how often it referred."""
 
@@ -113,7 +120,6 @@ def _class_row(name, member, covered, set_size, correct, a: Assessment) -> dict:
         return float(np.mean(values[member])) if member.any() else np.nan
 
     return {
-        "class": name,
         "n": int(member.sum()),
         "coverage": mean(covered),
         "mean_set_size": mean(set_size),

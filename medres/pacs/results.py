@@ -153,14 +153,19 @@ def write_results(outdir: str | Path, bundle: str | Path) -> ResultsSummary:
     for row in table.to_dict("records"):
         with warnings.catch_warnings():  # highdicom's warnings quote values: patient names
             warnings.simplefilter("ignore")
-            _write_row(outdir, row, producer, summary)
+            _write_row(outdir, row, producer, summary, loaded.class_names)
     return summary
 
 
 def _write_row(
-    outdir: Path, row: dict[str, Any], producer: Producer, summary: ResultsSummary
+    outdir: Path,
+    row: dict[str, Any],
+    producer: Producer,
+    summary: ResultsSummary,
+    class_names: dict[str, str],
 ) -> None:
-    """One row's objects into ``OUTDIR/dicom/<stem>/``; what is not written is counted."""
+    """One row's objects into ``OUTDIR/dicom/<stem>/``; what is not written is counted.
+    ``class_names``: the bundle's ``{class: display name}``, the SR's code meanings."""
     try:
         scan = _dicom_scan(row)
     except ScanError as e:
@@ -180,6 +185,7 @@ def _write_row(
         ood=bool(row["ood"]),
         refer=bool(row["refer"]),
         refer_reason=_text(row.get("refer_reason")) or "",
+        class_names=class_names,
     )
     sr = structured_report(scan.datasets, finding, producer, _identity(producer, scan, "sr"))
     summary.written.append(_save(sr, folder / "sr.dcm", when))

@@ -3,7 +3,8 @@
 The report holds one measurement group (TID 1501) whose items are coded in the private
 scheme :data:`CODING_SCHEME`:
 
-- ``Predicted class``: the class shown, a code whose meaning is the class name;
+- ``Predicted class``: the class shown, a code whose value is the class's label and
+  whose meaning is its display name (``normal``; the bundle's ``class_names``);
 - ``Calibrated probability of the predicted class``: a numeric measurement in UCUM ``1``
   (no units), in [0, 1];
 - ``Conformal prediction set member``: one item per class of the conformal set;
@@ -20,8 +21,8 @@ retrained bundle is another device.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -100,6 +101,8 @@ class Finding:
         conformal_set: the classes of the conformal set.
         ood: out of distribution.
         refer: sent to a clinician; ``refer_reason`` says why ("" when not referred).
+        class_names: ``{class: display name}`` (the bundle's); a class missing from it is
+            named by its label.
     """
 
     predicted_class: str
@@ -108,14 +111,21 @@ class Finding:
     ood: bool
     refer: bool
     refer_reason: str
+    class_names: Mapping[str, str] = field(default_factory=dict)
+
+    def code(self, cls: str) -> Code:
+        """The code of class ``cls`` (:func:`class_code`) with its display name."""
+        return class_code(cls, self.class_names.get(cls))
 
 
-def class_code(name: str) -> Code:
-    """The private code of a class: its name as the meaning (cut to 64 characters) and as
-    the value when it fits 16 characters, else ``H`` + 15 hex digits of its sha256."""
-    value = name if 0 < len(name) <= _SH_MAX and "\\" not in name else None
-    value = value or "H" + hashlib.sha256(name.encode()).hexdigest()[: _SH_MAX - 1]
-    return Code(value, CODING_SCHEME, name[:_LO_MAX] or "(empty)")
+def class_code(label: str, name: str | None = None) -> Code:
+    """The private code of a class: its label as the value when it fits 16 characters,
+    else ``H`` + 15 hex digits of the label's sha256; its display name ``name`` (default:
+    the label) as the meaning, cut to 64 characters."""
+    value = label if 0 < len(label) <= _SH_MAX and "\\" not in label else None
+    value = value or "H" + hashlib.sha256(label.encode()).hexdigest()[: _SH_MAX - 1]
+    meaning = (name or label).replace("\\", "/")[:_LO_MAX]
+    return Code(value, CODING_SCHEME, meaning or "(empty)")
 
 
 def structured_report(
@@ -142,11 +152,11 @@ def structured_report(
     )
     yes_no = {True: codes.SCT.Yes, False: codes.SCT.No}
     evaluations = [
-        hd.sr.QualitativeEvaluation(PREDICTED_CLASS, class_code(finding.predicted_class))
+        hd.sr.QualitativeEvaluation(PREDICTED_CLASS, finding.code(finding.predicted_class))
     ]
     evaluations += [
-        hd.sr.QualitativeEvaluation(CONFORMAL_MEMBER, class_code(name))
-        for name in finding.conformal_set
+        hd.sr.QualitativeEvaluation(CONFORMAL_MEMBER, finding.code(cls))
+        for cls in finding.conformal_set
     ]
     evaluations += [
         hd.sr.QualitativeEvaluation(OUT_OF_DISTRIBUTION, yes_no[finding.ood]),

@@ -260,6 +260,7 @@ def _summary(
         "finished": pd.Timestamp.now("UTC").isoformat(timespec="seconds"),
         "folder": str(folder.resolve()),
         "bundles": job["bundles"],
+        "class_names": predictor.members[0].class_names or None,
         "options": {**asdict(options), "ensemble": [str(p) for p in options.ensemble]},
         "workers": workers,
         "device": str(predictor.device),

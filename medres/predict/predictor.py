@@ -123,9 +123,11 @@ class Predictor:
 
     def _add_trust(self, rows: list[dict[str, Any]], a: Assessment) -> None:
         names = [label_key(c) for c in self.info.classes]
+        shown = list(self.members[0].class_names.values())
         threshold = self.members[0].threshold if self.info.kind.operating_point else None
         for n, row in enumerate(rows):
             row["predicted_class"] = names[a.predicted[n]]
+            row["predicted_name"] = shown[a.predicted[n]]
             row["confidence"] = float(a.probs[n, a.predicted[n]])
             row.update({f"prob_{c}": float(a.probs[n, k]) for k, c in enumerate(names)})
             row.update({f"prob_raw_{c}": float(a.raw_probs[n, k]) for k, c in enumerate(names)})

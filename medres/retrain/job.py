@@ -350,8 +350,9 @@ def _drop_leaking_rehearsal(
 
 
 def _challenger_config(parent, from_scratch: bool, overrides: Sequence[str]) -> TrainConfig:
-    """The champion's resolved training settings (same preprocessing, model, task),
-    adjusted for fine-tuning unless ``from_scratch``, then ``overrides``."""
+    """The champion's resolved training settings (same preprocessing, model, task; its
+    class names), adjusted for fine-tuning unless ``from_scratch``, then ``overrides``
+    (``class_names`` may be renamed)."""
     fixed = [o for o in overrides if o.partition("=")[0].split(".")[0].strip() in FIXED]
     if fixed:
         raise ConfigError(
@@ -367,6 +368,7 @@ def _challenger_config(parent, from_scratch: bool, overrides: Sequence[str]) -> 
         args.pop("pretrained", None)  # the champion's weights replace them
     base.update(preprocess=parent.spec.model_dump(mode="json"), model_args=args)
     base["dropout"] = args.get("dropout", base.get("dropout"))
+    base["class_names"] = parent.class_names or None  # the champion's names, unless --set
     return validate(TrainConfig, apply_overrides(base, list(overrides)), "retraining settings")
 
 

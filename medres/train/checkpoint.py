@@ -35,8 +35,10 @@ def refuse_overwrite(out_dir: Path, resume: bool) -> None:
 
 def config_fingerprint(config: TrainConfig, cohort: Cohort) -> str:
     """Identifies the run a checkpoint belongs to (config + cohort scans and labels)."""
-    # trust is fitted after training; a run may resume on another device
-    text = config.model_dump_json(exclude={"trust", "device"}) + cohort.fingerprint()
+    # trust is fitted after training; a run may resume on another device; names are shown,
+    # not learnt
+    text = config.model_dump_json(exclude={"trust", "device", "class_names"})
+    text += cohort.fingerprint()
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medres.tasks import task_named
+from medres.train.class_names import parse_class_names
 from medres.transforms import PreprocessSpec
 from medres.uncertainty.trust import TrustConfig
 
@@ -37,6 +38,10 @@ class TrainConfig(BaseModel):
     Regression only: ``value_range`` (min, max) of the target for the binned accuracies
     (default: the training targets' range); ``flag_below`` turns a prediction below it
     into a referral in ``medres predict`` (a QA gate, e.g. predicted SSIM < 0.9).
+
+    Classifiers only: ``class_names`` maps each class to the name people read
+    (``--set class_names=0=normal,1=pneumonia``, or a TOML table; :mod:`medres.train.class_names`);
+    default: the labels as text. Checked against the cohort's classes when training starts.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -66,6 +71,12 @@ class TrainConfig(BaseModel):
     referable_from: int | str | None = None
     value_range: tuple[float, float] | None = None
     flag_below: float | None = None
+    class_names: dict[str, str] | None = None
+
+    @field_validator("class_names", mode="before")
+    @classmethod
+    def _names(cls, value):
+        return parse_class_names(value)
 
     @field_validator("value_range")
     @classmethod
@@ -91,6 +102,8 @@ def task_conflict(config: TrainConfig, task: str) -> str | None:
     kind = task_named(task)
     if (config.value_range or config.flag_below is not None) and kind.classifies:
         return f"value_range and flag_below apply to regression; task is {task}"
+    if config.class_names and not kind.classifies:
+        return "class_names apply to classifiers; task is regression: remove class_names"
     if config.trust.calibration in ("platt", "isotonic") and not kind.operating_point:
         return (
             f"trust.calibration={config.trust.calibration} fits binary tasks only and this "

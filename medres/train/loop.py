@@ -40,6 +40,7 @@ from medres.train.checkpoint import (
     save_checkpoint,
     write_history,
 )
+from medres.train.class_names import class_name_map, resolve_class_names
 from medres.train.config import TrainConfig, task_conflict
 from medres.train.data import (
     ScanDataset,
@@ -96,6 +97,7 @@ class FitResult:
     best_score: float
     seconds: float
     stopped_by: StopReason
+    class_names: list[str] | None = None  # display names aligned with info.classes
 
 
 def fit(
@@ -205,6 +207,7 @@ def _prepare(cohort: Cohort, config: TrainConfig, init_state) -> _Run:
     refusal that needs the data happens here, before the first epoch."""
     train_rows, val_rows = (split_rows(cohort, split) for split in ("train", "val"))
     info = _task(config, train_rows, val_rows, split_rows(cohort, "test", required=False))
+    names = resolve_class_names(info.classes, config.class_names) if info.classes else None
     spec = cohort_spec(config.preprocess, train_rows, val_rows)
     ranks = from_env()
     device = device_for(ranks, resolve_device(config.device))
@@ -218,6 +221,7 @@ def _prepare(cohort: Cohort, config: TrainConfig, init_state) -> _Run:
             "precision": resolve_precision(config.precision, device),
             "num_workers": workers,
             "device": str(device),
+            "class_names": class_name_map(info.classes, names) or None,
         }
     )
     args = model_args(config, spec, info)
@@ -372,6 +376,7 @@ def _result(run: _Run, state: RunState, clock: _Clock) -> FitResult:
         best,
         clock.spent(),
         state.stopped_by,
+        list(run.resolved.class_names.values()) if run.resolved.class_names else None,
     )
 
 
