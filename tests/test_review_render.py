@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -126,6 +127,50 @@ def test_overlay_opacity_and_true_proportions():
     assert wide.shape == (100, 300, 3)
     with pytest.raises(ValueError, match="plane must be one of"):
         render.slice_count(render.display_scan(read_scan(ANATOMICAL)), "oblique")
+
+
+@pytest.mark.parametrize("axcodes", ["LAS", "PIR", "SPL"])
+def test_each_shown_pixel_names_the_stored_voxel_it_came_from(tmp_path, axcodes):
+    """The viewer's readout says which element of the file's array it shows: every
+    pixel of every plane, whatever the storage order, has that element's value."""
+    image = nib.as_closest_canonical(nib.load(ANATOMICAL))
+    now = nib.orientations.io_orientation(image.affine)
+    image = image.as_reoriented(
+        nib.orientations.ornt_transform(now, nib.orientations.axcodes2ornt(axcodes))
+    )
+    stored = np.arange(np.prod(image.shape), dtype=np.float32).reshape(image.shape)
+    nib.save(nib.Nifti1Image(stored, image.affine), tmp_path / "numbered.nii.gz")
+    scan = render.display_scan(read_scan(tmp_path / "numbered.nii.gz"))
+    for plane in render.PLANES:
+        for index in (0, 7):
+            picture = render.take_slice(scan.values, scan, plane, index)
+            origin, per_row, per_col = (
+                np.array(v) for v in render.source_index(scan, plane, index)
+            )
+            rows, cols = np.indices(picture.shape)
+            where = origin + rows[..., None] * per_row + cols[..., None] * per_col
+            assert np.array_equal(stored[tuple(np.moveaxis(where, -1, 0))], picture), plane
+
+    mr = render.display_scan(read_scan(get_testdata_file("MR_small.dcm")))
+    assert render.source_index(mr, "axial", 0) == ((0, 0), (1, 0), (0, 1))  # row, col as stored
+
+
+def test_units_upsampling_and_the_overlay_layer():
+    ct = render.display_scan(read_scan(get_testdata_file("CT_small.dcm")))
+    mr = render.display_scan(read_scan(get_testdata_file("MR_small.dcm")))
+    assert render.value_unit(ct) == "HU" and render.value_unit(mr) == "a.u."
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    hounsfield = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    assert np.array_equal(ct.values, hounsfield)  # rescaled: the HU the readout names
+    assert "patient_id" not in ct.facts and ct.facts["manufacturer"] == "GE MEDICAL SYSTEMS"
+
+    assert render.upsampling((28, 28), (1.0, 1.0)) == pytest.approx(512 / 28)
+    assert render.upsampling((512, 512), (0.7, 0.7)) == 1.0
+    assert render.display_shape((10, 40), (3.0, 1.0), size=200) == (150, 200)  # true mm
+
+    layer = render.overlay_rgba(np.array([[0.0, 1.0]]), 0.4)
+    assert layer.shape == (1, 2, 4) and (layer[..., 3] == 102).all()  # 0.4 of 255
+    assert layer[0, 1, :3].tolist() == [128, 0, 0] and layer[0, 0, :3].tolist() == [0, 0, 128]
 
 
 def test_badges_explain_set_uncertainty_and_ood_in_plain_words():
