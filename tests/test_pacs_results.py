@@ -23,7 +23,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from medres.bundle import load_bundle, update_bundle
+from medres.bundle import load_bundle, update_bundle, write_manifest
 from medres.errors import ConfigError
 from medres.explain import write_explanation
 from medres.files import sha256_file
@@ -142,6 +142,37 @@ def test_sr_reads_back_the_prediction(cr_run):
         assert f"bundle_id={row['bundle_id']}" in texts  # algorithm parameter (TID 4019)
         assert "Not for diagnostic use unless validated locally" in texts
         assert len(group.source_images) == 1
+
+
+def test_sr_class_codes_keep_the_label_and_mean_the_display_name(cr_run, tmp_path):
+    outdir, _, _, bundle = cr_run
+    named = shutil.copytree(bundle, tmp_path / "named")  # the same bundle, classes renamed
+    manifest = json.loads((named / "bundle.json").read_text())
+    assert manifest["classes"] == ["normal", "pneumonia"]
+    manifest["class_names"] = ["no pneumonia", "pneumonia (consolidation)"]
+    write_manifest(named, manifest)
+    names = dict(zip(manifest["classes"], manifest["class_names"], strict=True))
+    other = tmp_path / "out"
+    shutil.copytree(outdir, other, ignore=shutil.ignore_patterns("dicom"))
+    summary = write_results(other, named)
+    table = pd.read_parquet(other / "predictions.parquet").set_index("heatmap_map")
+    srs = [p for p in summary.written if p.name == "sr.dcm"]
+    assert len(srs) == 2
+    for path in srs:
+        dciodvfy(path)
+        row = table.loc[f"explain/{path.parent.name}.npy"]
+        (group,) = hd.sr.srread(path).content.get_image_measurement_groups()
+        codes = [
+            (q.name.meaning, q.value.value, q.value.meaning, q.value.scheme_designator)
+            for q in group.get_qualitative_evaluations()
+            if q.name.meaning in ("Predicted class", "Conformal prediction set member")
+        ]
+        shown = row["predicted_class"]
+        assert codes[0] == ("Predicted class", shown, names[shown], "99MEDRES")
+        members = row["conformal_set"].split("|")
+        assert codes[1:] == [
+            ("Conformal prediction set member", c, names[c], "99MEDRES") for c in members
+        ]
 
 
 def test_rerun_keeps_uids_another_bundle_changes_them(cr_run, tmp_path, caplog, recwarn):
