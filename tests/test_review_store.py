@@ -171,7 +171,7 @@ def test_a_decision_and_its_audit_row_commit_together_and_audit_is_append_only(
         def audit_fails(conn, actor, action, **row):
             raise OSError("disk full while writing the audit row")
 
-        monkeypatch.setattr("medres.review.store.append_audit", audit_fails)
+        monkeypatch.setattr("medres.review.store_write.append_audit", audit_fails)
         with pytest.raises(OSError, match="disk full"):
             store.decide(case, "dr_okafor", "uncertain")
     assert _rows(db, "decisions") == 1 and _rows(db, "audit") == 2  # load + first decision
@@ -321,6 +321,6 @@ def test_patient_ids_are_pseudonymised_unless_asked(predicted, tmp_path):
 
 
 def test_review_verbs_have_help_with_an_example():
-    for verb in ("load", "add-user", "export", "serve"):
+    for verb in ("load", "assign", "add-user", "export", "serve"):
         result = runner.invoke(app, ["review", verb, "--help"])
         assert result.exit_code == 0 and "Example" in result.output, verb

@@ -41,6 +41,14 @@ def review_load(
     site: Annotated[
         str | None, typer.Option(help="Site of every scan whose prediction names none.")
     ] = None,
+    blinded: Annotated[
+        bool,
+        typer.Option(
+            "--blinded",
+            help="Blinded reading: each reader records a first impression of a case before "
+            "the model's output is shown, then the decision (both kept).",
+        ),
+    ] = False,
 ) -> None:
     """Load a prediction run into the review store: one case per predicted scan.
 
@@ -55,10 +63,14 @@ def review_load(
     learning)"), the suggested label as the predicted class: agree relabels the scan,
     disagree with the given label keeps it. Reloading adds only scans not loaded yet.
 
+    With --blinded, readers record their first impression of each case before the app
+    shows the model's output; the dashboard then says how often they changed their mind.
+
     Example:
 
         medres review load predictions/tonight --store review.db --site "St Elsewhere"
         medres review load --label-issues issues.csv --store review.db --top 30
+        medres review load predictions/study --store study.db --blinded
     """
     from medres.review import ReviewStore
 
@@ -70,10 +82,12 @@ def review_load(
     with user_errors(), ReviewStore(store) as db:
         if label_issues is not None:
             result = db.load_label_issues(
-                label_issues, top=top, show_patient_ids=show_patient_ids, site=site
+                label_issues, top=top, show_patient_ids=show_patient_ids, site=site, blinded=blinded
             )
         else:
-            result = db.load_run(outdir, show_patient_ids=show_patient_ids, site=site)
+            result = db.load_run(
+                outdir, show_patient_ids=show_patient_ids, site=site, blinded=blinded
+            )
         pending = len(db.worklist(run_id=result.run_id, status="pending"))
     if result.new:
         what = f"loaded run {result.run_id}: {result.cases_added} cases"
@@ -81,7 +95,39 @@ def review_load(
         what = f"run {result.run_id} was loaded before; added {result.cases_added} new cases"
     else:
         what = f"run {result.run_id} was loaded before; nothing changed"
-    console.print(f"{what} ({pending} pending review) in {store}")
+    console.print(f"{what} ({pending} pending review){' blinded' if blinded else ''} in {store}")
+
+
+@review_app.command("assign")
+def review_assign(
+    store: Annotated[str, typer.Option(help=_STORE_HELP)],
+    readers: Annotated[
+        str, typer.Option(help="Reader names, comma-separated, as they sign in: dr_a,dr_b.")
+    ],
+    run: Annotated[int | None, typer.Option(help="Only this run's cases.")] = None,
+    per_case: Annotated[int, typer.Option(min=1, help="Readers per case (2: double reading).")] = 2,
+) -> None:
+    """Assign cases to readers for double reading: each case gets --per-case distinct
+    readers, round-robin over --readers in the order given (each reader gets the same
+    number of cases, give or take one).
+
+    Each reader's worklist then holds their own cases and their own decisions; a case
+    whose readers disagree goes to the adjudication queue (the app's Adjudication page),
+    where someone who did not read it records the final label, which the export uses.
+    Cases assigned before keep their readers: running it again changes nothing.
+
+    Example:
+
+        medres review assign --store review.db --readers dr_lee,dr_okafor --run 1
+        medres review assign --store review.db --readers dr_a,dr_b,dr_c --per-case 2
+    """
+    from medres.review import ReviewStore
+
+    with user_errors(), ReviewStore(store, create=False) as db:
+        result = db.assign(run_id=run, readers=readers, per_case=per_case)
+    shares = ", ".join(f"{name} {n}" for name, n in result.per_reader.items())
+    kept = f"; {result.skipped} had readers already" if result.skipped else ""
+    console.print(f"assigned {result.cases} cases, {per_case} readers each ({shares}){kept}")
 
 
 @review_app.command("add-user")

@@ -26,29 +26,34 @@ from medres.files import write_text
 from medres.review.db import make_engine, write_transaction
 from medres.review.issues import issue_case_rows, read_label_issues, select_top
 from medres.review.outdir import case_rows, read_outdir
-from medres.review.schema import DECISIONS, audit, check_schema, decisions, metadata, settings
+from medres.review.schema import audit, check_schema, metadata, settings
 from medres.review.store_read import (
     CASE_FIELDS,
     DECISION_FIELDS,
     WORKLIST_COLUMNS,
     case_history,
+    case_readers,
     case_row,
     current_decisions,
+    impression_rows,
     runs_query,
     whole,
     worklist_query,
     worklist_stats,
 )
+from medres.review.store_readers import AssignResult, ReadersMixin
 from medres.review.store_write import (
     EXPORT_COLUMNS,
     LoadResult,
     append_audit,
+    check_decision,
     check_label,
     create_private,
     export_table,
+    insert_decision,
     load_cases,
-    now,
     os_user,
+    reviewer_name,
 )
 
 __all__ = [
@@ -57,6 +62,7 @@ __all__ = [
     "EXPORT_COLUMNS",
     "SALT",
     "WORKLIST_COLUMNS",
+    "AssignResult",
     "LoadResult",
     "ReviewStore",
 ]
@@ -64,8 +70,8 @@ __all__ = [
 SALT = "patient_id_salt"
 
 
-class ReviewStore:
-    """The review database.
+class ReviewStore(ReadersMixin):
+    """The review database (several readers per case: :class:`.store_readers.ReadersMixin`).
 
     Args:
         url_or_path: a file path (SQLite, created when missing) or an SQLAlchemy URL
@@ -120,6 +126,7 @@ class ReviewStore:
         show_patient_ids: bool = False,
         site: str | None = None,
         actor: str | None = None,
+        blinded: bool = False,
     ) -> LoadResult:
         """Load a ``medres predict`` OUTDIR: one ``runs`` row, one ``cases`` row per scan.
 
@@ -131,17 +138,20 @@ class ReviewStore:
                 pseudonyms ``anon-<16 hex>``, the same patient → the same pseudonym).
             site: the site of every scan whose prediction row names none.
             actor: who loads (audit); default the operating-system user.
+            blinded: a blinded run: each reader records a first impression of a case
+                before seeing the model's output, then the decision (both kept).
 
         Raises:
             ReviewError: not a finished predict output; or loaded before with another
-            ``show_patient_ids``.
+            ``show_patient_ids`` or ``blinded``.
         """
         out = read_outdir(outdir)
         key, actor = out.run_key(), actor or os_user()
+        args = (out, key, show_patient_ids, site, actor, case_rows, blinded)
         try:
-            return self._load(out, key, show_patient_ids, site, actor)
+            return self._load(*args)
         except IntegrityError:  # another process loaded the same run at the same moment
-            return self._load(out, key, show_patient_ids, site, actor)
+            return self._load(*args)
 
     def load_label_issues(
         self,
@@ -151,6 +161,7 @@ class ReviewStore:
         show_patient_ids: bool = False,
         site: str | None = None,
         actor: str | None = None,
+        blinded: bool = False,
     ) -> LoadResult:
         """Load a ``medres label-issues`` CSV: one ``runs`` row, one referred case per
         selected scan (:func:`medres.review.issues.issue_case_rows`), so the worklist,
@@ -159,7 +170,7 @@ class ReviewStore:
         Args:
             top: the ``top`` first rows by rank; default the rows cleanlab flagged (or
                 every row of an unlabelled cohort's CSV: active learning).
-            show_patient_ids, site, actor: as for :meth:`load_run`.
+            show_patient_ids, site, actor, blinded: as for :meth:`load_run`.
 
         Loading the same CSV again adds only scans not loaded before (e.g. a larger
         ``top``); nothing is duplicated.
@@ -170,17 +181,17 @@ class ReviewStore:
         """
         issues = select_top(read_label_issues(csv_path), top)
         key, actor = issues.run_key(), actor or os_user()
-        args = (issues, key, show_patient_ids, site, actor, issue_case_rows)
+        args = (issues, key, show_patient_ids, site, actor, issue_case_rows, blinded)
         try:
             return self._load(*args)
         except IntegrityError:  # another process loaded the same CSV at the same moment
             return self._load(*args)
 
     def _load(
-        self, out, key: str, show: bool, site: str | None, actor: str, make_rows=case_rows
+        self, out, key: str, show: bool, site: str | None, actor: str, make_rows, blinded: bool
     ) -> LoadResult:
         with self._write() as conn:
-            return load_cases(conn, out, key, show, site, actor, self._salt, make_rows)
+            return load_cases(conn, out, key, show, site, actor, self._salt, make_rows, blinded)
 
     def decide(
         self,
@@ -190,7 +201,7 @@ class ReviewStore:
         corrected_label: str | None = None,
         notes: str = "",
     ) -> int:
-        """Record a reviewer's decision on a case and its audit row in one transaction.
+        """Record a reader's decision on a case and its audit row in one transaction.
 
         Args:
             decision: ``agree`` (the predicted class is right), ``disagree`` (it is
@@ -200,49 +211,39 @@ class ReviewStore:
 
         Raises:
             ReviewError: unknown case, unknown decision, a disagree without a corrected
-            label, a label outside the run's classes, or an empty reviewer name.
+            label, a label outside the run's classes, an empty reviewer name, or, in a
+            blinded run, no first impression by this reader yet (:meth:`first_impression`).
         """
-        if decision not in DECISIONS:
-            raise ReviewError(f"decision must be one of {list(DECISIONS)}; got {decision!r}")
-        reviewer = (reviewer or "").strip()
-        if not reviewer:
-            raise ReviewError("a decision needs the reviewer's name; sign in first")
-        label = None if corrected_label is None else str(corrected_label).strip() or None
+        reviewer = reviewer_name(reviewer)
+        label = check_decision(decision, corrected_label)
         with self._write() as conn:
             case = case_row(conn, case_id)
             label = check_label(case, decision, label)
-            decision_id = conn.execute(
-                insert(decisions).values(
-                    case_id=case.id,
-                    reviewer=reviewer,
-                    decision=decision,
-                    corrected_label=label,
-                    notes=notes or "",
-                    decided_at=now(),
-                    bundle_id=case.bundle_id,
+            if case.blinded and impression_rows(conn, case_id=case.id, reviewer=reviewer).empty:
+                raise ReviewError(
+                    f"case {case.id} is in a blinded run: record your first impression "
+                    "(before the model's output is shown) first, then your decision"
                 )
-            ).inserted_primary_key[0]
-            details = {"decision_id": decision_id, "decision": decision, "corrected_label": label}
-            append_audit(
-                conn, reviewer, "decide", run_id=case.run_id, case_id=case.id, details=details
-            )
-        return int(decision_id)
+            return insert_decision(conn, case, reviewer, decision, label, notes)
 
     def export_labels(
         self, path: str | Path, *, run_id: int | None = None, actor: str | None = None
     ) -> pd.DataFrame:
         """Write the reviewed labels as a CSV that ``medres ingest --labels`` accepts.
 
-        One row per scan path, from each case's current decision, ``uncertain`` left
-        out (where several runs hold the same scan, the latest of their agree /
-        disagree decisions): ``path`` (the key), ``label`` (the corrected label on
-        disagree, the predicted class on agree), ``scan_id``, ``decision``, ``reviewer``,
+        One row per scan path, from each case's current decision (its adjudication
+        where there is one), ``uncertain`` left out, and so are cases whose assigned
+        readers disagree and that wait for adjudication (where several runs hold the
+        same scan, the latest of their agree / disagree decisions): ``path`` (the key),
+        ``label`` (the corrected label on disagree, the predicted class on agree),
+        ``scan_id``, ``decision``, ``reviewer``,
         ``decided_at`` (ISO 8601 UTC), ``predicted_class``, ``bundle_id``. The export is
         audited. Returns the table written.
         """
         run_id = None if run_id is None else whole(run_id, "run id")
         with self.engine.connect() as conn:
-            table = export_table(current_decisions(conn, run_id))
+            disputed = set(self._queue_ids(conn, run_id))
+            table = export_table(current_decisions(conn, run_id), disputed)
         write_text(path, table.to_csv(index=False), private=True)
         with self._write() as conn:
             details = {"file": str(Path(path).resolve()), "rows": len(table)}
@@ -264,6 +265,7 @@ class ReviewStore:
         predicted_class: str | None = None,
         site: str | None = None,
         reason: str | None = None,
+        reader: str | None = None,
     ) -> pd.DataFrame:
         """The cases to review, most urgent first.
 
@@ -276,11 +278,16 @@ class ReviewStore:
             predicted_class, site: keep only these.
             reason: keep cases whose ``refer_reason`` contains this text (e.g.
                 ``out of distribution``).
+            reader: this reader's worklist: the cases assigned to them (:meth:`assign`),
+                and every case of a run in which nothing is assigned; pending and
+                reviewed, and the decision columns, are then this reader's own.
 
         Returns a DataFrame with :data:`WORKLIST_COLUMNS` plus ``rank`` (1 = first);
-        the decision columns hold the current (latest) decision, or None.
+        the decision columns hold the current decision (the latest adjudication, else
+        the latest decision; with ``reader``, that reader's latest), or None.
         """
-        query = worklist_query(run_id, status, predicted_class, site, reason)
+        reader = None if reader is None else reviewer_name(reader, "reader")
+        query = worklist_query(run_id, status, predicted_class, site, reason, reader)
         with self.engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
         table = pd.DataFrame(rows, columns=list(WORKLIST_COLUMNS))
@@ -289,22 +296,27 @@ class ReviewStore:
 
     def case(self, case_id: int) -> dict[str, Any]:
         """Everything about one case: every ``cases`` column (``id`` as ``case_id``),
-        ``classes`` (the run's, in order), ``outdir``, ``show_patient_ids`` and
-        ``decision`` (the current decision as in :meth:`history`, or None).
+        ``classes`` (the run's, in order), ``outdir``, ``show_patient_ids``, ``blinded``
+        (the run asks for first impressions), ``readers`` (assigned, a list; empty when
+        none) and ``decision`` (the current decision as in :meth:`history`, or None).
 
         Raises ReviewError for an unknown case id."""
         with self.engine.connect() as conn:
             row = case_row(conn, case_id)
             history = case_history(conn, row.id)
+            readers = case_readers(conn, row.id)
         data = dict(row._mapping)
         data["case_id"] = data.pop("id")
-        data["decision"] = history[0] if history else None
+        data["blinded"] = bool(data["blinded"])
+        data["readers"] = readers
+        data["decision"] = next((h for h in history if h["current"]), None)
         return data
 
     def history(self, case_id: int) -> list[dict[str, Any]]:
-        """The case's decisions, newest first (the first is current): dicts with
-        decision_id, reviewer, decision, corrected_label, notes, decided_at, bundle_id,
-        current. Raises ReviewError for an unknown case id."""
+        """The case's decisions, newest first: dicts with decision_id, reviewer,
+        decision, corrected_label, notes, decided_at, bundle_id, kind (``reading`` or
+        ``adjudication``) and current (the latest adjudication, else the newest).
+        Raises ReviewError for an unknown case id."""
         with self.engine.connect() as conn:
             return case_history(conn, case_row(conn, case_id).id)
 

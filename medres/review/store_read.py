@@ -2,7 +2,8 @@
 
 Plain functions over an open SQLAlchemy :class:`~sqlalchemy.Connection` (or the
 query they build); :class:`~medres.review.store.ReviewStore` wraps them. A case's
-*current* decision is its latest (highest decision id).
+*current* decision is its latest adjudication, else its latest (highest id) decision; a
+reader's current decision on a case is that reader's latest reading of it.
 """
 
 from __future__ import annotations
@@ -10,10 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, Select, func, select
+from sqlalchemy import Connection, Select, and_, case, exists, func, or_, select
 
 from medres.errors import ReviewError
-from medres.review.schema import DECISIONS, cases, decisions, runs
+from medres.review.schema import (
+    ADJUDICATION,
+    DECISIONS,
+    READING,
+    assignments,
+    cases,
+    decisions,
+    impressions,
+    runs,
+)
 
 CASE_FIELDS = (
     "run_id",
@@ -47,11 +57,35 @@ def whole(value: Any, what: str) -> int:
         raise ReviewError(f"{what} must be a whole number; got {value!r}") from None
 
 
-def latest_decisions() -> Select:
-    """SELECT case_id, the id of its latest decision."""
-    return select(decisions.c.case_id, func.max(decisions.c.id).label("decision_id")).group_by(
-        decisions.c.case_id
+def latest_decisions(reader: str | None = None) -> Select:
+    """SELECT case_id, the id of its current decision: its latest adjudication, else its
+    latest decision; with ``reader``, that reader's latest reading."""
+    if reader is not None:
+        latest = func.max(decisions.c.id)
+        mine = (decisions.c.reviewer == reader) & (decisions.c.kind == READING)
+        return (
+            select(decisions.c.case_id, latest.label("decision_id"))
+            .where(mine)
+            .group_by(decisions.c.case_id)
+        )
+    adjudicated = func.max(case((decisions.c.kind == ADJUDICATION, decisions.c.id)))
+    current = func.coalesce(adjudicated, func.max(decisions.c.id))
+    return select(decisions.c.case_id, current.label("decision_id")).group_by(decisions.c.case_id)
+
+
+def readers_cases(reader: str):
+    """A WHERE clause: the cases assigned to ``reader``, and every case of a run in which
+    nothing is assigned."""
+    others = cases.alias("others")
+    assigned_in_run = (
+        select(assignments.c.id)
+        .join(others, others.c.id == assignments.c.case_id)
+        .where(others.c.run_id == cases.c.run_id)
     )
+    mine = select(assignments.c.id).where(
+        and_(assignments.c.case_id == cases.c.id, assignments.c.reader == reader)
+    )
+    return or_(exists(mine), ~exists(assigned_in_run))
 
 
 def worklist_query(
@@ -60,12 +94,14 @@ def worklist_query(
     predicted_class: str | None,
     site: str | None,
     reason: str | None,
+    reader: str | None = None,
 ) -> Select:
     """The worklist's SELECT (see :meth:`ReviewStore.worklist`): :data:`WORKLIST_COLUMNS`,
-    filtered, most urgent first (priority tier, then priority score descending)."""
+    filtered, most urgent first (priority tier, then priority score descending); with
+    ``reader``, that reader's cases and decisions."""
     if status not in STATUSES:
         raise ReviewError(f"status must be pending, reviewed or all; got {status!r}")
-    latest = latest_decisions().subquery()
+    latest = latest_decisions(reader).subquery()
     query = (
         select(
             cases.c.id.label("case_id"),
@@ -77,6 +113,8 @@ def worklist_query(
     )
     if run_id is not None:
         query = query.where(cases.c.run_id == whole(run_id, "run id"))
+    if reader is not None:
+        query = query.where(readers_cases(reader))
     if status == "pending":
         query = query.where(latest.c.decision_id.is_(None))
     elif status == "reviewed":
@@ -100,11 +138,11 @@ def runs_query() -> Select:
 
 
 def case_row(conn: Connection, case_id: int):
-    """The ``cases`` row of ``case_id`` with its run's classes, outdir and
-    show_patient_ids; ReviewError for an unknown case id."""
+    """The ``cases`` row of ``case_id`` with its run's classes, outdir, show_patient_ids
+    and blinded; ReviewError for an unknown case id."""
     case_id = whole(case_id, "case id")
     query = (
-        select(cases, runs.c.classes, runs.c.outdir, runs.c.show_patient_ids)
+        select(cases, runs.c.classes, runs.c.outdir, runs.c.show_patient_ids, runs.c.blinded)
         .join(runs, runs.c.id == cases.c.run_id)
         .where(cases.c.id == case_id)
     )
@@ -117,26 +155,113 @@ def case_row(conn: Connection, case_id: int):
 
 
 def case_history(conn: Connection, case_id: int) -> list[dict[str, Any]]:
-    """The decisions of case ``case_id`` (a known id), newest first, with ``current``."""
+    """The decisions of case ``case_id`` (a known id), newest first, with ``current``
+    (the case's current decision: its latest adjudication, else the newest)."""
     query = (
         select(decisions.c.id.label("decision_id"), *list(decisions.c)[2:])
         .where(decisions.c.case_id == case_id)
         .order_by(decisions.c.id.desc())
     )
     rows = [dict(r) for r in conn.execute(query).mappings()]
-    for n, row in enumerate(rows):
-        row["current"] = n == 0
+    adjudications = [r for r in rows if r["kind"] == ADJUDICATION]
+    current = (adjudications or rows or [{"decision_id": None}])[0]["decision_id"]
+    for row in rows:
+        row["current"] = row["decision_id"] == current
     return rows
+
+
+def case_readers(conn: Connection, case_id: int) -> list[str]:
+    """The readers assigned to case ``case_id``, in the order they were assigned."""
+    query = select(assignments.c.reader).where(assignments.c.case_id == case_id)
+    return list(conn.execute(query.order_by(assignments.c.id)).scalars())
+
+
+def current_readings(conn: Connection, run_id: int | None) -> pd.DataFrame:
+    """Each reader's current reading of each case (of run ``run_id``, or of every run),
+    adjudications left out: case_id, run_id, reviewer, decision, corrected_label, notes,
+    decided_at, decision_id, predicted_class, assigned (the reader is assigned the case)."""
+    latest = (
+        select(func.max(decisions.c.id).label("decision_id"))
+        .where(decisions.c.kind == READING)
+        .group_by(decisions.c.case_id, decisions.c.reviewer)
+        .subquery()
+    )
+    assigned = exists(
+        select(assignments.c.id).where(
+            (assignments.c.case_id == decisions.c.case_id)
+            & (assignments.c.reader == decisions.c.reviewer)
+        )
+    )
+    query = (
+        select(
+            decisions.c.case_id,
+            cases.c.run_id,
+            decisions.c.reviewer,
+            decisions.c.decision,
+            decisions.c.corrected_label,
+            decisions.c.notes,
+            decisions.c.decided_at,
+            decisions.c.id.label("decision_id"),
+            cases.c.predicted_class,
+            assigned.label("assigned"),
+        )
+        .join(latest, latest.c.decision_id == decisions.c.id)
+        .join(cases, cases.c.id == decisions.c.case_id)
+        .order_by(decisions.c.case_id, decisions.c.id)
+    )
+    if run_id is not None:
+        query = query.where(cases.c.run_id == whole(run_id, "run id"))
+    rows = conn.execute(query).mappings().all()
+    return pd.DataFrame(rows, columns=[c.name for c in query.selected_columns])
+
+
+def adjudicated_cases(conn: Connection, run_id: int | None) -> set[int]:
+    """The ids of the cases (of run ``run_id``, or of every run) with an adjudication."""
+    query = (
+        select(decisions.c.case_id)
+        .join(cases, cases.c.id == decisions.c.case_id)
+        .where(decisions.c.kind == ADJUDICATION)
+    )
+    if run_id is not None:
+        query = query.where(cases.c.run_id == whole(run_id, "run id"))
+    return {int(c) for c in conn.execute(query).scalars()}
+
+
+def assigned_readers(conn: Connection, run_id: int | None) -> pd.DataFrame:
+    """Every assignment (of run ``run_id``, or of every run): case_id, run_id, reader."""
+    query = select(assignments.c.case_id, cases.c.run_id, assignments.c.reader).join(
+        cases, cases.c.id == assignments.c.case_id
+    )
+    if run_id is not None:
+        query = query.where(cases.c.run_id == whole(run_id, "run id"))
+    rows = conn.execute(query.order_by(assignments.c.id)).mappings().all()
+    return pd.DataFrame(rows, columns=["case_id", "run_id", "reader"])
+
+
+def impression_rows(conn: Connection, run_id: int | None = None, **where: Any) -> pd.DataFrame:
+    """First impressions (of run ``run_id``, or of every run; ``where``: column = value):
+    impression_id, case_id, reviewer, decision, label, notes, recorded_at, run_id."""
+    query = select(
+        impressions.c.id.label("impression_id"), *list(impressions.c)[1:], cases.c.run_id
+    ).join(cases, cases.c.id == impressions.c.case_id)
+    if run_id is not None:
+        query = query.where(cases.c.run_id == whole(run_id, "run id"))
+    for name, value in where.items():
+        query = query.where(impressions.c[name] == value)
+    rows = conn.execute(query.order_by(impressions.c.id)).mappings().all()
+    return pd.DataFrame(rows, columns=[c.name for c in query.selected_columns])
 
 
 def current_decisions(conn: Connection, run_id: int | None) -> pd.DataFrame:
     """Every case's current decision (of run ``run_id``, or of every run) as a table:
-    decision_id, decision, corrected_label, reviewer, decided_at, bundle_id, scan_id,
-    path, predicted_class."""
+    decision_id, case_id, kind, decision, corrected_label, reviewer, decided_at,
+    bundle_id, scan_id, path, predicted_class."""
     latest = latest_decisions().subquery()
     query = (
         select(
             decisions.c.id.label("decision_id"),
+            decisions.c.case_id,
+            decisions.c.kind,
             decisions.c.decision,
             decisions.c.corrected_label,
             decisions.c.reviewer,

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, insert, select
 
 from medres.errors import ReviewError
 from medres.files import PRIVATE_MODE
-from medres.review.schema import audit, cases, runs
+from medres.review.schema import DECISIONS, READING, audit, cases, decisions, runs
 
 EXPORT_COLUMNS = (
     "path",
@@ -67,23 +67,30 @@ def load_cases(
     actor: str,
     salt: str,
     make_rows: Callable[..., list[dict[str, Any]]],
+    blinded: bool = False,
 ) -> LoadResult:
     """Insert the run ``out`` (run key ``key``) and those of its case rows (``make_rows``)
     not held yet, with an audit row when anything was added.
 
-    ReviewError when the run was loaded before with another ``show`` (show_patient_ids).
+    ReviewError when the run was loaded before with another ``show`` (show_patient_ids)
+    or ``blinded``.
     """
     run = conn.execute(
-        select(runs.c.id, runs.c.show_patient_ids).where(runs.c.run_key == key)
+        select(runs.c.id, runs.c.show_patient_ids, runs.c.blinded).where(runs.c.run_key == key)
     ).first()
-    if run is not None and run.show_patient_ids != show:
-        raise ReviewError(
-            f"{out.outdir} was loaded as run {run.id} with show_patient_ids="
-            f"{run.show_patient_ids}; load it again without changing that option"
-        )
+    if run is not None:
+        for option, held, given in (
+            ("show_patient_ids", run.show_patient_ids, show),
+            ("blinded", run.blinded, blinded),
+        ):
+            if bool(held) != bool(given):
+                raise ReviewError(
+                    f"{out.outdir} was loaded as run {run.id} with {option}={bool(held)}; "
+                    "load it again without changing that option"
+                )
     rows = make_rows(out, salt=salt, show_patient_ids=show, site=site)
     if run is None:
-        run_id = _insert_run(conn, out, key, show, actor)
+        run_id = _insert_run(conn, out, key, show, actor, blinded)
     else:
         run_id = run.id
         query = select(cases.c.scan_id, cases.c.input_hash).where(cases.c.run_id == run_id)
@@ -95,6 +102,7 @@ def load_cases(
         details = {"outdir": str(out.outdir), "cases_added": len(rows)}
         if run is None:
             details["show_patient_ids"] = show
+            details["blinded"] = bool(blinded)
         action = "load_run" if run is None else "reload_run"
         append_audit(conn, actor, action, run_id=run_id, details=details)
         if run is not None:
@@ -102,7 +110,7 @@ def load_cases(
     return LoadResult(run_id, run is None, len(rows))
 
 
-def _insert_run(conn: Connection, out, key: str, show: bool, actor: str) -> int:
+def _insert_run(conn: Connection, out, key: str, show: bool, actor: str, blinded: bool) -> int:
     """Insert the ``runs`` row of ``out`` and return its id."""
     return conn.execute(
         insert(runs).values(
@@ -116,8 +124,54 @@ def _insert_run(conn: Connection, out, key: str, show: bool, actor: str) -> int:
             loaded_at=now(),
             loaded_by=actor,
             summary=out.summary,
+            blinded=bool(blinded),
         )
     ).inserted_primary_key[0]
+
+
+def insert_decision(
+    conn: Connection,
+    case,
+    reviewer: str,
+    decision: str,
+    label: str | None,
+    notes: str,
+    kind: str = READING,
+) -> int:
+    """Insert a checked decision on ``case`` (a :func:`~.store_read.case_row`) and its
+    audit row (action ``decide``, or ``adjudicate`` for an adjudication); its id."""
+    decision_id = conn.execute(
+        insert(decisions).values(
+            case_id=case.id,
+            reviewer=reviewer,
+            decision=decision,
+            corrected_label=label,
+            notes=notes or "",
+            decided_at=now(),
+            bundle_id=case.bundle_id,
+            kind=kind,
+        )
+    ).inserted_primary_key[0]
+    details = {"decision_id": decision_id, "decision": decision, "corrected_label": label}
+    action = "decide" if kind == READING else "adjudicate"
+    append_audit(conn, reviewer, action, run_id=case.run_id, case_id=case.id, details=details)
+    return int(decision_id)
+
+
+def reviewer_name(name: str | None, who: str = "reviewer") -> str:
+    """``name`` stripped; ReviewError when empty."""
+    name = (name or "").strip()
+    if not name:
+        raise ReviewError(f"a decision needs the {who}'s name; sign in first")
+    return name
+
+
+def check_decision(decision: str, label: str | None) -> str | None:
+    """ReviewError unless ``decision`` is one of :data:`DECISIONS`; ``label`` stripped
+    (None when empty)."""
+    if decision not in DECISIONS:
+        raise ReviewError(f"decision must be one of {list(DECISIONS)}; got {decision!r}")
+    return None if label is None else str(label).strip() or None
 
 
 def check_label(case, decision: str, label: str | None) -> str | None:
@@ -144,10 +198,13 @@ def check_label(case, decision: str, label: str | None) -> str | None:
     return None
 
 
-def export_table(current: pd.DataFrame) -> pd.DataFrame:
+def export_table(current: pd.DataFrame, disputed: set[int] = frozenset()) -> pd.DataFrame:
     """The labels export (:data:`EXPORT_COLUMNS`, one row per path, sorted) from every
-    case's current decision: agree / disagree only, the latest per path."""
+    case's current decision (an adjudication where there is one): agree / disagree only,
+    the latest per path, leaving out the ``disputed`` case ids (readers disagree, not yet
+    adjudicated)."""
     table = current[current["decision"].isin(["agree", "disagree"])]
+    table = table[~table["case_id"].isin(list(disputed))]
     table = table.sort_values("decision_id").drop_duplicates("path", keep="last")
     table = table.assign(
         label=table["corrected_label"].where(
