@@ -144,10 +144,18 @@ def test_an_organisation_account_signs_in_and_out_at_the_identity_provider(serve
             page.goto(url)
             _settle(page)
             page.get_by_role("button", name=ORGANISATION_BUTTON).click()
-
-            # the identity provider's own page: the reader says who they are there
+            # the identity provider's own page; refused there: back, not signed in
             expect(page.get_by_role("heading", name="Authorize Client")).to_be_visible()
             assert page.url.startswith(f"{provider}/oauth2/authorize?"), page.url
+            page.get_by_role("button", name="Deny").click()
+            page.wait_for_url(f"{url}/**")
+            expect(page.get_by_role("button", name=ORGANISATION_BUTTON)).to_be_visible()
+            expect(page.get_by_text("Signed in as")).to_have_count(0)
+
+            _settle(page)
+            page.get_by_role("button", name=ORGANISATION_BUTTON).click()
+            # this time the reader says who they are at the provider
+            expect(page.get_by_role("heading", name="Authorize Client")).to_be_visible()
             page.get_by_placeholder("sub").fill(EMAIL)
             page.get_by_role("button", name="Authorize", exact=True).click()
 
