@@ -26,6 +26,7 @@ else:
             st.Page(ui.WORKLIST_PAGE, title="Worklist", icon=":material/list:", default=True),
             st.Page(ui.CASE_PAGE, title="Case", icon=":material/radiology:"),
             st.Page(ui.DASHBOARD_PAGE, title="Dashboard", icon=":material/monitoring:"),
+            st.Page(ui.ADJUDICATION_PAGE, title="Adjudication", icon=":material/gavel:"),
             st.Page(ui.EXPORT_PAGE, title="Export", icon=":material/download:"),
         ]
     )

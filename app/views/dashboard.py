@@ -1,11 +1,18 @@
 """Dashboard: how much is reviewed, how often reviewers agree (overall, by class, by site),
-the model's calibration against reviewer labels, and referral statistics."""
+the model's calibration against reviewer labels, referral statistics, and with several
+readers: Cohen's kappa between readers and against the model, the adjudication queue,
+and in blinded runs how often readers changed their mind after seeing the model."""
 
 import streamlit as st
 from matplotlib.figure import Figure
 
 from medres.review import ui
-from medres.review.summary import referral_reasons, reliability
+from medres.review.summary import (
+    agreement_tables,
+    mind_change_table,
+    referral_reasons,
+    reliability,
+)
 
 
 def rate(value) -> str:
@@ -62,3 +69,44 @@ with referral:
     st.subheader("Referrals")
     st.dataframe(referral_reasons(everything), hide_index=True, key="dash_referral")
     st.caption("A case with several reasons counts under each.")
+
+st.subheader("Readers")
+agreement = store.agreement()
+queue = store.adjudication_queue()
+runs = store.runs()
+st.metric(
+    "Adjudication queue",
+    len(queue),
+    help="Cases whose assigned readers disagree (or one is uncertain), not yet adjudicated",
+)
+between, against = st.columns(2)
+pairs, model = agreement_tables(agreement)
+with between:
+    st.markdown("**Reader vs reader**")
+    if pairs.empty:
+        st.caption("Appears once two readers have read the same cases.")
+    else:
+        st.dataframe(pairs, hide_index=True, key="dash_kappa_pairs")
+with against:
+    st.markdown("**Reader vs model**")
+    if model.empty:
+        st.caption("Appears once readers have decided some cases.")
+    else:
+        st.dataframe(model, hide_index=True, key="dash_kappa_model")
+st.caption(
+    "Cohen's κ on the cases both read: 1 full agreement, 0 no more than chance. "
+    "95 % bootstrap intervals over cases; uncertain counts as a label of its own; "
+    "— where κ is undefined (every case got the same label)."
+)
+if not runs.empty and runs["blinded"].any():
+    st.markdown("**Mind changes (blinded runs)**")
+    changes = store.mind_changes()
+    if changes.empty:
+        st.caption("Appears once readers have decided cases after a first impression.")
+    else:
+        st.dataframe(mind_change_table(changes), hide_index=True, key="dash_mind_changes")
+        st.caption(
+            "Cases where the final label differs from the reader's first impression, "
+            "recorded before the model's output was shown; towards the model: the new "
+            "label is the model's."
+        )

@@ -2,7 +2,9 @@
 
 :func:`case_badges` says in one line each what the conformal set, the uncertainty and
 the out-of-distribution score of a case mean; :func:`reliability` and
-:func:`referral_reasons` turn the store's worklist into the dashboard's figures.
+:func:`referral_reasons` turn the store's worklist into the dashboard's figures;
+:func:`agreement_tables` and :func:`mind_change_table` word the readers' kappas and
+mind changes.
 """
 
 from __future__ import annotations
@@ -152,3 +154,58 @@ def reasons_in(table: pd.DataFrame) -> list[str]:
         r.strip() for text in table["refer_reason"].fillna("") for r in text.split(";") if r.strip()
     }
     return sorted(found)
+
+
+def kappa_text(kappa, low, high) -> str:
+    """``0.60 (95 % CI 0.25–0.86)``; ``—`` where kappa is undefined (NaN)."""
+    if kappa is None or pd.isna(kappa):
+        return "—"
+    if low is None or pd.isna(low) or pd.isna(high):
+        return f"{kappa:.2f}"
+    return f"{kappa:.2f} (95 % CI {low:.2f}–{high:.2f})"
+
+
+def agreement_tables(agreement) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The dashboard's two kappa tables from a :class:`medres.review.agreement.Agreement`:
+    ``Readers`` / ``Cases`` / ``Cohen's κ`` (with its interval) between readers, and
+    ``Reader`` / ``Cases`` / ``κ vs the model`` per reader."""
+    pairs = pd.DataFrame(
+        {
+            "Readers": [
+                f"{a} · {b}"
+                for a, b in zip(
+                    agreement.pairs["reader_a"], agreement.pairs["reader_b"], strict=True
+                )
+            ],
+            "Cases": agreement.pairs["n"].astype(int),
+            "Cohen's κ": [
+                kappa_text(*r)
+                for r in agreement.pairs[["kappa", "low", "high"]].itertuples(index=False)
+            ],
+        }
+    )
+    model = pd.DataFrame(
+        {
+            "Reader": agreement.model["reviewer"],
+            "Cases": agreement.model["n"].astype(int),
+            "κ vs the model": [
+                kappa_text(*r)
+                for r in agreement.model[["kappa", "low", "high"]].itertuples(index=False)
+            ],
+        }
+    )
+    return pairs, model
+
+
+def mind_change_table(changes: pd.DataFrame) -> pd.DataFrame:
+    """``ReviewStore.mind_changes`` with readable headers: Reader, Cases (first impression
+    and decision), Changed (final label ≠ first impression), Rate, Towards the model."""
+    return pd.DataFrame(
+        {
+            "Reader": changes["reviewer"],
+            "Cases": changes["cases"].astype(int),
+            "Changed": changes["changed"].astype(int),
+            "Rate": [f"{r:.0%}" for r in changes["rate"]],
+            "Towards the model": changes["to_model"].astype(int),
+        }
+    )

@@ -33,6 +33,7 @@ SIGN_IN_PAGE = "views/sign_in.py"
 WORKLIST_PAGE = "views/worklist.py"
 CASE_PAGE = "views/case.py"
 DASHBOARD_PAGE = "views/dashboard.py"
+ADJUDICATION_PAGE = "views/adjudication.py"
 EXPORT_PAGE = "views/export.py"
 
 
