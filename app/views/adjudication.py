@@ -100,7 +100,7 @@ with st.form("adj_form", clear_on_submit=True):
         key="adj_label",
     )
     notes = st.text_area("Notes (why)", key="adj_notes")
-    submitted = st.form_submit_button("Record final label", type="primary")
+    submitted = st.form_submit_button("Record final label", type="primary", key="adj_submit")
 if submitted:
     if choice is None:
         st.error("Choose the final label first.")
