@@ -355,7 +355,7 @@ def test_review_store_schema_version(tmp_path):
             rows = conn.execute("SELECT value FROM settings WHERE name='schema_version'")
             return [r[0] for r in rows]
 
-    assert version() == ["1"]
+    assert version() == ["2"]
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE settings SET value='99' WHERE name='schema_version'")
     with pytest.raises(ReviewError) as e:
@@ -364,7 +364,7 @@ def test_review_store_schema_version(tmp_path):
     with sqlite3.connect(db) as conn:  # a store created before versions existed
         conn.execute("DELETE FROM settings WHERE name='schema_version'")
     ReviewStore(db).close()
-    assert version() == ["1"]
+    assert version() == ["2"]
 
 
 def test_docs_formats_names_every_versioned_file():
