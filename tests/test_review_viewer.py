@@ -219,6 +219,10 @@ def test_zoom_pan_invert_and_the_hu_under_the_pointer_in_chromium(ct_viewer):
             expect(page.get_by_role("switch", name="Grad-CAM overlay")).to_be_checked()
             expect(view.locator("[data-part=zoom]")).to_have_text("156%")  # kept over reruns
             expect(page.get_by_text("axial 2/2")).to_be_visible()
+            page.keyboard.press("PageUp")  # the slice before, from anywhere on the page
+            _settle(page)
+            expect(page.get_by_text("axial 1/2")).to_be_visible()
+            expect(view.locator("[data-part=notice]")).to_have_text("")  # 512 px: as stored
 
             sources = page.evaluate("() => [...document.querySelectorAll('img')].map((i) => i.src)")
         finally:

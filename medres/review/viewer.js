@@ -5,12 +5,13 @@
 // data (from viewer.payload): image / overlay (PNG as base64), shape [rows, cols],
 // mm [row step, col step], size (px on the longer side at zoom 1), values {dtype, base64,
 // channels}, unit, origin / per_row / per_col (the stored index of a picture pixel), label,
-// presets (names, keys 1..9), overlay_ready.
+// presets (names, keys 1..9), overlay_ready, slices (PageUp / PageDown move them), notice.
 
 const views = new WeakMap(); // one view per mounted viewer, kept across reruns
 const ZOOM_STEP = 1.25;
 const MIN_ZOOM = 0.5;
 const MAX_ZOOM = 32;
+const HINT = "Point at the picture for its value, click to keep it; wheel zooms, drag pans.";
 
 export default function (component) {
   const { data, parentElement, setTriggerValue } = component;
@@ -155,14 +156,14 @@ function mount(root) {
       }
     }
     const pixel = pixelAt(event);
-    q("readout").textContent = pixel ? describe(pixel) : "";
+    q("readout").textContent = pixel ? describe(pixel) : HINT;
   });
   canvas.addEventListener("pointerup", (event) => {
     const pixel = pixelAt(event);
     if (drag && !drag.moved && pixel) q("pinned").textContent = `Clicked: ${describe(pixel)}`;
     drag = null;
   });
-  canvas.addEventListener("pointerleave", () => (q("readout").textContent = ""));
+  canvas.addEventListener("pointerleave", () => (q("readout").textContent = HINT));
   canvas.addEventListener(
     "wheel",
     (event) => {
@@ -192,6 +193,8 @@ function mount(root) {
       0: reset,
       i: invert,
       o: () => view.data.overlay_ready && view.trigger("overlay", Date.now()),
+      pageup: () => view.data.slices && view.trigger("slice", { step: -1, at: Date.now() }),
+      pagedown: () => view.data.slices && view.trigger("slice", { step: 1, at: Date.now() }),
     };
     if (actions[key]) actions[key]();
     else if (/^[1-9]$/.test(key) && preset) view.trigger("preset", preset);
@@ -212,7 +215,8 @@ function mount(root) {
     const previous = view.data;
     view.data = data;
     canvas.setAttribute("aria-label", data.label);
-    q("readout").textContent = "";
+    q("readout").textContent = HINT;
+    q("notice").textContent = data.notice || "";
     if (previous && previous.values.base64 !== data.values.base64) q("pinned").textContent = "";
     view.values = decode(data.values);
     const [image, overlay] = await Promise.all([

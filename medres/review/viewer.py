@@ -42,6 +42,7 @@ HTML = """<div class="medres-viewer">
     <button type="button" data-part="zoom-in" title="Zoom in (+, mouse wheel)">+</button>
     <button type="button" data-part="reset" title="Fit the picture (0)">Reset</button>
     <button type="button" data-part="invert" aria-pressed="false" title="Invert (I)">Invert</button>
+    <span class="notice" data-part="notice"></span>
   </div>
   <canvas data-part="canvas" role="img"></canvas>
   <div class="readout" data-part="readout" aria-live="polite"></div>
@@ -234,14 +235,27 @@ def overlay_controls(
     if heat is None:
         return None, 0.0, False
     left, right = st.columns([1, 2])
-    shown = left.toggle("Grad-CAM overlay", value=False, key=f"{key}_heat", help="Key: O")
+    shown = left.toggle(
+        "Grad-CAM overlay",
+        value=False,
+        key=f"{key}_heat",
+        help="Red marks the regions that weighed most for the predicted class. Key: O",
+    )
     opacity = right.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, key=f"{key}_opacity")
     return (heat if shown else None), opacity, True
 
 
-def _picture_events(key: str, view: str, presets: dict[str, tuple[float, float]]):
-    """Callbacks for the viewer's keys that change Streamlit state (run before the rerun,
-    so they may set the widgets' values): a preset by number, the overlay by ``O``."""
+def _picture_events(
+    key: str,
+    view: str,
+    presets: dict[str, tuple[float, float]],
+    slider: str | None = None,
+    count: int = 1,
+):
+    """Callbacks for the viewer's keys that change Streamlit state (they run before the
+    rerun, so they may set widgets' values): a preset by number, the overlay by ``O``,
+    the slice (the ``slider`` key, 1..``count``; None for a 2D image) by PageUp /
+    PageDown."""
     state = st.session_state
 
     def preset_key() -> None:
@@ -252,11 +266,20 @@ def _picture_events(key: str, view: str, presets: dict[str, tuple[float, float]]
     def overlay_key() -> None:
         state[f"{key}_heat"] = not state.get(f"{key}_heat", False)
 
-    return {"on_preset_change": preset_key, "on_overlay_change": overlay_key}
+    def slice_key() -> None:
+        step = (state[view].get("slice") or {}).get("step", 0)
+        state[slider] = int(np.clip(state.get(slider, count // 2 + 1) + step, 1, count))
+
+    events = {"on_preset_change": preset_key, "on_overlay_change": overlay_key}
+    return {**events, "on_slice_change": slice_key} if slider else events
 
 
 def show(case: dict) -> None:
-    """The scan with its controls, or a message saying why it cannot be shown."""
+    """The scan with its controls, or a message saying why it cannot be shown.
+
+    Top to bottom: the study, the picture (a tab per plane for a volume, its slice
+    slider below it), then the window and overlay controls, so that the picture sits
+    as high as it can (the controls also answer to keys)."""
     try:
         scan = load_scan(case["path"], case["input_hash"])
     except MedresError as e:
@@ -264,32 +287,29 @@ def show(case: dict) -> None:
         return
     key = f"case{case['case_id']}"
     st.caption(study_context(case, scan))
+    picture_area = st.container()
     presets = render.window_presets(scan)
-    width, level = window_controls(scan, presets, key)
+    width, level = window_controls(scan, presets, key)  # drawn below, read first
     heat, opacity, has_map = overlay_controls(case, scan, key)
-    numbers = "1" if len(presets) == 1 else f"1–{min(len(presets), 9)}"
-    overlay_key = "O overlay, " if has_map else ""
-    st.caption(
-        f"Wheel or +/− zoom, drag pans, 0 fits, I inverts, {overlay_key}{numbers} presets; "
-        "the value under the pointer shows below the picture (click to keep it)."
-    )
 
-    def picture(plane: str, index: int) -> None:
+    def picture(plane: str, index: int, slider: str | None = None, count: int = 1) -> None:
         view = f"{key}_view_{plane}"
         data = payload(scan, plane, index, width, level, heat, opacity, list(presets), has_map)
-        _picture(key=view, data=data, **_picture_events(key, view, presets))
-        notice = upsampling_notice(tuple(data["shape"]), tuple(data["mm"]))
-        if notice:
-            st.caption(notice)
+        data["notice"] = upsampling_notice(tuple(data["shape"]), tuple(data["mm"]))
+        data["slices"] = slider is not None
+        _picture(key=view, data=data, **_picture_events(key, view, presets, slider, count))
 
-    if not scan.is_3d:
-        picture("axial", 0)
-        return
-    tabs = st.tabs([p.title() for p in render.PLANES], key=f"{key}_plane", on_change="rerun")
-    for plane, tab in zip(render.PLANES, tabs, strict=True):
-        with tab:  # every slider is drawn (their positions are kept); the picture only
-            n = render.slice_count(scan, plane)  # in the open tab (one payload a rerun)
-            index = st.slider(f"{plane.title()} slice", 1, n, n // 2 + 1, key=f"{key}_{plane}")
-            if tab.open is not False:
-                picture(plane, index - 1)
+    with picture_area:
+        if not scan.is_3d:
+            picture("axial", 0)
+            return
+        tabs = st.tabs([p.title() for p in render.PLANES], key=f"{key}_plane", on_change="rerun")
+        for plane, tab in zip(render.PLANES, tabs, strict=True):
+            with tab:  # every slider is drawn (their positions are kept); the picture only
+                n = render.slice_count(scan, plane)  # in the open tab (one payload a rerun)
+                slider = f"{key}_{plane}"
+                index = st.session_state.get(slider, n // 2 + 1)  # the slider comes below
+                if tab.open is not False:
+                    picture(plane, index - 1, slider, n)
+                index = st.slider(f"{plane.title()} slice", 1, n, n // 2 + 1, key=slider)
                 st.caption(f"{plane} {index}/{n}")
