@@ -16,6 +16,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from medres.review import ReviewStore, add_user
+from medres.review.schema import DECISIONS
 from medres.review.ui import CASE_PAGE, EXPORT_PAGE, STORE_ENV, USERS_ENV, WORKLIST_PAGE
 
 APP = Path(__file__).resolve().parents[1] / "app"
@@ -172,50 +173,41 @@ def test_decision_flow_saves_shows_history_and_audits(store):
     first = store.worklist()
     case_id = int(first["case_id"].iloc[0])
     assert at.title[0].value == "Case zz\\_black\\.png" and at.session_state["case_id"] == case_id
-    assert at.get("image"), "the scan is drawn"
-    assert at.slider(key=f"case{case_id}_opacity").value == 0.4  # it has a Grad-CAM map
+    assert at.query_params["case"] == str(case_id)  # a reload or a bookmark comes back
     predicted_class = first["predicted_class"].iloc[0]
     other = "0" if predicted_class == "1" else "1"
     key = f"case{case_id}"
 
-    # the scan first: the overlay is off, the model's output and the form wait to be asked
-    assert at.toggle(key=f"{key}_heat").value is False
+    # the scan first: the model's output and the decision wait to be asked for (M)
     assert not [h for h in at.subheader if h.value.startswith("Model says")]
-    assert f"{key}_choice" not in at.session_state
-    at.toggle(key=f"{key}_reveal").set_value(True).run()
+    assert not [b for b in at.button if b.key in (f"{key}_agree", f"{key}_disagree")]
+    assert at.button(key=f"{key}_show").proto.shortcut.lower() == "m"
+    at.button(key=f"{key}_show").click().run()
     assert [h.value for h in at.subheader if h.value.startswith("Model says")]
-    assert at.radio(key=f"{key}_choice").value is None  # nothing pre-selected
     # an out-of-distribution case: its badge, its probabilities called unreliable, not shown
     assert any("Out of distribution" in m.value for m in at.markdown)
     assert any("not reliable" in w.value for w in at.warning)
     assert not [m for m in at.markdown if "Calibrated confidence" in m.value]
-    at.text_area(key=f"{key}_notes").input("saved with Ctrl+Enter, no decision chosen")
-    at.button(key=f"{key}_save").click().run()  # what Ctrl+Enter in the notes does
-    assert "Choose agree, disagree or uncertain first" in at.error[0].value
-    assert store.history(case_id) == []
+    # nothing is chosen for the reader: notes committed (Ctrl+Enter) save nothing
+    at.text_area(key=f"{key}_notes").input("no decision chosen yet").run()
+    assert not at.exception and store.history(case_id) == []
+    keys = {at.button(key=f"{key}_{d}").proto.shortcut.lower(): d for d in DECISIONS}
+    assert keys == {"a": "agree", "d": "disagree", "u": "uncertain"}
 
-    # disagree without a corrected label: refused, nothing written
-    at.radio(key=f"{key}_choice").set_value("disagree")
-    at.button(key=f"{key}_save").click().run()
-    assert "needs the corrected label" in at.error[0].value
-    assert store.history(case_id) == []
-
-    at.radio(key=f"{key}_choice").set_value("disagree")
-    at.selectbox(key=f"{key}_label").set_value(other)
     at.text_area(key=f"{key}_notes").input("no lung fields: blank export")
-    at.button(key=f"{key}_save").click().run()
+    at.button(key=f"{key}_disagree").click().run()  # D: saves, opens the next case
     assert not at.exception and not at.error
     # save and next: the worklist's second case opens, saying what was saved
     second = int(first["case_id"].iloc[1])
     assert at.session_state["case_id"] == second
     assert at.success[0].value == f"Saved: disagree → {other} by dr\\_lee. Next case:"
-    at.button(key="case_previous").click().run()  # back to the case just decided
+    at.button(key="case_previous").click().run()  # P: back to the case just decided
     assert at.session_state["case_id"] == case_id
     history = next(f.value for f in at.dataframe if "decided_at" in f.value.columns)
     assert history[["reviewer", "decision", "corrected_label", "current"]].values.tolist() == [
         ["dr_lee", "disagree", other, True]
     ]
-    at.button(key="case_next").click().run()  # skip: the next case, nothing decided
+    at.button(key="case_next").click().run()  # N (skip): the next case, nothing decided
     assert at.session_state["case_id"] == second and store.history(second) == []
     saved = store.history(case_id)
     assert [(h["reviewer"], h["decision"], h["corrected_label"]) for h in saved] == [
@@ -240,7 +232,7 @@ def test_window_level_preset_and_manual_sliders(store):
     at.slider(key=f"{key}_level").set_value(at.slider(key=f"{key}_level").value + 10).run()
     assert at.selectbox(key=f"{key}_preset").value == "manual"
     at.toggle(key=f"{key}_heat").set_value(False).run()
-    assert not at.exception and at.get("image")
+    assert not at.exception and any("zoom" in c.value for c in at.caption)  # the viewer
 
 
 def test_export_page_gives_the_labels_csv_and_the_dashboard_counts(store):
@@ -417,33 +409,25 @@ def test_data_shows_as_plain_text_never_as_markdown_links_or_images(store):
     at.switch_page(CASE_PAGE).run()
     assert not at.exception
     key = f"case{case_id}"
-    at.toggle(key=f"{key}_reveal").set_value(True).run()
-    at.radio(key=f"{key}_choice").set_value("disagree")
-    at.button(key=f"{key}_save").click().run()  # refused: the message names the classes
-    assert not at.exception and at.error
-    _assert_plain(_markdown_bodies(at))
-    at.radio(key=f"{key}_choice").set_value("disagree")
-    at.selectbox(key=f"{key}_label").set_value(CLASS_Q)
-    at.button(key=f"{key}_save").click().run()  # saved: the next case opens, saying so
+    at.button(key=f"{key}_show").click().run()
+    assert at.button(key=f"{key}_agree").label == f"Agree: {literal(CLASS_P)}"
+    assert at.button(key=f"{key}_disagree").label == f"Disagree: {literal(CLASS_Q)}"
+    at.button(key=f"{key}_disagree").click().run()  # saved: the next case opens, saying so
     assert not at.exception
     assert at.success[0].value == (
         f"Saved: disagree → {literal(CLASS_Q)} by {literal(REVIEWER)}. Next case:"
     )
     _assert_plain(_markdown_bodies(at))
-    at.session_state["case_id"] = case_id  # back to the hostile case
-    at.switch_page(CASE_PAGE).run()
-    at.toggle(key=f"{key}_reveal").set_value(True).run()
+    at.query_params["case"] = str(case_id)  # back to the hostile case, by its address
+    at.switch_page(CASE_PAGE).run()  # the model's output stays shown: it was asked for
 
     # the values are there, escaped, where the reviewer reads them
     assert at.title[0].value == f"Case {literal(LINKED)}"
     assert at.subheader[0].value == f"Model says: {literal(CLASS_P)}"
-    facts = next(c.value for c in at.caption if c.value.startswith("patient"))
-    for name in ("patient_id", "site", "modality"):
-        assert literal(HOSTILE[name]) in facts
+    assert any(c.value.startswith(f"Site {literal(HOSTILE['site'])}") for c in at.caption)
     assert any(literal(HOSTILE["refer_reason"]) in m.value for m in at.markdown)
     assert any(literal(HOSTILE["bundle_id"]) in c.value for c in at.caption)
     assert any(literal(CLASS_P) in m.value for m in at.markdown)  # the conformal badge
-    assert f"Agree ({literal(CLASS_P)})" in at.radio(key=f"{key}_choice").options
     assert f"Signed in as **{literal(REVIEWER)}**" in [c.value for c in at.sidebar.caption]
     assert any(literal(Path(HOSTILE["heatmap_map"])) in w.value for w in at.warning)
     # tables show data as it is: no escaping, no link columns
@@ -451,7 +435,7 @@ def test_data_shows_as_plain_text_never_as_markdown_links_or_images(store):
     assert history["notes"].tolist() == ["", LINKED]
     assert set(history["reviewer"]) == {REVIEWER}
 
-    at.session_state["case_id"] = broken_id
+    at.query_params["case"] = str(broken_id)
     at.switch_page(CASE_PAGE).run()
     assert not at.exception
     assert literal(Path(f"/nonexistent/{LINKED}/scan.png")) in at.error[0].value
@@ -467,3 +451,44 @@ def test_data_shows_as_plain_text_never_as_markdown_links_or_images(store):
             assert not kinds & {"link", "image", "json"}, (page, kinds)
 
     _assert_plain(broken_page + pages)
+
+
+def test_a_blinded_run_keeps_the_first_impression_before_showing_the_model(
+    review_run, tmp_path, monkeypatch
+):
+    db, users = tmp_path / "blinded.db", tmp_path / "users.json"
+    add_user(users, "dr_lee", PASSWORD)
+    monkeypatch.setenv(STORE_ENV, str(db))
+    monkeypatch.setenv(USERS_ENV, str(users))
+    with ReviewStore(db) as store:
+        store.load_run(review_run, blinded=True)
+        work = store.worklist()
+    case_id, second = (int(c) for c in work["case_id"].iloc[:2])
+    predicted = work["predicted_class"].iloc[0]
+    classes = sorted({*work["predicted_class"], "0", "1"})
+    key = f"case{case_id}"
+
+    at = start()
+    at.button(key="wl_next").click().run()
+    assert at.session_state["case_id"] == case_id
+    # no model output and no way to ask for it before the first impression
+    assert f"{key}_show" not in [b.key for b in at.button]
+    assert not [h for h in at.subheader if h.value.startswith("Model says")]
+    keys = {b.label: b.proto.shortcut.lower() for b in at.button if "_first_" in str(b.key)}
+    assert keys == {classes[0]: "j", classes[1]: "k", "Uncertain": "u"}
+    mine = next(c for c in classes if c != predicted)  # the reader first reads it otherwise
+    at.text_area(key=f"{key}_first_notes").input("first look")
+    at.button(key=f"{key}_first_{classes.index(mine)}").click().run()
+    assert not at.exception
+    assert any(f"Your first impression: **{mine}**" in c.value for c in at.caption)
+    at.button(key=f"{key}_show").click().run()  # now the model's output may be seen
+    assert [h.value for h in at.subheader if h.value.startswith("Model says")]
+    at.button(key=f"{key}_agree").click().run()  # ... and the reader changes their mind
+    assert at.session_state["case_id"] == second
+
+    with ReviewStore(db) as store:
+        impression = store.impression(case_id, "dr_lee")
+        assert (impression["label"], impression["notes"]) == (mine, "first look")
+        assert [h["decision"] for h in store.history(case_id)] == ["agree"]
+        changes = store.mind_changes().set_index("reviewer").loc["dr_lee"]
+        assert (changes["cases"], changes["changed"], changes["to_model"]) == (1, 1, 1)

@@ -1,10 +1,10 @@
 """Case view: the scan (window/level, slices, Grad-CAM), the model's output in plain words,
-the decision form and the case's decision history.
+the reader's decision and the case's decision history; every step has a key.
 
 Not steering the reader (automation bias): the scan comes first; the model's output, the
-Grad-CAM overlay and the decision form (whose "agree" names the model's class) stay hidden
-until the reader asks for them, and no decision is pre-selected: Save without a choice
-saves nothing."""
+Grad-CAM overlay and the decision buttons (whose "agree" names the model's class) stay
+hidden until the reader asks for them (M), and nothing is pre-selected. In a blinded run
+the reader first records a first impression, kept beside the final decision."""
 
 import pandas as pd
 import streamlit as st
@@ -13,10 +13,16 @@ from medres.errors import ReviewError
 from medres.review import render, ui, viewer
 from medres.review.summary import case_badges
 
+IMPRESSION_KEYS = "JKLHGYTBV"  # first-impression keys, one per class in order (U: uncertain)
+KEYS = (
+    "Keys: **M** model output · **A** agree · **D** disagree · **U** uncertain · "
+    "**N** next · **P** previous; the viewer's keys are under the picture"
+)
 
-def model_output(case: dict) -> None:
-    """Prediction, calibrated probabilities (not for an out-of-distribution scan, where
-    they mean nothing), badges, referral, model id."""
+
+def model_summary(case: dict) -> None:
+    """The model's class and how far to trust it: a calibrated confidence, or for an
+    out-of-distribution scan a plain warning instead (its probabilities mean nothing)."""
     st.subheader(f"Model says: {render.literal(case['predicted_class'])}")
     confidence = case.get("confidence")
     if case.get("ood"):
@@ -26,6 +32,11 @@ def model_output(case: dict) -> None:
         )
     elif confidence is not None:
         st.write(f"Calibrated confidence **{confidence:.0%}**")
+
+
+def model_details(case: dict) -> None:
+    """Calibrated probabilities (not for an out-of-distribution scan), badges, referral,
+    model id."""
     if not case.get("ood"):
         probabilities = pd.DataFrame(
             {"probability": pd.Series(case["probabilities"], dtype=float)}
@@ -40,25 +51,47 @@ def model_output(case: dict) -> None:
     st.caption(f"Model {render.literal(model)} · predicted {render.literal(predicted_at)}")
 
 
-def decision_form(case: dict, reviewer: str, following: int | None) -> None:
-    """Agree / disagree with a corrected label / uncertain, with notes: one Save click,
-    which then opens ``following`` (the next case of the worklist; None: stay)."""
-    others = [c for c in case["classes"] if c != case["predicted_class"]]
-    choices = {
-        "agree": f"Agree ({render.literal(case['predicted_class'])})",  # radio: Markdown
-        "disagree": "Disagree",
-        "uncertain": "Uncertain",
-    }
+def saved(note: str, following: int | None) -> None:
+    """After a save: the next case of the worklist, in its order, saying what was saved
+    (None: the end of the worklist; stay, and say so)."""
+    if following is None:
+        st.success(note + " That was the last case of the worklist.")
+    else:
+        st.session_state["case_saved"] = f"{note} Next case:"
+        ui.open_case(following)
+
+
+def first_impression(case: dict, reviewer: str, following: int | None) -> None:
+    """A blinded run: the reader's own reading (a class, or uncertain) before the model's
+    output, one key each; kept, and shown beside the final decision."""
     key = f"case{case['case_id']}"
-    with st.form(f"{key}_decision", clear_on_submit=True):
-        decision = st.radio(
-            "Your decision",
-            list(choices),
-            format_func=choices.get,
-            horizontal=True,
-            index=None,  # nothing pre-selected: the reader chooses
-            key=f"{key}_choice",
-        )
+    st.subheader("Your first impression")
+    st.caption("A blinded run: record your own reading before you see the model's.")
+    notes = st.text_area("Notes", key=f"{key}_first_notes", height=68)
+    choices = [*case["classes"], None]  # None: uncertain
+    columns = st.columns(len(choices))
+    for at, (column, label) in enumerate(zip(columns, choices, strict=True)):
+        shortcut = "U" if label is None else IMPRESSION_KEYS[at : at + 1] or None
+        text = "Uncertain" if label is None else render.literal(label)
+        if column.button(text, key=f"{key}_first_{at}", shortcut=shortcut, width="stretch"):
+            try:
+                decision = "uncertain" if label is None else "label"
+                store.first_impression(case["case_id"], reviewer, decision, label, notes=notes)
+            except ReviewError as e:
+                st.error(render.literal(e))
+            else:
+                st.rerun()
+
+
+def decision_buttons(case: dict, reviewer: str, following: int | None) -> None:
+    """Agree / disagree (with the corrected label) / uncertain, one key each; a click or
+    a key saves at once and opens ``following``. Notes are typed first."""
+    key = f"case{case['case_id']}"
+    predicted = case["predicted_class"]
+    others = [c for c in case["classes"] if c != predicted]
+    if len(others) == 1:  # two classes: disagreeing names the other one
+        corrected = others[0]
+    else:
         corrected = st.selectbox(
             "Corrected label (when you disagree)",
             others,
@@ -66,29 +99,56 @@ def decision_form(case: dict, reviewer: str, following: int | None) -> None:
             placeholder="choose the right class",
             key=f"{key}_label",
         )
-        notes = st.text_area("Notes", key=f"{key}_notes", height=80)
-        saved = st.form_submit_button("Save decision", type="primary", key=f"{key}_save")
-    if saved and decision is None:
-        st.error("Choose agree, disagree or uncertain first: nothing was saved.")
-    elif saved:
-        try:
-            store.decide(
-                case["case_id"],
-                reviewer,
-                decision,
-                corrected if decision == "disagree" else None,
-                notes=notes,
-            )
-        except ReviewError as e:
-            st.error(render.literal(e))
-        else:
-            label = f" → {render.literal(corrected)}" if decision == "disagree" else ""
-            note = f"Saved: {decision}{label} by {render.literal(reviewer)}."
-            if following is None:  # the end of the worklist: stay, and say so
-                st.success(note + " That was the last case of the worklist.")
-            else:  # save and next: the next case of the worklist, in its order
-                st.session_state["case_saved"] = f"{note} Next case:"
-                ui.open_case(following)
+    notes = st.text_area("Notes", key=f"{key}_notes", height=68)
+    disagree = "Disagree" + (f": {render.literal(corrected)}" if len(others) == 1 else "")
+    labels = {
+        "agree": (f"Agree: {render.literal(predicted)}", "A"),
+        "disagree": (disagree, "D"),
+        "uncertain": ("Uncertain", "U"),
+    }
+    chosen = None
+    for column, (decision, (text, shortcut)) in zip(st.columns(3), labels.items(), strict=True):
+        if column.button(text, key=f"{key}_{decision}", shortcut=shortcut, width="stretch"):
+            chosen = decision
+    if chosen is None:
+        return
+    label = corrected if chosen == "disagree" else None
+    try:
+        store.decide(case["case_id"], reviewer, chosen, label, notes=notes)
+    except ReviewError as e:
+        st.error(render.literal(e))
+        return
+    shown = f" → {render.literal(label)}" if label else ""
+    saved(f"Saved: {chosen}{shown} by {render.literal(reviewer)}.", following)
+
+
+def reading(case: dict, reviewer: str, following: int | None) -> None:
+    """The right-hand column: first impression (blinded runs), then the model's output
+    and the decision on request."""
+    key = f"case{case['case_id']}"
+    if case.get("blinded"):
+        impression = store.impression(case["case_id"], reviewer)
+        if impression is None:
+            first_impression(case, reviewer, following)
+            return
+        first = impression.get("label") or "uncertain"
+        st.caption(f"Your first impression: **{render.literal(first)}**")
+    revealed = st.session_state.get(f"{key}_reveal", False)
+    if not revealed:
+        if st.button(
+            "Show the model's output",
+            key=f"{key}_show",
+            shortcut="M",
+            type="primary",
+            help="Read the scan first: the model's class, probabilities and the decision "
+            "appear when you ask for them.",
+        ):
+            st.session_state[f"{key}_reveal"] = True
+            st.rerun()
+        return
+    model_summary(case)
+    decision_buttons(case, reviewer, following)
+    model_details(case)
 
 
 def history(case_id: int) -> None:
@@ -101,7 +161,9 @@ def history(case_id: int) -> None:
     table = pd.DataFrame(rows)[
         ["decided_at", "reviewer", "decision", "corrected_label", "notes", "current"]
     ]
-    st.dataframe(table, hide_index=True, key="case_history")
+    headers = ["Decided", "Reader", "Decision", "Corrected to", "Notes", "Current"]
+    config = {c: st.column_config.Column(h) for c, h in zip(table.columns, headers, strict=True)}
+    st.dataframe(table, hide_index=True, key="case_history", column_config=config)
 
 
 reviewer = ui.require_reviewer()
@@ -125,33 +187,22 @@ previous_case = ui.neighbour(case_id, -1, in_order)
 next_case = ui.neighbour(case_id, +1, in_order)
 title, back, skip = st.columns([4, 1, 1], vertical_alignment="bottom")
 title.title(f"Case {render.literal(case['scan_id'])}")
-if back.button("Previous", disabled=previous_case is None, key="case_previous"):
+if back.button("Previous", disabled=previous_case is None, key="case_previous", shortcut="P"):
     ui.open_case(previous_case)
-if skip.button("Skip", disabled=next_case is None, key="case_next", help="Next case, no decision"):
+if skip.button(
+    "Skip", disabled=next_case is None, key="case_next", shortcut="N", help="Next case, no decision"
+):
     ui.open_case(next_case)
 saved_note = st.session_state.pop("case_saved", None)
 if saved_note:
     st.success(saved_note)
-facts = {
-    "patient": case.get("patient_id") or "(none)",
-    "site": case.get("site") or "(none)",
-    "modality": case.get("modality") or "?",
-    "run": case["run_id"],
-}
-st.caption(" · ".join(f"{name} {render.literal(value)}" for name, value in facts.items()))
+st.query_params["case"] = str(case_id)  # the address names the case: reload, bookmark
+st.caption(f"Site {render.literal(case.get('site') or '(none)')} · run {case['run_id']}")
 
 image_column, output_column = st.columns([3, 2], gap="large")
 with image_column:
     viewer.show(case)
 with output_column:
-    revealed = st.toggle(
-        "Show the model's output",
-        value=False,
-        key=f"case{case_id}_reveal",
-        help="Read the scan first: the model's class, probabilities and the decision form "
-        "appear when you ask for them.",
-    )
-    if revealed:
-        model_output(case)
-        decision_form(case, reviewer, next_case)
+    reading(case, reviewer, next_case)
     history(case_id)
+    st.caption(KEYS)
