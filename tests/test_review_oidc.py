@@ -215,3 +215,20 @@ def test_the_auth_file_is_refused_when_others_can_read_it_or_it_lacks_a_key(tmp_
     path.unlink()  # no auth file: local accounts only, no secrets file for Streamlit
     argv, _ = streamlit_command(str(tmp_path / "review.db"), tmp_path / "users.json")
     assert "--secrets.files" not in argv
+
+
+def test_review_serve_refuses_an_auth_file_others_can_read(tmp_path):
+    from typer.testing import CliRunner
+
+    from medres.cli import app
+    from medres.review import ReviewStore
+
+    db = tmp_path / "review.db"
+    ReviewStore(db).close()
+    auth = tmp_path / "elsewhere.toml"
+    auth.write_text('[auth]\nclient_secret = "s3cret-value"\n')
+    auth.chmod(0o644)
+    result = CliRunner().invoke(app, ["review", "serve", "--store", str(db), "--auth", str(auth)])
+    assert result.exit_code != 0
+    assert f"chmod 600 {auth}" in " ".join(result.output.split())
+    assert "s3cret-value" not in result.output

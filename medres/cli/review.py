@@ -209,6 +209,14 @@ def review_serve(
         Path | None,
         typer.Option(help="Users file; default: review_users.json beside --store, or here."),
     ] = None,
+    auth: Annotated[
+        Path | None,
+        typer.Option(
+            "--auth",
+            help="Organisation sign-in (OpenID Connect): a TOML file with Streamlit's [auth] "
+            "section, chmod 600; default: review_auth.toml beside --store, if there.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the review app (Streamlit) on the store: sign-in, worklist, case view,
     dashboard, export. Runs in the foreground; Ctrl-C stops it.
@@ -221,22 +229,24 @@ def review_serve(
         medres review serve --store review.db --port 8501
         medres review serve --store postgresql+psycopg://medres@db/review \\
             --users /etc/medres/users.json
+        medres review serve --store review.db --auth /etc/medres/review_auth.toml
     """
     import os
 
     from medres.review import ReviewStore, default_users_path
-    from medres.review.serve import streamlit_command
+    from medres.review.serve import default_auth_path, streamlit_command
     from medres.review.users import list_users
 
     users_path = users or default_users_path(store)
     with user_errors():
         ReviewStore(store, create=False).close()  # refuse a missing store before starting
-        if not list_users(users_path):
+        organisation = auth is not None or default_auth_path(store).is_file()
+        if not organisation and not list_users(users_path):
             raise ReviewError(
                 f"no reviewer account in {users_path}; add one first: "
                 f"`medres review add-user NAME --store {store}`"
             )
-        argv, environment = streamlit_command(store, users_path, host=host, port=port)
+        argv, environment = streamlit_command(store, users_path, host=host, port=port, auth=auth)
     console.print(
         f"review app: http://{host}:{port}  (store {store}, users {users_path}); Ctrl-C stops it",
         soft_wrap=True,
