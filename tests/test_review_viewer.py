@@ -223,6 +223,10 @@ def test_zoom_pan_invert_and_the_hu_under_the_pointer_in_chromium(ct_viewer):
             _settle(page)
             expect(page.get_by_text("axial 1/2")).to_be_visible()
             expect(view.locator("[data-part=notice]")).to_have_text("")  # 512 px: as stored
+            expect(view.locator("[data-part=keys]")).to_have_text(
+                "Keys: 1–5 window presets · O overlay · I invert · +/− zoom · 0 fit · "
+                "PgUp/PgDn slice"
+            )
 
             sources = page.evaluate("() => [...document.querySelectorAll('img')].map((i) => i.src)")
         finally:

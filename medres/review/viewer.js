@@ -25,6 +25,16 @@ export default function (component) {
   return view.cleanup;
 }
 
+function keys(data) {
+  // the keys this picture answers to, in words
+  const n = data.presets.length;
+  const said = [n > 1 ? `1–${n} window presets` : n ? "1 window preset" : null];
+  if (data.overlay_ready) said.push("O overlay");
+  said.push("I invert", "+/− zoom", "0 fit");
+  if (data.slices) said.push("PgUp/PgDn slice");
+  return `Keys: ${said.filter(Boolean).join(" · ")}`;
+}
+
 function mount(root) {
   // root: the component's shadow root; box: the viewer's element in it
   const q = (name) => root.querySelector(`[data-part="${name}"]`);
@@ -217,6 +227,7 @@ function mount(root) {
     canvas.setAttribute("aria-label", data.label);
     q("readout").textContent = HINT;
     q("notice").textContent = data.notice || "";
+    q("keys").textContent = keys(data);
     if (previous && previous.values.base64 !== data.values.base64) q("pinned").textContent = "";
     view.values = decode(data.values);
     const [image, overlay] = await Promise.all([

@@ -11,7 +11,7 @@ the browser inside the page's websocket messages, drawn by a custom component
 client could fetch without a session, even after sign-out. Zoom, pan, invert and the
 readout run in the browser, without a rerun. Keys (anywhere on the page but in a text
 field): ``1``–``9`` window presets, ``O`` Grad-CAM overlay, ``I`` invert, ``+``/``-``
-zoom, ``0`` fit.
+zoom, ``0`` fit, PageUp / PageDown the slice before / after.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ HTML = """<div class="medres-viewer">
   <canvas data-part="canvas" role="img"></canvas>
   <div class="readout" data-part="readout" aria-live="polite"></div>
   <div class="readout" data-part="pinned"></div>
+  <div class="hint" data-part="keys"></div>
 </div>"""
 
 
