@@ -124,6 +124,8 @@ def test_assignment_is_balanced_deterministic_and_each_reader_sees_their_own(
             store.assign(other, readers=["dr_a", "dr_a"])
         with pytest.raises(ReviewError, match="no case 9999"):
             store.assign(case_ids=[9999], readers=["dr_a", "dr_b"])
+        with pytest.raises(ReviewError, match="no run 99 in this review store"):
+            store.assign(99, readers=["dr_a", "dr_b"])
     one = runner.invoke(app, ["review", "assign", "--store", str(db), "--readers", "dr_a"])
     assert one.exit_code == 2 and "needs at least 2 readers" in " ".join(one.output.split())
 

@@ -30,7 +30,7 @@ from medres.review.readers import (
     mind_changes,
     reader_label,
 )
-from medres.review.schema import ADJUDICATION, IMPRESSIONS, assignments, cases, impressions
+from medres.review.schema import ADJUDICATION, IMPRESSIONS, assignments, cases, impressions, runs
 from medres.review.store_read import (
     WORKLIST_COLUMNS,
     adjudicated_cases,
@@ -300,6 +300,10 @@ def _chosen_cases(conn: Connection, run_id, case_ids) -> list[int]:
     if run_id is not None:
         query = query.where(cases.c.run_id == whole(run_id, "run id"))
     found = {int(r.id) for r in conn.execute(query)}
+    if run_id is not None and not found:
+        known = conn.execute(select(runs.c.id).where(runs.c.id == whole(run_id, "run id"))).first()
+        if known is None:
+            raise ReviewError(f"no run {run_id} in this review store; `medres review load` it")
     if case_ids is None:
         return sorted(found)
     wanted = sorted({whole(c, "case id") for c in case_ids})
