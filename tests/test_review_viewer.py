@@ -141,7 +141,11 @@ def ct_viewer(tmp_path_factory):
         yield url, volume
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=20)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 def _apart(a: tuple[int, ...], b: tuple[int, ...]) -> int:
