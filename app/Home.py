@@ -17,7 +17,7 @@ if not signed_in:
     sign_in = st.Page(ui.SIGN_IN_PAGE, title="Sign in", icon=":material/login:", default=True)
     hidden = [
         st.Page(ui.SIGN_IN_PAGE, title="Sign in", url_path=path, visibility="hidden")
-        for path in ("worklist", "case", "dashboard", "export")
+        for path in ("worklist", "case", "dashboard", "export", "adjudication")
     ]
     page = st.navigation([sign_in, *hidden])
 else:

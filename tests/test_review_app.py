@@ -131,6 +131,8 @@ def test_worklist_filters_by_status_class_site_and_reason(store):
     at = start()
 
     at.radio(key="wl_status").set_value("reviewed").run()
+    assert [e.value for e in at.success] == ["No case matches these filters."]  # not mine
+    at.radio(key="wl_whose").set_value("everyone").run()  # another reader decided it
     assert worklist_table(at)["case_id"].tolist() == [reviewed_case]
     assert worklist_table(at)["reviewer"].tolist() == ["dr_okafor"]
     at.radio(key="wl_status").set_value("pending").run()
@@ -492,3 +494,13 @@ def test_a_blinded_run_keeps_the_first_impression_before_showing_the_model(
         assert [h["decision"] for h in store.history(case_id)] == ["agree"]
         changes = store.mind_changes().set_index("reviewer").loc["dr_lee"]
         assert (changes["cases"], changes["changed"], changes["to_model"]) == (1, 1, 1)
+
+
+def test_my_cases_are_the_ones_assigned_to_me(store):
+    store.assign(readers=["dr_lee", "dr_okafor"], per_case=1)
+    mine = store.worklist(reader="dr_lee")["case_id"].tolist()
+    assert 0 < len(mine) < len(store.worklist())
+    at = start()
+    assert worklist_table(at)["case_id"].tolist() == mine
+    at.radio(key="wl_whose").set_value("everyone").run()
+    assert len(worklist_table(at)) == len(store.worklist())

@@ -13,7 +13,18 @@ from medres.review import render, ui
 from medres.review.summary import reasons_in, referral_reasons
 
 ANY = "(any)"
-FILTERS = {"wl_status": "pending", "wl_run": ANY, "wl_class": ANY, "wl_site": ANY, "wl_reason": ANY}
+FILTERS = {
+    "wl_whose": "mine",
+    "wl_status": "pending",
+    "wl_run": ANY,
+    "wl_class": ANY,
+    "wl_site": ANY,
+    "wl_reason": ANY,
+}
+WHOSE = {
+    "mine": "My cases",  # assigned to me (every case of a run without assignments)
+    "everyone": "Everyone's",  # every case, with its current decision by anyone
+}
 HEADERS = {  # column: (header, help); the others stay out of the table
     "rank": ("#", "Reading order: out of distribution first, then the most uncertain"),
     "scan_id": ("Scan", None),
@@ -69,7 +80,7 @@ def table_view(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     return frame[["case_id", *shown]], config | {"case_id": None}
 
 
-ui.require_reviewer()
+reviewer = ui.require_reviewer()
 store = ui.store()
 st.title("Worklist")
 
@@ -86,7 +97,16 @@ classes = sorted({str(c) for r in runs["classes"] for c in r})
 sites = sorted(everything["site"].dropna().unique().tolist())
 
 keep(FILTERS)
-first, second, third, fourth, fifth = st.columns([1.7, 1.6, 1, 1, 1.6])
+whose_column, first, second, third, fourth, fifth = st.columns([1.5, 1.7, 1.6, 1, 1, 1.6])
+whose = whose_column.radio(
+    "Cases",
+    list(WHOSE),
+    format_func=WHOSE.get,
+    horizontal=True,
+    key="wl_whose",
+    help="My cases: those assigned to you, with your own decisions (every case of a run "
+    "without assignments). Everyone's: every case with its current decision, by anyone.",
+)
 status = first.radio("Status", ["pending", "reviewed", "all"], horizontal=True, key="wl_status")
 run = second.selectbox(
     "Run", [ANY, *run_labels], format_func=lambda r: run_labels.get(r, r), key="wl_run"
@@ -102,7 +122,10 @@ table = store.worklist(
     predicted_class=None if predicted == ANY else predicted,
     site=None if site == ANY else site,
     reason=None if reason == ANY else reason,
+    reader=reviewer if whose == "mine" else None,
 )
+if whose == "mine":
+    everything = store.worklist(status="all", reader=reviewer)
 scope = everything if run == ANY else everything[everything["run_id"] == run]
 reviewed = int(scope["decision"].notna().sum())
 counts, reasons = st.columns([3, 2])
