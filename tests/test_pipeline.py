@@ -50,6 +50,7 @@ keep_column = "split"
 [train]
 epochs = 1
 batch_size = 64
+class_names = {{0 = "normal", 1 = "pneumonia"}}
 [predict]
 explain = false
 {extra}
@@ -71,6 +72,11 @@ def test_run_pipeline_end_to_end_then_resume(tmp_path):
     test_rows = pd.read_parquet(out / "tiny" / "cohort_split.parquet").query("split == 'test'")
     predictions = pd.read_parquet(out / "tiny" / "predictions" / "predictions.parquet")
     assert len(predictions) == len(test_rows) == result["n_test_scans"]
+    names = {"0": "normal", "1": "pneumonia"}  # [train] class_names reach bundle and predictions
+    bundle = json.loads((out / "tiny" / "bundle" / "bundle.json").read_text())
+    assert bundle["class_names"] == list(names.values())
+    shown = zip(predictions["predicted_class"], predictions["predicted_name"], strict=True)
+    assert all(names[c] == name for c, name in shown)
     text = run.results_md.read_text()
     assert "| val auroc | test auroc (95 % CI) |" in text and "cores" in text
     assert json.loads((out / "results.json").read_text())["runs"][0]["name"] == "tiny"
