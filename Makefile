@@ -27,7 +27,8 @@ demo: $(STAMP)
 	$(BIN)/medres split $(DEMO_OUT)/cohort.parquet --keep-column split \
 		-o $(DEMO_OUT)/cohort_split.parquet
 	$(BIN)/medres audit $(DEMO_OUT)/cohort_split.parquet
-	$(BIN)/medres train --cohort $(DEMO_OUT)/cohort_split.parquet --epochs 15 -o $(DEMO_OUT)/bundle
+	$(BIN)/medres train --cohort $(DEMO_OUT)/cohort_split.parquet --epochs 15 \
+		--set class_names=0=normal,1=pneumonia -o $(DEMO_OUT)/bundle
 	$(BIN)/medres evaluate $(DEMO_OUT)/bundle $(DEMO_OUT)/cohort_split.parquet --split test \
 		-o $(DEMO_OUT)/report
 	mkdir -p $(DEMO_OUT)/incoming
