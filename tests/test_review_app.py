@@ -234,7 +234,8 @@ def test_window_level_preset_and_manual_sliders(store):
     at.slider(key=f"{key}_level").set_value(at.slider(key=f"{key}_level").value + 10).run()
     assert at.selectbox(key=f"{key}_preset").value == "manual"
     at.toggle(key=f"{key}_heat").set_value(False).run()
-    assert not at.exception and any("zoom" in c.value for c in at.caption)  # the viewer
+    viewers = [c.proto.component_name for c in at.get("bidi_component")]
+    assert not at.exception and viewers == ["medres_scan_viewer"]  # the picture, inline
 
 
 def test_export_page_gives_the_labels_csv_and_the_dashboard_counts(store):
@@ -504,3 +505,42 @@ def test_my_cases_are_the_ones_assigned_to_me(store):
     assert worklist_table(at)["case_id"].tolist() == mine
     at.radio(key="wl_whose").set_value("everyone").run()
     assert len(worklist_table(at)) == len(store.worklist())
+
+
+def test_classes_show_by_their_names(review_run, tmp_path, monkeypatch):
+    """A run whose run.json names its classes (medres predict writes the bundle's
+    class_names) reads 'normal' and 'pneumonia', never '0' and '1'."""
+    import json
+    import shutil
+
+    outdir = tmp_path / "named"
+    shutil.copytree(review_run, outdir)
+    summary = json.loads((outdir / "run.json").read_text())
+    summary["class_names"] = {"0": "normal", "1": "pneumonia"}
+    (outdir / "run.json").write_text(json.dumps(summary))
+    db, users = tmp_path / "named.db", tmp_path / "users.json"
+    add_user(users, "dr_lee", PASSWORD)
+    monkeypatch.setenv(STORE_ENV, str(db))
+    monkeypatch.setenv(USERS_ENV, str(users))
+    with ReviewStore(db) as store:
+        store.load_run(outdir)
+        first = store.worklist().iloc[1]  # not the blank scan: its output is all shown
+    names = {"0": "normal", "1": "pneumonia"}
+    predicted, other = (
+        names[first["predicted_class"]],
+        names[str(1 - int(first["predicted_class"]))],
+    )
+
+    at = start()
+    assert at.selectbox(key="wl_class").options == ["(any)", "normal", "pneumonia"]
+    at.query_params["case"] = str(int(first["case_id"]))
+    at.switch_page(CASE_PAGE).run()
+    key = f"case{int(first['case_id'])}"
+    at.button(key=f"{key}_show").click().run()
+    assert at.subheader[0].value == f"Model says: {predicted}"
+    assert at.button(key=f"{key}_agree").label == f"Agree: {predicted}"
+    assert at.button(key=f"{key}_disagree").label == f"Disagree: {other}"
+    at.button(key=f"{key}_disagree").click().run()
+    assert at.success[0].value == f"Saved: disagree → {other} by dr\\_lee. Next case:"
+    with ReviewStore(db) as store:  # the store keeps the label itself, for retraining
+        assert store.history(int(first["case_id"]))[0]["corrected_label"] in ("0", "1")

@@ -12,12 +12,13 @@ UNCERTAIN = "Uncertain"
 DONE_KEY = "adj_done"  # what was saved, shown after the rerun that saving starts
 
 
-def said(reading: dict) -> str:
-    """What a reader said, in words: the class, or uncertain."""
-    return UNCERTAIN.lower() if reading["label"] is None else str(reading["label"])
+def said(reading: dict, names: dict[str, str]) -> str:
+    """What a reader said, in words: the class's display name, or uncertain."""
+    label = reading["label"]
+    return UNCERTAIN.lower() if label is None else names.get(str(label), str(label))
 
 
-def overview(queue: pd.DataFrame) -> pd.DataFrame:
+def overview(queue: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
     """The queue as a table a person reads: case, scan, site, each reader's label."""
     return pd.DataFrame(
         {
@@ -25,7 +26,7 @@ def overview(queue: pd.DataFrame) -> pd.DataFrame:
             "Scan": queue["scan_id"],
             "Site": queue["site"].fillna("—"),
             "Readers said": [
-                "; ".join(f"{r['reviewer']}: {said(r)}" for r in readings)
+                "; ".join(f"{r['reviewer']}: {said(r, names)}" for r in readings)
                 for readings in queue["readings"]
             ],
         }
@@ -59,7 +60,8 @@ st.caption(
     f"{len(queue)} case(s) whose readers disagree (or one was uncertain), most urgent "
     "first. The final label is recorded by someone who did not read the case."
 )
-st.dataframe(overview(queue), hide_index=True, key="adj_queue")
+names = {c: n for mapping in store.runs()["class_names"] for c, n in mapping.items()}
+st.dataframe(overview(queue, names), hide_index=True, key="adj_queue")
 labels = {
     int(row.case_id): f"Case {row.case_id} · {row.scan_id}" for row in queue.itertuples(index=False)
 }
@@ -73,14 +75,16 @@ columns = st.columns(max(1, len(row["readings"])))
 for column, reading in zip(columns, row["readings"], strict=False):
     with column:
         st.markdown(
-            f"**{render.literal(reading['reviewer'])}** said **{render.literal(said(reading))}**"
+            f"**{render.literal(reading['reviewer'])}** said "
+            f"**{render.literal(said(reading, case['class_names']))}**"
         )
         st.caption(
             f"{render.literal(reading['decision'])} · {render.literal(reading['decided_at'])}"
         )
         notes = reading["notes"] or ""
         st.markdown(f"Notes: {render.literal(notes)}" if notes.strip() else "No notes.")
-st.caption(f"Model said: {render.literal(case['predicted_class'])}")
+predicted = str(case["predicted_class"])
+st.caption(f"Model said: {render.literal(case['class_names'].get(predicted, predicted))}")
 if st.button("Open the case", key="adj_open"):
     ui.open_case(case_id)
 
@@ -95,6 +99,7 @@ with st.form("adj_form", clear_on_submit=True):
     choice = st.radio(
         "Final label",
         [*map(str, case["classes"]), UNCERTAIN],
+        format_func=lambda c: case["class_names"].get(c, c),
         index=None,
         horizontal=True,
         key="adj_label",
@@ -112,7 +117,8 @@ if submitted:
             st.error(render.literal(e))
         else:
             st.session_state[DONE_KEY] = (
-                f"Case {case_id}: final label {render.literal(choice)} recorded."
+                f"Case {case_id}: final label "
+                f"{render.literal(case['class_names'].get(choice, choice))} recorded."
             )
             st.session_state.pop("adj_case", None)
             st.rerun()

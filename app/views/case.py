@@ -20,10 +20,15 @@ KEYS = (
 )
 
 
+def named(case: dict, label) -> str:
+    """A class's display name (the bundle's ``class_names``; else the label itself)."""
+    return case["class_names"].get(str(label), str(label))
+
+
 def model_summary(case: dict) -> None:
     """The model's class and how far to trust it: a calibrated confidence, or for an
     out-of-distribution scan a plain warning instead (its probabilities mean nothing)."""
-    st.subheader(f"Model says: {render.literal(case['predicted_class'])}")
+    st.subheader(f"Model says: {render.literal(named(case, case['predicted_class']))}")
     confidence = case.get("confidence")
     if case.get("ood"):
         st.warning(
@@ -38,11 +43,14 @@ def model_details(case: dict) -> None:
     """Calibrated probabilities (not for an out-of-distribution scan), badges, referral,
     model id."""
     if not case.get("ood"):
-        probabilities = pd.DataFrame(
-            {"probability": pd.Series(case["probabilities"], dtype=float)}
-        ).rename_axis("class")
+        probabilities = (
+            pd.DataFrame({"probability": pd.Series(case["probabilities"], dtype=float)})
+            .rename(index=case["class_names"])
+            .rename_axis("class")
+        )
         st.bar_chart(probabilities, horizontal=True, height=60 + 30 * len(probabilities))
-    for badge in case_badges(case):
+    members = [named(case, c) for c in case.get("conformal_set") or []]
+    for badge in case_badges({**case, "conformal_set": members}):
         ui.badge(badge.label, badge.colour)
         st.caption(render.literal(badge.explanation))
     if case["refer"]:
@@ -72,7 +80,7 @@ def first_impression(case: dict, reviewer: str, following: int | None) -> None:
     columns = st.columns(len(choices))
     for at, (column, label) in enumerate(zip(columns, choices, strict=True)):
         shortcut = "U" if label is None else IMPRESSION_KEYS[at : at + 1] or None
-        text = "Uncertain" if label is None else render.literal(label)
+        text = "Uncertain" if label is None else render.literal(named(case, label))
         if column.button(text, key=f"{key}_first_{at}", shortcut=shortcut, width="stretch"):
             try:
                 decision = "uncertain" if label is None else "label"
@@ -95,14 +103,17 @@ def decision_buttons(case: dict, reviewer: str, following: int | None) -> None:
         corrected = st.selectbox(
             "Corrected label (when you disagree)",
             others,
+            format_func=lambda c: named(case, c),
             index=None,
             placeholder="choose the right class",
             key=f"{key}_label",
         )
     notes = st.text_area("Notes", key=f"{key}_notes", height=68)
-    disagree = "Disagree" + (f": {render.literal(corrected)}" if len(others) == 1 else "")
+    disagree = "Disagree" + (
+        f": {render.literal(named(case, corrected))}" if len(others) == 1 else ""
+    )
     labels = {
-        "agree": (f"Agree: {render.literal(predicted)}", "A"),
+        "agree": (f"Agree: {render.literal(named(case, predicted))}", "A"),
         "disagree": (disagree, "D"),
         "uncertain": ("Uncertain", "U"),
     }
@@ -118,7 +129,7 @@ def decision_buttons(case: dict, reviewer: str, following: int | None) -> None:
     except ReviewError as e:
         st.error(render.literal(e))
         return
-    shown = f" → {render.literal(label)}" if label else ""
+    shown = f" → {render.literal(named(case, label))}" if label else ""
     saved(f"Saved: {chosen}{shown} by {render.literal(reviewer)}.", following)
 
 
@@ -131,7 +142,8 @@ def reading(case: dict, reviewer: str, following: int | None) -> None:
         if impression is None:
             first_impression(case, reviewer, following)
             return
-        first = impression.get("label") or "uncertain"
+        label = impression.get("label")
+        first = "uncertain" if label is None else named(case, label)
         st.caption(f"Your first impression: **{render.literal(first)}**")
     revealed = st.session_state.get(f"{key}_reveal", False)
     if not revealed:
@@ -151,9 +163,9 @@ def reading(case: dict, reviewer: str, following: int | None) -> None:
     model_details(case)
 
 
-def history(case_id: int) -> None:
+def history(case: dict) -> None:
     """Every decision on the case, newest (current) first."""
-    rows = store.history(case_id)
+    rows = store.history(case["case_id"])
     st.subheader("Decision history")
     if not rows:
         st.caption("No decision yet.")
@@ -161,6 +173,9 @@ def history(case_id: int) -> None:
     table = pd.DataFrame(rows)[
         ["decided_at", "reviewer", "decision", "corrected_label", "notes", "current"]
     ]
+    table["corrected_label"] = table["corrected_label"].map(
+        lambda c: None if c is None else named(case, c)
+    )
     headers = ["Decided", "Reader", "Decision", "Corrected to", "Notes", "Current"]
     config = {c: st.column_config.Column(h) for c, h in zip(table.columns, headers, strict=True)}
     st.dataframe(table, hide_index=True, key="case_history", column_config=config)
@@ -204,5 +219,5 @@ with image_column:
     viewer.show(case)
 with output_column:
     reading(case, reviewer, next_case)
-    history(case_id)
+    history(case)
     st.caption(KEYS)

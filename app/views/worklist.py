@@ -93,7 +93,8 @@ run_labels = {
     int(r.id): f"run {r.id}: model {str(r.bundle_id)[:12]}, {r.cases} cases, {r.loaded_at[:10]}"
     for r in runs.itertuples()
 }
-classes = sorted({str(c) for r in runs["classes"] for c in r})
+names = {c: n for mapping in runs["class_names"] for c, n in mapping.items()}  # {label: name}
+classes = sorted(names, key=names.get)
 sites = sorted(everything["site"].dropna().unique().tolist())
 
 keep(FILTERS)
@@ -111,7 +112,9 @@ status = first.radio("Status", ["pending", "reviewed", "all"], horizontal=True, 
 run = second.selectbox(
     "Run", [ANY, *run_labels], format_func=lambda r: run_labels.get(r, r), key="wl_run"
 )
-predicted = third.selectbox("Predicted class", [ANY, *classes], key="wl_class")
+predicted = third.selectbox(
+    "Predicted class", [ANY, *classes], format_func=lambda c: names.get(c, c), key="wl_class"
+)
 site = fourth.selectbox("Site", [ANY, *sites], key="wl_site")
 reason = fifth.selectbox("Referral reason", [ANY, *reasons_in(everything)], key="wl_reason")
 remember(FILTERS)
@@ -145,7 +148,7 @@ if table.empty:
 if st.button("Next case", type="primary", key="wl_next", shortcut="N"):
     ui.open_case(int(table["case_id"].iloc[0]))
 st.caption("Click a row to open its case; N opens the first one.")
-frame, config = table_view(table)
+frame, config = table_view(table.assign(corrected_label=table["corrected_label"].map(names)))
 picked = st.dataframe(
     frame,
     hide_index=True,

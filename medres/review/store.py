@@ -34,6 +34,7 @@ from medres.review.store_read import (
     case_history,
     case_readers,
     case_row,
+    class_names,
     current_decisions,
     impression_rows,
     runs_query,
@@ -254,9 +255,14 @@ class ReviewStore(ReadersMixin):
 
     def runs(self) -> pd.DataFrame:
         """One row per loaded run: id, bundle_id, bundle_checksum, outdir, scan_folder,
-        classes, show_patient_ids, loaded_at, loaded_by, and its number of cases."""
+        classes, class_names ({class: display name}), show_patient_ids, blinded,
+        loaded_at, loaded_by, and its number of cases."""
         with self.engine.connect() as conn:
-            return pd.DataFrame(conn.execute(runs_query()).mappings().all())
+            table = pd.DataFrame(conn.execute(runs_query()).mappings().all())
+        if table.empty:
+            return table
+        names = [class_names(c, s) for c, s in zip(table["classes"], table["summary"], strict=True)]
+        return table.drop(columns="summary").assign(class_names=names)
 
     def worklist(
         self,
@@ -296,7 +302,8 @@ class ReviewStore(ReadersMixin):
 
     def case(self, case_id: int) -> dict[str, Any]:
         """Everything about one case: every ``cases`` column (``id`` as ``case_id``),
-        ``classes`` (the run's, in order), ``outdir``, ``show_patient_ids``, ``blinded``
+        ``classes`` (the run's, in order), ``class_names`` ({class: display name}),
+        ``outdir``, ``show_patient_ids``, ``blinded``
         (the run asks for first impressions), ``readers`` (assigned, a list; empty when
         none) and ``decision`` (the current decision as in :meth:`history`, or None).
 
@@ -307,6 +314,7 @@ class ReviewStore(ReadersMixin):
             readers = case_readers(conn, row.id)
         data = dict(row._mapping)
         data["case_id"] = data.pop("id")
+        data["class_names"] = class_names(data["classes"], data.pop("summary"))
         data["blinded"] = bool(data["blinded"])
         data["readers"] = readers
         data["decision"] = next((h for h in history if h["current"]), None)

@@ -131,10 +131,17 @@ def worklist_query(
 
 
 def runs_query() -> Select:
-    """One row per run: its columns but run_key and summary, and ``cases`` (its count)."""
+    """One row per run: its columns but run_key, and ``cases`` (its count)."""
     n = select(func.count()).where(cases.c.run_id == runs.c.id).scalar_subquery()
-    query = select(*[c for c in runs.c if c.name not in ("run_key", "summary")], n.label("cases"))
+    query = select(*[c for c in runs.c if c.name != "run_key"], n.label("cases"))
     return query.order_by(runs.c.id)
+
+
+def class_names(classes: list[Any], summary: dict[str, Any] | None) -> dict[str, str]:
+    """{class: display name} of a run, in class order: run.json's ``class_names``
+    (``medres predict`` writes the bundle's), else each class's own label."""
+    named = (summary or {}).get("class_names") or {}
+    return {str(c): str(named.get(str(c)) or c) for c in classes}
 
 
 def case_row(conn: Connection, case_id: int):
@@ -142,7 +149,14 @@ def case_row(conn: Connection, case_id: int):
     and blinded; ReviewError for an unknown case id."""
     case_id = whole(case_id, "case id")
     query = (
-        select(cases, runs.c.classes, runs.c.outdir, runs.c.show_patient_ids, runs.c.blinded)
+        select(
+            cases,
+            runs.c.classes,
+            runs.c.summary,
+            runs.c.outdir,
+            runs.c.show_patient_ids,
+            runs.c.blinded,
+        )
         .join(runs, runs.c.id == cases.c.run_id)
         .where(cases.c.id == case_id)
     )
