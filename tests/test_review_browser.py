@@ -53,6 +53,7 @@ def _predict_3d(tmp: Path) -> Path:
     cohort = str(tmp / "cohort.parquet")
     labels = str(tmp / "adrenal" / "labels.csv")
     quick = ["--epochs", "1", "--set", "batch_size=8", "--set", "num_workers=0"]
+    quick += ["--set", "class_names=0=normal,1=mass"]  # AdrenalMNIST3D's two classes
     steps = [
         ["ingest", str(tmp / "adrenal"), "--labels", labels, "-o", cohort],
         ["train", "--cohort", cohort, *quick, "-o", str(tmp / "bundle")],
@@ -193,8 +194,9 @@ def test_a_reviewer_signs_in_scrolls_a_case_and_records_a_disagreement(served, t
     url, db, is_3d = served
     with ReviewStore(db, create=False) as store:
         first = store.worklist().iloc[0]
-        classes = store.case(int(first["case_id"]))["classes"]
-    other = next(c for c in classes if c != first["predicted_class"])
+        names = store.case(int(first["case_id"]))["class_names"]  # {label: name}
+    other = next(c for c in names if c != first["predicted_class"])
+    other_name = names[other]
 
     with sync_playwright() as playwright:
         browser = _browser(playwright)
@@ -241,8 +243,9 @@ def test_a_reviewer_signs_in_scrolls_a_case_and_records_a_disagreement(served, t
             _settle(page)
             page.set_viewport_size({"width": 1400, "height": 1500})  # the whole case view
             page.screenshot(path=str(tmp_path / "review_case_view.png"))
-            page.get_by_role("button", name=f"Disagree: {other}").click()
-            expect(page.get_by_text(f"Saved: disagree → {other} by dr_lee.")).to_be_visible()
+            page.get_by_role("button", name=f"Disagree: {other_name}").click()
+            saved = f"Saved: disagree → {other_name} by dr_lee."
+            expect(page.get_by_text(saved)).to_be_visible()
         finally:
             browser.close()
 

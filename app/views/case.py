@@ -77,11 +77,11 @@ def first_impression(case: dict, reviewer: str, following: int | None) -> None:
     st.caption("A blinded run: record your own reading before you see the model's.")
     notes = st.text_area("Notes", key=f"{key}_first_notes", height=68)
     choices = [*case["classes"], None]  # None: uncertain
-    columns = st.columns(len(choices))
-    for at, (column, label) in enumerate(zip(columns, choices, strict=True)):
+    row = st.container(horizontal=True)
+    for at, label in enumerate(choices):
         shortcut = "U" if label is None else IMPRESSION_KEYS[at : at + 1] or None
         text = "Uncertain" if label is None else render.literal(named(case, label))
-        if column.button(text, key=f"{key}_first_{at}", shortcut=shortcut, width="stretch"):
+        if row.button(text, key=f"{key}_first_{at}", shortcut=shortcut):
             try:
                 decision = "uncertain" if label is None else "label"
                 store.first_impression(case["case_id"], reviewer, decision, label, notes=notes)
@@ -118,9 +118,10 @@ def decision_buttons(case: dict, reviewer: str, following: int | None) -> None:
         "uncertain": ("Uncertain", "U"),
     }
     chosen = None
-    for column, (decision, (text, shortcut)) in zip(st.columns(3), labels.items(), strict=True):
-        if column.button(text, key=f"{key}_{decision}", shortcut=shortcut, width="stretch"):
-            chosen = decision
+    with st.container(horizontal=True):  # side by side, on two lines when names are long
+        for decision, (text, shortcut) in labels.items():
+            if st.button(text, key=f"{key}_{decision}", shortcut=shortcut):
+                chosen = decision
     if chosen is None:
         return
     label = corrected if chosen == "disagree" else None

@@ -131,7 +131,7 @@ if whose == "mine":
     everything = store.worklist(status="all", reader=reviewer)
 scope = everything if run == ANY else everything[everything["run_id"] == run]
 reviewed = int(scope["decision"].notna().sum())
-counts, reasons = st.columns([3, 2])
+counts, reasons = st.columns([1, 1])
 with counts:
     numbers = st.columns(4)
     numbers[0].metric("In this list", len(table))
