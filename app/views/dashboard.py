@@ -47,7 +47,12 @@ metrics[4].metric("Referred", stats["referred"], help=f"{stats['ood']} out of di
 by_class, by_site = st.columns(2)
 with by_class:
     st.subheader("By predicted class")
-    st.dataframe(stats["per_class"], hide_index=True, key="dash_class")
+    loaded = store.runs()
+    names = {} if loaded.empty else {c: n for m in loaded["class_names"] for c, n in m.items()}
+    per_class = stats["per_class"]
+    shown = per_class["predicted_class"].map(lambda c: names.get(c, c))
+    per_class = per_class.assign(predicted_class=shown)
+    st.dataframe(per_class, hide_index=True, key="dash_class")
 with by_site:
     st.subheader("By site")
     st.dataframe(stats["per_site"], hide_index=True, key="dash_site")
