@@ -544,3 +544,22 @@ def test_classes_show_by_their_names(review_run, tmp_path, monkeypatch):
     assert at.success[0].value == f"Saved: disagree → {other} by dr\\_lee. Next case:"
     with ReviewStore(db) as store:  # the store keeps the label itself, for retraining
         assert store.history(int(first["case_id"]))[0]["corrected_label"] in ("0", "1")
+
+
+def test_an_idle_session_is_signed_out_and_the_password_field_suits_a_password_manager(store):
+    from datetime import UTC, datetime
+
+    from medres.review.sessions import IDLE
+
+    at = AppTest.from_file(str(APP / "Home.py"), default_timeout=TIMEOUT).run()
+    assert at.text_input(key="sign_in_password").proto.autocomplete == "current-password"
+    assert at.text_input(key="sign_in_name").proto.autocomplete == "username"
+    at = start()
+    assert at.session_state["reviewer"] == "dr_lee"
+    at.session_state["last_active"] = datetime.now(UTC) - IDLE  # 30 minutes without a click
+    at.run()
+    assert "reviewer" not in at.session_state
+    assert "signed out after 30 minutes without activity" in at.info[0].value
+    assert at.text_input(key="sign_in_name")  # back at the sign-in form
+    trail = store.audit_log()
+    assert trail[trail["actor"] == "dr_lee"]["action"].tolist()[-1] == "sign_out"

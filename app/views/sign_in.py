@@ -10,8 +10,10 @@ why = st.session_state.pop("signed_out_why", None)
 if why:
     st.info(why)
 with st.form("sign_in_form", clear_on_submit=True):
-    name = st.text_input("Reviewer name", key="sign_in_name")
-    password = st.text_input("Password", type="password", key="sign_in_password")
+    name = st.text_input("Reviewer name", key="sign_in_name", autocomplete="username")
+    password = st.text_input(  # "current-password": a password manager may fill it in
+        "Password", type="password", key="sign_in_password", autocomplete="current-password"
+    )
     submitted = st.form_submit_button("Sign in", type="primary", key="sign_in_submit")
 if submitted:
     refused = ui.sign_in(name, password)
