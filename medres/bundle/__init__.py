@@ -19,6 +19,8 @@ A bundle is a folder::
     frozen_test.json    the test patients (salted hashes) and scans no retraining may
                         train on (:mod:`medres.frozen`)
     training_cohort.parquet  retrained bundles: the cohort trained on
+    model.onnx          after ``medres export --runtime onnx``: the model for ONNX Runtime,
+                        recorded with what it was verified against (``runtimes``)
 
 :func:`write_manifest` is the only writer of ``bundle.json``: it writes the sidecar, then
 ``bundle.json`` last, so a folder without ``bundle.json`` is not a bundle.
@@ -45,23 +47,31 @@ from medres.bundle.layout import (
     MANIFEST_SUM,
     OPTIONAL,
     REQUIRED,
+    RUNTIME_FILES,
     TRAINING_COHORT,
     WEIGHTS,
     is_bundle,
     verify_bundle,
     write_manifest,
 )
-from medres.bundle.load import Bundle, load_bundle, read_manifest, training_cohort
+from medres.bundle.load import (
+    Bundle,
+    calibration_cohort,
+    load_bundle,
+    read_manifest,
+    training_cohort,
+)
 from medres.bundle.manifest import (
     Manifest,
     ManifestModel,
+    ManifestRuntime,
     ManifestTarget,
     ManifestTraining,
     TrainedOn,
     check_class_names,
     validate_manifest,
 )
-from medres.bundle.save import save_bundle, update_bundle, versions
+from medres.bundle.save import add_runtime, save_bundle, update_bundle, versions
 
 __all__ = [
     "FORMAT",
@@ -70,14 +80,18 @@ __all__ = [
     "MANIFEST_SUM",
     "OPTIONAL",
     "REQUIRED",
+    "RUNTIME_FILES",
     "TRAINING_COHORT",
     "WEIGHTS",
     "Bundle",
     "Manifest",
     "ManifestModel",
+    "ManifestRuntime",
     "ManifestTarget",
     "ManifestTraining",
     "TrainedOn",
+    "add_runtime",
+    "calibration_cohort",
     "check_class_names",
     "is_bundle",
     "load_bundle",

@@ -22,6 +22,8 @@ WEIGHTS = "weights.safetensors"
 REQUIRED = (WEIGHTS, "config.json", "metrics.json", "model_card.md")
 TRAINING_COHORT = "training_cohort.parquet"  # retrained bundles: the cohort trained on
 OPTIONAL = ("metrics.csv", TRAINING_COHORT)
+# the model compiled for another runtime by `medres export BUNDLE --runtime NAME`
+RUNTIME_FILES = {"onnx": "model.onnx"}
 
 
 def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
@@ -95,9 +97,17 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
         if actual != expected:
             raise BundleError(
                 f"bundle file {file} fails its checksum: it was changed or damaged after "
-                "the bundle was written; restore it from the original bundle"
+                f"the bundle was written; restore it from the original bundle{_again(name)}"
             )
     return manifest
+
+
+def _again(name: str) -> str:
+    """For a runtime's model file: how to write it again."""
+    for runtime, file in RUNTIME_FILES.items():
+        if name == file:
+            return f" or export it again (`medres export BUNDLE --runtime {runtime}`)"
+    return ""
 
 
 def _check_seal(path: Path) -> None:

@@ -14,9 +14,17 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from medres.bundle.layout import HEAD, MANIFEST, TRAINING_COHORT, WEIGHTS, verify_bundle
+from medres.bundle.layout import (
+    HEAD,
+    MANIFEST,
+    RUNTIME_FILES,
+    TRAINING_COHORT,
+    WEIGHTS,
+    verify_bundle,
+)
 from medres.bundle.manifest import (
     Manifest,
+    ManifestRuntime,
     ManifestTraining,
     TrainedOn,
     _field_error,
@@ -110,6 +118,29 @@ class Bundle:
                 "bundle with this medres"
             ) from e
 
+    def runtime(self, name: str) -> tuple[Path, ManifestRuntime]:
+        """The model file exported for runtime ``name`` (``onnx``: ``model.onnx``,
+        checksummed when the bundle was loaded) and its ``runtimes`` record.
+
+        Raises:
+            BundleError: the bundle has no export for ``name`` (run ``medres export``
+                first), or the export was made from other weights than the bundle's.
+        """
+        export = f"`medres export {self.path} --runtime {name}`"
+        entry = self.manifest.runtimes.get(name)
+        if entry is None:
+            raise BundleError(
+                f"{self.path} has no {RUNTIME_FILES.get(name, name)} for runtime {name!r}; "
+                f"run {export} first (it writes the model for that runtime into the bundle "
+                "after checking it gives torch's probabilities)"
+            )
+        if entry.weights_sha256 != self.manifest.files.get(WEIGHTS):
+            raise BundleError(
+                f"{self.path / entry.file} was exported from other weights than the "
+                f"bundle's {WEIGHTS}; export it again: {export}"
+            )
+        return self.path / entry.file, entry
+
 
 def training_cohort(bundle: Bundle) -> Path | None:
     """The cohort manifest ``bundle`` trained on: a retrained bundle's own copy
@@ -123,6 +154,20 @@ def training_cohort(bundle: Bundle) -> Path | None:
     if path.is_file() and Cohort.load(path).fingerprint() == recorded.fingerprint:
         return path
     return None
+
+
+def calibration_cohort(bundle: Bundle) -> Path | None:
+    """The cohort whose ``val`` split fitted the bundle's trust layer: the one
+    ``medres calibrate`` recorded (``calibration_cohort``) while it keeps its
+    fingerprint, else the training cohort (:func:`training_cohort`); None when it is
+    gone or changed."""
+    recorded = (bundle.manifest.model_extra or {}).get("calibration_cohort")
+    if isinstance(recorded, dict):
+        path = Path(recorded.get("path") or "")
+        if path.is_file() and Cohort.load(path).fingerprint() == recorded.get("fingerprint"):
+            return path
+        return None
+    return training_cohort(bundle)
 
 
 def _check_head(path: Path, typed: Manifest, info: TaskInfo, state: dict[str, Any]) -> None:

@@ -74,6 +74,20 @@ class TrainedOn(BaseModel):
         return in_channels == 1
 
 
+class ManifestRuntime(BaseModel):
+    """One entry of ``runtimes``: the model compiled for a runtime by ``medres export``
+    (``file``, checksummed in ``files``), the weights it was exported from
+    (``weights_sha256``) and what it was verified against (``verified``: the reference
+    runtime, the quantity compared, the scans, the maximum absolute difference found and
+    the tolerance it had to meet). Keys beyond these (opset, versions, ...) are kept."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    file: str
+    precision: str = "fp32"
+    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    verified: dict[str, Any]
+
+
 class Manifest(BaseModel):
     """The typed fields of ``bundle.json``. Free-form records (``training``, ``cohort``,
     ``lineage``, ``versions``) are dicts, and keys added later (``updated``,
@@ -98,6 +112,7 @@ class Manifest(BaseModel):
     lineage: list[dict[str, Any]] | None = None  # None: a bundle from before lineage
     versions: dict[str, str] = {}
     files: dict[str, str]
+    runtimes: dict[str, ManifestRuntime] = {}  # `medres export`: compiled models, verified
 
     @field_validator("classes")
     @classmethod
@@ -173,6 +188,14 @@ def validate_manifest(path: str | Path, manifest: dict[str, Any]) -> Manifest:
         if not 0 <= typed.threshold <= 1 + 1e-9:
             raise _field_error(
                 path, "threshold", typed.threshold, "a probability of the positive class in [0, 1]"
+            )
+    for runtime, entry in typed.runtimes.items():
+        if entry.file not in typed.files:
+            raise _field_error(
+                path,
+                f"runtimes.{runtime}.file",
+                entry.file,
+                "a file listed with its checksum in 'files'",
             )
     spec = typed.preprocess
     for name in ("preset", "spatial_size"):

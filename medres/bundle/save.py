@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,15 @@ import torch
 from safetensors.torch import save_file
 
 from medres import __version__
-from medres.bundle.layout import FORMAT, OPTIONAL, REQUIRED, WEIGHTS, write_manifest
+from medres.bundle.layout import (
+    FORMAT,
+    MANIFEST,
+    OPTIONAL,
+    REQUIRED,
+    RUNTIME_FILES,
+    WEIGHTS,
+    write_manifest,
+)
 from medres.files import atomic_write, sha256_file, write_json, write_text
 from medres.frozen import FROZEN_TEST
 from medres.tasks import TaskInfo
@@ -113,6 +122,28 @@ def update_bundle(
     manifest.update(fields)
     for name in [*files, "metrics.json"]:
         manifest["files"][name] = sha256_file(path / name)
+    manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return write_manifest(path, manifest)
+
+
+def add_runtime(
+    path: str | Path, runtime: str, model_file: str | Path, record: dict[str, Any], card: str
+) -> Path:
+    """Copy a verified export ``model_file`` into the bundle at ``path`` as the runtime's
+    file (``onnx``: ``model.onnx``), rewrite ``model_card.md`` as ``card``, and record
+    both (checksums in ``files``, ``record`` under ``runtimes.<runtime>`` with the
+    file name and the sha256 of the weights it was exported from). ``bundle.json`` is
+    rewritten last (:func:`write_manifest`): a crash before leaves a bundle that refuses
+    the new file by checksum, naming how to export it again. Returns ``bundle.json``."""
+    path = Path(path)
+    name = RUNTIME_FILES[runtime]
+    manifest = json.loads((path / MANIFEST).read_text())  # verified by the caller
+    atomic_write(path / name, lambda tmp: shutil.copyfile(model_file, tmp))
+    write_text(path / "model_card.md", card)
+    entry = {"file": name, **record, "weights_sha256": manifest["files"][WEIGHTS]}
+    manifest["runtimes"] = {**manifest.get("runtimes", {}), runtime: entry}
+    for file in (name, "model_card.md"):
+        manifest["files"][file] = sha256_file(path / file)
     manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
     return write_manifest(path, manifest)
 
