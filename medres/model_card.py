@@ -61,6 +61,33 @@ def model_card(facts: dict[str, Any], evaluations: dict[str, Evaluation]) -> str
     return "\n".join(lines)
 
 
+def with_runtime(card: str, runtime: str, record: dict[str, Any]) -> str:
+    """The model card with a section on the model exported for ``runtime`` (its
+    ``runtimes`` record in ``bundle.json``: file, precision, versions and what it was
+    verified against), replacing that runtime's section of an earlier export."""
+    heading = f"## Runtime: {runtime}"
+    kept, skipping = [], False
+    for line in card.rstrip("\n").split("\n"):
+        if line.startswith("## "):
+            skipping = line.startswith(heading)
+        if not skipping:
+            kept.append(line)
+    v, versions = record["verified"], record.get("versions", {})
+    engine = {"onnx": "ONNX Runtime"}.get(runtime, runtime)
+    lines = [
+        f"{heading} ({record['precision']}, exported {record['exported'][:10]})",
+        "",
+        f"`{record.get('file', 'model.onnx')}` runs the network in {engine} "
+        f"{versions.get('onnxruntime', '')} (`medres predict --runtime {runtime}`; "
+        "Grad-CAM heatmaps still come from the torch weights). Verified against "
+        f"{v['against']} on the {v['scans']} scans of the {v['split']} split of "
+        f"`{v['cohort']}`: {v['quantity']} differ by at most {v['max_abs_diff']:.2g} "
+        f"(accepted up to {v['tolerance']:g}).",
+        "",
+    ]
+    return "\n".join(kept).rstrip("\n") + "\n\n" + "\n".join(lines)
+
+
 def _classes_text(info, class_names: list[str] | None) -> str:
     """The classes as a reader sees them: ``normal (0), pneumonia (1)`` (the label
     alone when it is its own name); binary tasks say which class is positive."""

@@ -22,6 +22,7 @@ from medres.cli import (  # noqa: F401
     train,
     evaluate,
     predict,
+    export,
     pacs,
     label_issues,
     review,

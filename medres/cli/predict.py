@@ -42,6 +42,14 @@ def predict_command(
         typer.Option(help="Regression QA gate: refer scans predicted below this value."),
     ] = None,
     device: DeviceOption = None,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="What runs the network: torch (the bundle's weights) or onnx (its "
+            "model.onnx in ONNX Runtime on the CPU; `medres export BUNDLE --runtime onnx` "
+            "first). Grad-CAM uses the torch weights either way."
+        ),
+    ] = "torch",
 ) -> None:
     """Predict every scan under FOLDER with the bundle's own preprocessing, calibration,
     conformal sets, OOD model and referral rule.
@@ -59,6 +67,7 @@ def predict_command(
 
         medres predict bundles/pneumonia /data/tonight -o predictions/tonight --explain
         medres predict bundles/mr_motion /data/mr -o qa/tonight --flag-below 0.9
+        medres predict bundles/pneumonia /data/tonight -o predictions/tonight --runtime onnx
     """
     from rich.table import Table
 
@@ -75,6 +84,7 @@ def predict_command(
         chunk_size=chunk_size,
         flag_below=flag_below,
         device=device or "auto",
+        runtime=runtime,
     )
     columns = progress_columns(scans_per_second=True, time_remaining=True)
     with user_errors(), progress_display(*columns, console=console, transient=True) as progress:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from threadpoolctl import threadpool_limits
 
 from medres import __version__
@@ -28,6 +29,7 @@ from medres.inference import Item, LocalEngine, ScanInputs
 from medres.io.discover import Discovery, discover
 from medres.io.names import path_text
 from medres.predict.predictor import Predictor, check_members
+from medres.predict.runtime import check_runtime
 from medres.predict.scans import failure_row, predict_inputs
 from medres.predict.store import ResultStore
 
@@ -50,6 +52,10 @@ class PredictOptions:
             gate, e.g. SSIM 0.9); None: the bundle's own ``flag_below``, if any.
         device: where the network runs (:func:`medres.device.resolve_device`); not part
             of the run's contract: a run may resume on another device.
+        runtime: what runs the network (:mod:`medres.predict.runtime`): ``torch`` (the
+            bundle's model) or ``onnx`` (its verified ``model.onnx`` in ONNX Runtime, on
+            the CPU); like the device not part of the contract (the export was verified
+            to give torch's probabilities within 1e-4).
     """
 
     ensemble: list[Path] = field(default_factory=list)
@@ -61,6 +67,7 @@ class PredictOptions:
     chunk_size: int = 256
     flag_below: float | None = None
     device: str = "auto"
+    runtime: str = "torch"
 
     def contract(self) -> dict[str, Any]:
         """The options that change a prediction (a resumed run must repeat them)."""
@@ -118,11 +125,11 @@ def predict_folder(
         "bundles": [{"id": b.id, "checksum": b.checksum} for b in members],
         **options.contract(),
     }
+    predictor = Predictor(members, options, out, job["bundles"][0]["checksum"])
     store = ResultStore(out, job)
     found = discover(folder, progress=progress_task(progress, "Discovering scans", None))
     timing = _Timing(started, t0, discover=time.perf_counter() - t0)
     done = store.done()
-    predictor = Predictor(members, options, out, job["bundles"][0]["checksum"])
     dataset = predict_inputs(
         found.scans,
         members[0].spec,
@@ -176,8 +183,10 @@ def _check_request(
     folder: str | Path, out: str | Path, options: PredictOptions
 ) -> tuple[Path, Path]:
     """``folder`` and ``out`` as paths, refused (ConfigError) with out-of-range options,
-    a device this machine lacks, a missing ``folder``, or ``out`` inside it."""
+    a device this machine lacks or the runtime does not run on, a missing ``folder``, or
+    ``out`` inside it."""
     resolve_device(options.device)
+    check_runtime(options.runtime, options.device)
     if options.mc_samples < 0 or options.batch_size < 1 or options.chunk_size < 1:
         raise ConfigError("--mc-samples must be >= 0, --batch-size and --chunk-size >= 1")
     folder, out = Path(folder), Path(out)
@@ -265,6 +274,8 @@ def _summary(
         "workers": workers,
         "device": str(predictor.device),
         "precision": predictor.precision,
+        "runtime": options.runtime,
+        "threads": torch.get_num_threads(),
         "counts": {
             "scans": len(found.scans) + len(found.failures),
             "predicted_now": tally.predicted,

@@ -26,6 +26,7 @@ from medres.explain import grad_cam, map_to_scan, write_explanation
 from medres.inference import Item, forward
 from medres.io.discover import ScanSource
 from medres.io.names import path_text
+from medres.predict.runtime import runtime_model
 from medres.tasks import label_key
 from medres.transforms import build_transform
 from medres.uncertainty.sampling import tta_views
@@ -50,13 +51,20 @@ class Predictor:
         if self.flag_below is not None and self.info.kind.classifies:
             raise ConfigError(f"--flag-below applies to regression bundles; {first.path} is not")
         self.views = tta_views(first.spec) if options.tta else None
-        self.device = resolve_device(options.device)
-        self.precision = predict_precision(self.device, first.config.precision)
+        compiled = options.runtime != "torch"  # ONNX Runtime: fp32 on the CPU
+        self.device = resolve_device("cpu" if compiled else options.device)
+        self.precision = (
+            "fp32" if compiled else predict_precision(self.device, first.config.precision)
+        )
         self.transform = build_transform(first.spec)
         dims = first.spec.spatial_dims
         self.memory_format = torch.channels_last if dims == 2 else torch.channels_last_3d
+        if compiled:  # ONNX Runtime takes the batch as a contiguous (N, C, *spatial) array
+            self.memory_format = torch.contiguous_format
         for member in members:
             member.model.to(self.device, memory_format=self.memory_format)
+        # the network each member runs on (Grad-CAM keeps the torch model: members[0].model)
+        self.networks = [runtime_model(m, options.runtime) for m in members]
         self.fixed = {
             "bundle_id": "+".join(m.id for m in members),
             "bundle_checksum": checksum,
@@ -68,9 +76,9 @@ class Predictor:
         images = images.contiguous(memory_format=self.memory_format)
         seeds = [int(item.input_hash[:15], 16) for item in items]
         outputs, features = [], None
-        for member in self.members:
+        for network in self.networks:
             logits, feats = forward(
-                member.model,
+                network,
                 images,
                 device=self.device,
                 precision=self.precision,
