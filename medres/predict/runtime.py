@@ -43,11 +43,15 @@ def import_onnxruntime() -> Any:
 def onnx_session(path: str | Path, threads: int | None = None) -> Any:
     """An ONNX Runtime ``InferenceSession`` of ``path`` on the CPU
     (``CPUExecutionProvider``), ``threads`` intra-op threads (default: torch's,
-    ``torch.get_num_threads()``, so both runtimes use the same cores)."""
+    ``torch.get_num_threads()``, so both runtimes use the same cores), which do not spin
+    while idle."""
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
+    # idle threads sleep instead of spinning, leaving the cores to the decoding workers:
+    # 2 cores, 300 28² PNGs, one process: 163 scans/s against 128 spinning (predict_folder)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
