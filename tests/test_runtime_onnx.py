@@ -154,6 +154,20 @@ def test_the_gate_refuses_a_wrong_model_with_the_figure(chest_bundle, tmp_path, 
     assert not (bundle / "model.onnx").exists()
 
 
+def test_without_its_cohort_export_asks_for_one(chest_bundle, tmp_path, monkeypatch):
+    bundle = _copy(chest_bundle, tmp_path / "b")
+    monkeypatch.setattr("medres.predict.export.calibration_cohort", lambda _: None)  # moved
+    result = runner.invoke(app, ["export", str(bundle), "--runtime", "onnx"])
+    assert result.exit_code == 2
+    assert "--cohort COHORT.parquet" in " ".join(result.output.split())
+    assert not (bundle / "model.onnx").exists()
+    cohort = chest_bundle.parent / "c.parquet"  # the cohort it was trained on, given
+    result = runner.invoke(app, ["export", str(bundle), "--cohort", str(cohort)])
+    assert result.exit_code == 0, result.output
+    verified = load_bundle(bundle).manifest.runtimes["onnx"].verified
+    assert verified["cohort"] == str(cohort.resolve()) and verified["scans"] == 24
+
+
 def test_a_3d_resnet_exports_with_a_dynamic_batch(tmp_path):
     from types import SimpleNamespace
 

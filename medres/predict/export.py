@@ -42,7 +42,6 @@ from medres.predict.runtime import (
     INPUT,
     LOGITS,
     OnnxClassifier,
-    check_runtime,
     import_onnxruntime,
     onnx_session,
 )
@@ -107,12 +106,15 @@ def export_bundle(
     Raises:
         ExportRefused: the runtime's probabilities differ by more than ``tolerance``
             (the figure named; nothing written).
-        ConfigError: an unknown runtime, onnxruntime missing, no validation scans.
+        ConfigError: a runtime medres cannot export for, onnxruntime missing, no
+            validation scans.
         BundleError: the bundle fails its checks.
     """
-    check_runtime(runtime)
-    if runtime == "torch":
-        raise ConfigError("--runtime torch is the bundle's own model; nothing to export")
+    if runtime not in RUNTIME_FILES:
+        raise ConfigError(
+            f"medres export --runtime {runtime!r}: this medres exports for "
+            f"{', '.join(RUNTIME_FILES)} (torch is the bundle's own model: nothing to export)"
+        )
     import_onnxruntime()  # before any work: say how to install it
     bundle = load_bundle(bundle_path)
     cohort_path, rows = validation_rows(bundle, cohort)
