@@ -115,7 +115,7 @@ def export_bundle(
             f"medres export --runtime {runtime!r}: this medres exports for "
             f"{', '.join(RUNTIME_FILES)} (torch is the bundle's own model: nothing to export)"
         )
-    import_onnxruntime()  # before any work: say how to install it
+    _check_installed()  # before any work: say how to install what is missing
     bundle = load_bundle(bundle_path)
     cohort_path, rows = validation_rows(bundle, cohort)
     with tempfile.TemporaryDirectory(prefix="medres-export-") as tmp:
@@ -263,6 +263,20 @@ def _compared(bundle: Bundle, logits: np.ndarray) -> np.ndarray:
     if bundle.trust is not None:
         return bundle.trust.calibrate(logits)
     return bundle.info.outputs_to_scores(logits)
+
+
+def _check_installed() -> None:
+    """Refuse (ConfigError, naming the fix) when the exporter's packages are missing:
+    onnxruntime, onnx and onnxscript (``torch.onnx.export``'s exporter needs both)."""
+    import_onnxruntime()
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(
+            f"exporting needs the onnx and onnxscript packages ({e}); install them with "
+            '`pip install "medres[onnx]"`'
+        ) from e
 
 
 def _versions() -> dict[str, str]:
