@@ -54,6 +54,7 @@ def _predict_3d(tmp: Path) -> Path:
     labels = str(tmp / "adrenal" / "labels.csv")
     quick = ["--epochs", "1", "--set", "batch_size=8", "--set", "num_workers=0"]
     quick += ["--set", "class_names=0=normal,1=mass"]  # AdrenalMNIST3D's two classes
+    quick += ["--set", "precision=fp32"]  # bf16 gave a NaN loss once in a full-suite run
     steps = [
         ["ingest", str(tmp / "adrenal"), "--labels", labels, "-o", cohort],
         ["train", "--cohort", cohort, *quick, "-o", str(tmp / "bundle")],
@@ -91,21 +92,19 @@ def _wait_until_up(url: str, server: subprocess.Popen, seconds: float = 60) -> N
 
 
 @contextlib.contextmanager
-def serving(db: Path):
-    """``medres review serve`` on ``db`` at a free port of 127.0.0.1: yields its URL."""
-    add_user(db.parent / "review_users.json", "dr_lee", PASSWORD)  # beside the store
-    port = _free_port()
-    command = [sys.executable, "-m", "medres", "review", "serve", "--store", str(db)]
+def server_group(argv: list[str], url: str, env: dict[str, str] | None = None):
+    """Run ``argv`` (a Streamlit server that answers at ``url``) in its own process
+    group until it answers; stop the whole group afterwards."""
     server = subprocess.Popen(
-        [*command, "--port", str(port)],
+        argv,
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group, ended as a whole below
     )
-    url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(url, server)
-        yield url
+        yield
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -113,6 +112,17 @@ def serving(db: Path):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+@contextlib.contextmanager
+def serving(db: Path):
+    """``medres review serve`` on ``db`` at a free port of 127.0.0.1: yields its URL."""
+    add_user(db.parent / "review_users.json", "dr_lee", PASSWORD)  # beside the store
+    port = _free_port()
+    command = [sys.executable, "-m", "medres", "review", "serve", "--store", str(db)]
+    url = f"http://127.0.0.1:{port}"
+    with server_group([*command, "--port", str(port)], url):
+        yield url
 
 
 @pytest.fixture(scope="module")

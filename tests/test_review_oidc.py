@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import sqlite3
-import subprocess
 import threading
 import urllib.request
 from pathlib import Path
@@ -32,7 +30,7 @@ from tests.test_review_browser import (
     CHROMIUM_ARGS,
     _free_port,
     _settle,
-    _wait_until_up,
+    server_group,
 )
 
 EMAIL = "ada.lovelace@hospital.example"
@@ -106,23 +104,8 @@ def served_oidc(provider, review_run, tmp_path_factory):
     _write_auth(tmp / AUTH_FILE, **_auth_values(url, provider, client_id, client_secret))
     argv, environment = streamlit_command(str(db), default_users_path(db), port=port)
     assert argv[argv.index("--secrets.files") + 1] == str(tmp / AUTH_FILE)
-    server = subprocess.Popen(
-        argv,
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group, ended as a whole below
-    )
-    try:
-        _wait_until_up(url, server)
+    with server_group(argv, url, environment):
         yield url, db
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 @pytest.mark.skipif(

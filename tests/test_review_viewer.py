@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import re
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,7 +26,7 @@ from tests.test_review_browser import (
     CHROMIUM_ARGS,
     _free_port,
     _settle,
-    _wait_until_up,
+    server_group,
 )
 
 ANATOMICAL = Path(data_path) / "anatomical.nii"  # real T1 MRI, 33 x 41 x 25
@@ -129,23 +126,9 @@ def ct_viewer(tmp_path_factory):
     case = {"case_id": 1, "path": path, "input_hash": "ct", "modality": "CT"}
     (tmp / "app.py").write_text(APP.format(case={**case, "heatmap_map": str(tmp / "map.nii.gz")}))
     port = _free_port()
-    server = subprocess.Popen(
-        [*STREAMLIT, str(tmp / "app.py"), "--server.port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(url, server)
+    with server_group([*STREAMLIT, str(tmp / "app.py"), "--server.port", str(port)], url):
         yield url, volume
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def _apart(a: tuple[int, ...], b: tuple[int, ...]) -> int:
