@@ -64,27 +64,42 @@ def model_card(facts: dict[str, Any], evaluations: dict[str, Evaluation]) -> str
 def with_runtime(card: str, runtime: str, record: dict[str, Any]) -> str:
     """The model card with a section on the model exported for ``runtime`` (its
     ``runtimes`` record in ``bundle.json``: file, precision, versions and what it was
-    verified against), replacing that runtime's section of an earlier export."""
+    verified against; int8: the gate's figures), replacing that runtime's section of an
+    earlier export."""
     heading = f"## Runtime: {runtime}"
     kept, skipping = [], False
     for line in card.rstrip("\n").split("\n"):
         if line.startswith("## "):
-            skipping = line.startswith(heading)
+            skipping = line == heading or line.startswith(f"{heading} (")
         if not skipping:
             kept.append(line)
     v, versions = record["verified"], record.get("versions", {})
-    engine = {"onnx": "ONNX Runtime"}.get(runtime, runtime)
+    engine = {"onnx": "ONNX Runtime", "onnx-int8": "ONNX Runtime"}.get(runtime, runtime)
     lines = [
         f"{heading} ({record['precision']}, exported {record['exported'][:10]})",
         "",
         f"`{record.get('file', 'model.onnx')}` runs the network in {engine} "
         f"{versions.get('onnxruntime', '')} (`medres predict --runtime {runtime}`; "
-        "Grad-CAM heatmaps still come from the torch weights). Verified against "
-        f"{v['against']} on the {v['scans']} scans of the {v['split']} split of "
-        f"`{v['cohort']}`: {v['quantity']} differ by at most {v['max_abs_diff']:.2g} "
-        f"(accepted up to {v['tolerance']:g}).",
-        "",
+        "Grad-CAM heatmaps still come from the torch weights). ",
     ]
+    if "figures" not in v:  # fp32: the same probabilities as torch
+        lines[-1] += (
+            f"Verified against {v['against']} on the {v['scans']} scans of the {v['split']} "
+            f"split of `{v['cohort']}`: {v['quantity']} differ by at most "
+            f"{v['max_abs_diff']:.2g} (accepted up to {v['tolerance']:g})."
+        )
+        return "\n".join(kept).rstrip("\n") + "\n\n" + "\n".join([*lines, ""])
+    q = record.get("quantization", {})
+    lines[-1] += (
+        f"Quantised to int8 ({q.get('format', 'QDQ')}, weights {q.get('weights', 'int8')}, "
+        f"activations {q.get('activations', 'uint8')}), the activation ranges from "
+        f"{q.get('scans', '?')} scans of the {q.get('split', 'train')} split of "
+        f"`{q.get('cohort', v['cohort'])}`. Its own trust layer (calibration, conformal "
+        f"sets, referral threshold; `{record.get('trust')}/`) was refit on the "
+        f"{v['scans']} scans of the {v['split']} split of `{v['cohort']}`, where it was "
+        f"verified against {v['against']} (fp32) and accepted:"
+    )
+    lines += ["", *(f"- {check}" for check in v.get("checks", [])), ""]
     return "\n".join(kept).rstrip("\n") + "\n\n" + "\n".join(lines)
 
 

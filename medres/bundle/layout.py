@@ -23,7 +23,14 @@ REQUIRED = (WEIGHTS, "config.json", "metrics.json", "model_card.md")
 TRAINING_COHORT = "training_cohort.parquet"  # retrained bundles: the cohort trained on
 OPTIONAL = ("metrics.csv", TRAINING_COHORT)
 # the model compiled for another runtime by `medres export BUNDLE --runtime NAME`
-RUNTIME_FILES = {"onnx": "model.onnx"}
+# (`onnx-int8`: `--runtime onnx --int8`, with its own trust layer in `onnx-int8/`)
+RUNTIME_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+
+
+def export_command(runtime: str) -> str:
+    """The ``medres export`` options that write ``runtime``'s model."""
+    base, _, precision = runtime.partition("-")
+    return f"--runtime {base}" + (f" --{precision}" if precision else "")
 
 
 def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
@@ -106,7 +113,7 @@ def _again(name: str) -> str:
     """For a runtime's model file: how to write it again."""
     for runtime, file in RUNTIME_FILES.items():
         if name == file:
-            return f" or export it again (`medres export BUNDLE --runtime {runtime}`)"
+            return f" or export it again (`medres export BUNDLE {export_command(runtime)}`)"
     return ""
 
 

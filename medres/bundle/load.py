@@ -4,7 +4,7 @@ and returns a :class:`Bundle`, the only way the rest of medres reads a bundle's 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from medres.bundle.layout import (
     RUNTIME_FILES,
     TRAINING_COHORT,
     WEIGHTS,
+    export_command,
     verify_bundle,
 )
 from medres.bundle.manifest import (
@@ -126,7 +127,7 @@ class Bundle:
             BundleError: the bundle has no export for ``name`` (run ``medres export``
                 first), or the export was made from other weights than the bundle's.
         """
-        export = f"`medres export {self.path} --runtime {name}`"
+        export = f"`medres export {self.path} {export_command(name)}`"
         entry = self.manifest.runtimes.get(name)
         if entry is None:
             raise BundleError(
@@ -140,6 +141,31 @@ class Bundle:
                 f"bundle's {WEIGHTS}; export it again: {export}"
             )
         return self.path / entry.file, entry
+
+    def on_runtime(self, name: str) -> Bundle:
+        """The bundle as ``medres predict --runtime name`` uses it: itself, or for a
+        runtime with its own trust layer (``onnx-int8``: refit on the quantised model's
+        validation outputs by ``medres export --int8``) a copy holding that trust layer
+        and its binary operating point (the weights, Grad-CAM's model, are shared).
+
+        Raises:
+            BundleError: :meth:`runtime`'s refusals; the trust layer cannot be read.
+        """
+        if name == "torch":
+            return self
+        _, entry = self.runtime(name)
+        if entry.trust is None:
+            return self
+        folder = self.path / entry.trust
+        try:
+            trust = Trust.load(folder)
+        except (KeyError, TypeError, ValueError, OSError) as e:
+            raise BundleError(
+                f"{folder / CALIBRATION} cannot be read ({e!r}); export it again: "
+                f"`medres export {self.path} {export_command(name)}`"
+            ) from e
+        manifest = self.manifest.model_copy(update={"threshold": entry.threshold})
+        return replace(self, manifest=manifest, trust=trust)
 
 
 def training_cohort(bundle: Bundle) -> Path | None:

@@ -79,13 +79,18 @@ class ManifestRuntime(BaseModel):
     (``file``, checksummed in ``files``), the weights it was exported from
     (``weights_sha256``) and what it was verified against (``verified``: the reference
     runtime, the quantity compared, the scans, the maximum absolute difference found and
-    the tolerance it had to meet). Keys beyond these (opset, versions, ...) are kept."""
+    the tolerance it had to meet). A quantised model has its own trust layer: ``trust``
+    names the bundle folder holding its ``calibration.json`` (and ``ood.safetensors``),
+    ``threshold`` its binary operating point. Keys beyond these (opset, versions, ...)
+    are kept."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     file: str
     precision: str = "fp32"
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     verified: dict[str, Any]
+    trust: str | None = None  # folder of the runtime's own trust layer (int8)
+    threshold: float | None = None  # its binary operating point (with ``trust``)
 
 
 class Manifest(BaseModel):
@@ -196,6 +201,13 @@ def validate_manifest(path: str | Path, manifest: dict[str, Any]) -> Manifest:
                 f"runtimes.{runtime}.file",
                 entry.file,
                 "a file listed with its checksum in 'files'",
+            )
+        if entry.trust is not None and f"{entry.trust}/calibration.json" not in typed.files:
+            raise _field_error(
+                path,
+                f"runtimes.{runtime}.trust",
+                entry.trust,
+                "a folder whose calibration.json is listed with its checksum in 'files'",
             )
     spec = typed.preprocess
     for name in ("preset", "spatial_size"):

@@ -127,22 +127,31 @@ def update_bundle(
 
 
 def add_runtime(
-    path: str | Path, runtime: str, model_file: str | Path, record: dict[str, Any], card: str
+    path: str | Path,
+    runtime: str,
+    model_file: str | Path,
+    record: dict[str, Any],
+    card: str,
+    extra: dict[str, Path] | None = None,
 ) -> Path:
     """Copy a verified export ``model_file`` into the bundle at ``path`` as the runtime's
-    file (``onnx``: ``model.onnx``), rewrite ``model_card.md`` as ``card``, and record
-    both (checksums in ``files``, ``record`` under ``runtimes.<runtime>`` with the
-    file name and the sha256 of the weights it was exported from). ``bundle.json`` is
-    rewritten last (:func:`write_manifest`): a crash before leaves a bundle that refuses
-    the new file by checksum, naming how to export it again. Returns ``bundle.json``."""
+    file (``onnx``: ``model.onnx``), and ``extra`` files (bundle-relative name: source;
+    e.g. an int8 model's own trust layer, ``onnx-int8/calibration.json``), rewrite
+    ``model_card.md`` as ``card``, and record them all (checksums in ``files``,
+    ``record`` under ``runtimes.<runtime>`` with the file name and the sha256 of the
+    weights it was exported from). ``bundle.json`` is rewritten last
+    (:func:`write_manifest`): a crash before leaves a bundle that refuses the new files
+    by checksum, naming how to export them again. Returns ``bundle.json``."""
     path = Path(path)
     name = RUNTIME_FILES[runtime]
     manifest = json.loads((path / MANIFEST).read_text())  # verified by the caller
-    atomic_write(path / name, lambda tmp: shutil.copyfile(model_file, tmp))
+    copies = {name: Path(model_file), **(extra or {})}
+    for file, source in copies.items():
+        atomic_write(path / file, lambda tmp, source=source: shutil.copyfile(source, tmp))
     write_text(path / "model_card.md", card)
     entry = {"file": name, **record, "weights_sha256": manifest["files"][WEIGHTS]}
     manifest["runtimes"] = {**manifest.get("runtimes", {}), runtime: entry}
-    for file in (name, "model_card.md"):
+    for file in (*copies, "model_card.md"):
         manifest["files"][file] = sha256_file(path / file)
     manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
     return write_manifest(path, manifest)

@@ -42,6 +42,8 @@ class Predictor:
     def __init__(
         self, members: list[Bundle], options: PredictOptions, out: Path, checksum: str
     ) -> None:
+        # as the runtime sees them: an int8 model's own trust layer and operating point
+        members = [member.on_runtime(options.runtime) for member in members]
         self.members, self.options, self.out = members, options, out
         first = members[0]
         self.info, self.trust = first.info, first.trust

@@ -1,4 +1,5 @@
-"""Runtimes: what runs a bundle's network in ``medres predict --runtime torch|onnx``.
+"""Runtimes: what runs a bundle's network in ``medres predict --runtime
+torch|onnx|onnx-int8``.
 
 ``torch`` is the bundle's own model (eager PyTorch). ``onnx`` runs the network's backbone
 (every convolution: all but a linear layer of the work) in an ONNX Runtime
@@ -6,7 +7,10 @@
 --runtime onnx`` wrote and verified; the linear head stays the bundle's torch layer, so
 MC dropout (masks on the features) and test-time views work the same on every runtime.
 Everything around the network (reading, preprocessing, calibration, conformal sets, OOD,
-referral, Grad-CAM) is the same code whatever the runtime.
+referral, Grad-CAM) is the same code whatever the runtime. ``onnx-int8`` runs the
+backbone quantised to int8 (``model.int8.onnx``, written by ``medres export BUNDLE
+--runtime onnx --int8`` once it passed its validation gate) with the trust layer refit
+on its own validation outputs (:meth:`medres.bundle.Bundle.on_runtime`).
 
 onnxruntime is an optional extra (``pip install "medres[onnx]"``), imported only here and
 only when a session is opened.
@@ -24,7 +28,7 @@ from torch import nn
 from medres.bundle import Bundle
 from medres.errors import ConfigError
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "onnx", "onnx-int8")
 INPUT, LOGITS, FEATURES = "image", "logits", "features"  # the exported graph's names
 
 
@@ -83,7 +87,9 @@ class OnnxClassifier(nn.Module):
 
 def runtime_model(bundle: Bundle, runtime: str, threads: int | None = None) -> nn.Module:
     """The network of ``bundle`` on ``runtime``: its torch model, or an
-    :class:`OnnxClassifier` over its verified ``model.onnx``.
+    :class:`OnnxClassifier` over its verified ``model.onnx`` (``onnx-int8``:
+    ``model.int8.onnx``; predict with the bundle's :meth:`~medres.bundle.Bundle.on_runtime`
+    for that model's own trust layer).
 
     Raises:
         ConfigError: an unknown runtime, or onnxruntime not installed.
