@@ -317,14 +317,42 @@ class ScalePercentiles(Transform):
         self.low, self.high = low, high
 
     def __call__(self, image):
-        # numpy's partition-based percentile: same linear interpolation as torch.quantile,
-        # which sorts every voxel (64³: 4 ms against 70 ms, the bulk of 3D preprocessing)
-        lo, hi = (float(v) for v in np.percentile(_sample(image).numpy(), [self.low, self.high]))
+        # On the plain tensor: each torch op on a MetaTensor copies its metadata; the
+        # result gets it once, as MONAI's own ops would (no geometry changes here).
+        plain = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
+        lo, hi = _percentiles(_sample(plain).numpy(), self.low, self.high)
         if hi <= lo:
-            lo, hi = float(image.min()), float(image.max())
-        if hi <= lo:
-            return torch.zeros_like(image)
-        return ((image - lo) / (hi - lo)).clamp(0.0, 1.0)
+            lo, hi = float(plain.min()), float(plain.max())
+        scaled = torch.zeros_like(plain) if hi <= lo else ((plain - lo) / (hi - lo)).clamp(0.0, 1.0)
+        if isinstance(image, MetaTensor):
+            return MetaTensor(scaled).copy_meta_from(image)
+        return scaled
+
+
+def _percentiles(values: np.ndarray, low: float, high: float) -> tuple[float, float]:
+    """``np.percentile(values, [low, high])`` (1-D, no NaN), exactly.
+
+    numpy's partition-based percentile has torch.quantile's linear interpolation without
+    sorting every voxel (64³: 4 ms against 70 ms). Cheaper still where most scans are:
+    when the order statistics a percentile interpolates between both lie in the run of
+    the minimum (the background of an MR, the air of a CT, a mask's zeros), it is the
+    minimum; likewise the maximum (a mask's foreground). One partition for the rest.
+    """
+    n = values.size
+    smallest, largest = values.min(), values.max()
+    # the lower order statistic's index, as numpy computes it; one index of margin either
+    # side below, so rounding never decides
+    low_index, high_index = (int(q / 100 * (n - 1)) for q in (low, high))
+    lo = float(smallest) if low_index + 2 < np.count_nonzero(values == smallest) else None
+    hi = float(largest) if high_index - 1 >= n - np.count_nonzero(values == largest) else None
+    # a list of q even for one: numpy then interpolates in float64, as for [low, high]
+    if lo is None and hi is None:
+        lo, hi = (float(v) for v in np.percentile(values, [low, high]))
+    elif lo is None:
+        lo = float(np.percentile(values, [low])[0])
+    elif hi is None:
+        hi = float(np.percentile(values, [high])[0])
+    return lo, hi
 
 
 def _sample(image, limit: int = 1 << 24) -> torch.Tensor:

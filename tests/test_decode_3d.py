@@ -1,6 +1,7 @@
-"""The in-memory .nii.gz path of read_nifti (ISA-L inflate, one file read, cache-friendly
-F→C copy) gives what nibabel's streaming path gives: the same arrays, affines, meta and
-flags on real files, and the same errors on damaged ones."""
+"""Cheaper 3D decoding, same results: the in-memory .nii.gz path of read_nifti (ISA-L
+inflate, one file read, cache-friendly F→C copy) gives what nibabel's streaming path
+gives (arrays, affines, meta, flags on real files; errors on damaged ones), and the
+percentile scaling gives numpy's percentiles and MONAI's metadata exactly."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
+from monai.data import MetaTensor
 
 import medres.io.nifti as nifti
+import medres.transforms as transforms
 from medres.datasets.medmnist import export_medmnist
 from medres.errors import ScanError
 from medres.io.nifti import read_nifti
@@ -158,3 +162,52 @@ def test_fortran_to_c_is_a_plain_copy(shape, dtype):
     assert copied.flags.c_contiguous and copied.dtype == data.dtype
     assert np.array_equal(copied, data)
     assert not np.shares_memory(copied, data)
+
+
+def _arrays():
+    rng = np.random.default_rng(7)
+    mask = np.zeros(64**3, np.float32)
+    mask[rng.choice(mask.size, 20000, replace=False)] = 255
+    sparse = np.zeros(28**3, np.float32)
+    sparse[:50] = 1  # foreground under 0.5 %: both percentiles 0
+    background = rng.normal(100, 20, 50000).astype(np.float32)
+    background[:5000] = 0  # an MR's background: the low percentile is its minimum
+    yield from (mask, sparse, background, rng.normal(size=1000).astype(np.float32))
+    yield from (np.full(10, 3.0, np.float32), np.array([5.0], np.float32))
+    for n in (2, 3, 199, 200, 201, 1000, 4099):  # runs just at, under and over the indices
+        for ties in (1, 2, 3, 4, 5, 6, int(0.005 * n), int(0.005 * n) + 1, int(0.005 * n) + 2):
+            values = rng.integers(1, 50, n).astype(np.float32)
+            values[: min(ties, n)] = 0
+            values[n - min(ties, n) :] = 99
+            yield rng.permutation(values)
+
+
+def test_percentiles_are_numpys_exactly():
+    for values in _arrays():
+        for low, high in ((0.5, 99.5), (0.0, 100.0), (1.0, 99.0), (10.0, 90.0)):
+            expected = tuple(float(v) for v in np.percentile(values, [low, high]))
+            assert transforms._percentiles(values, low, high) == expected, (values.size, low)
+
+
+def test_scale_percentiles_gives_what_monai_ops_gave(adrenal):
+    """The step computes on the plain tensor: the same values and the same metadata as the
+    MetaTensor arithmetic it replaced."""
+    spec = transforms.default_spec("NIFTI", [1, 64, 64, 64])
+    steps = transforms.build_transform(spec).transforms
+    step = transforms.ScalePercentiles(*spec.percentiles)
+    rng = np.random.default_rng(1)
+    images = [steps[2](steps[1](steps[0](read_nifti(p)))) for p in adrenal[:6]]
+    images.append(MetaTensor(torch.from_numpy(rng.normal(size=(1, 8, 9, 10)).astype(np.float32))))
+    images.append(MetaTensor(torch.zeros(1, 4, 4, 4)))
+    for image in images:
+        lo, hi = np.percentile(image.as_tensor().numpy().ravel(), spec.percentiles)
+        if hi <= lo:
+            lo, hi = float(image.min()), float(image.max())
+        expected = (
+            torch.zeros_like(image) if hi <= lo else ((image - lo) / (hi - lo)).clamp(0.0, 1.0)
+        )
+        got = step(image)
+        assert type(got) is MetaTensor and torch.equal(got.as_tensor(), expected.as_tensor())
+        assert got.applied_operations == expected.applied_operations == image.applied_operations
+        assert torch.equal(got.affine, expected.affine) and got.meta.keys() == expected.meta.keys()
+        assert torch.equal(step(image.as_tensor()), expected.as_tensor())
