@@ -14,8 +14,21 @@ from medres.cli.common import app, console, user_errors
 def export_command(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `medres train`.")],
     runtime: Annotated[
-        str, typer.Option(help="Runtime to export for: onnx (ONNX Runtime, fp32).")
+        str, typer.Option(help="Runtime to export for: onnx (ONNX Runtime).")
     ] = "onnx",
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="Quantise to int8 (calibrated on training scans), refit the trust layer on "
+            "the validation scans and keep it only if it passes the int8 gate; `medres "
+            "predict --runtime onnx-int8` runs it.",
+        ),
+    ] = False,
+    calibration_scans: Annotated[
+        int,
+        typer.Option(help="--int8: at most this many training scans set the int8 ranges."),
+    ] = 200,
     cohort: Annotated[
         Path | None,
         typer.Option(
@@ -34,16 +47,47 @@ def export_command(
     found and writes nothing. `medres predict --runtime onnx` then runs it; a changed
     model.onnx is refused when the bundle is loaded. Needs `pip install "medres[onnx]"`.
 
+    With --int8 it quantises the network (static, QDQ, per-channel int8 weights; the
+    activation ranges from up to --calibration-scans training scans, preprocessed as
+    predict does), refits the temperature, conformal quantile, referral threshold (and
+    binary operating point) on the validation scans and writes BUNDLE/model.int8.onnx
+    with that trust layer (BUNDLE/onnx-int8/) only when, against torch on validation,
+    AUROC drops by at most 0.005, ECE rises by at most 0.01, conformal coverage is at
+    least its target minus 0.02 and at least 99 % of predicted classes are unchanged.
+    Otherwise it exits 2 with all four figures and writes nothing.
+
     Example:
 
         medres export bundles/pneumonia --runtime onnx
         medres predict bundles/pneumonia /data/tonight -o predictions/tonight --runtime onnx
+        medres export bundles/pneumonia --runtime onnx --int8
+        medres predict bundles/pneumonia /data/tonight -o predictions/int8 --runtime onnx-int8
     """
-    from medres.predict.export import export_bundle
+    from medres.predict.export import export_bundle, export_int8
 
     with user_errors():
-        record = export_bundle(bundle, runtime, cohort=cohort)
+        if int8:
+            record = export_int8(
+                bundle, runtime, cohort=cohort, calibration_scans=calibration_scans
+            )
+        else:
+            record = export_bundle(bundle, runtime, cohort=cohort)
     verified = record["verified"]
+    if int8:
+        checks = "\n".join(f"  {check}: ok" for check in verified["checks"])
+        figures = verified["figures"]
+        if figures.get("threshold_int8") is not None:
+            checks += (
+                f"\n  operating point {figures['threshold_int8']:.4g} (int8; fp32 on the "
+                f"same scans: {figures['threshold_fp32']:.4g})"
+            )
+        console.print(
+            f"{runtime} --int8: {bundle / record['file']} accepted on {verified['scans']} "
+            f"validation scans, its trust layer in {bundle / record['trust']}; recorded in "
+            f"{bundle / 'bundle.json'}\n{checks}",
+            highlight=False,
+        )
+        return
     console.print(
         f"{runtime}: {bundle / record['file']} accepted: {verified['quantity']} within "
         f"{verified['max_abs_diff']:.2g} of torch's on {verified['scans']} validation scans "
