@@ -211,3 +211,14 @@ def test_scale_percentiles_gives_what_monai_ops_gave(adrenal):
         assert got.applied_operations == expected.applied_operations == image.applied_operations
         assert torch.equal(got.affine, expected.affine) and got.meta.keys() == expected.meta.keys()
         assert torch.equal(step(image.as_tensor()), expected.as_tensor())
+
+
+def test_a_memory_error_is_not_taken_for_damage(adrenal, monkeypatch):
+    """read_scan names MemoryError itself: the in-memory path lets it through."""
+
+    def no_memory(raw, size):
+        raise MemoryError
+
+    monkeypatch.setattr(nifti, "_inflate", no_memory)
+    with pytest.raises(MemoryError):
+        read_nifti(adrenal[0])

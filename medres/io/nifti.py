@@ -88,8 +88,8 @@ def _load_gzipped(path: Path) -> tuple[nib.Nifti1Image, np.ndarray] | None:
     those bytes (header, extensions, scaling), so the array and affine are nibabel's.
 
     Returns None where :func:`nib.load` should read the file instead: not a NIfTI-1
-    single file, over :data:`_IN_MEMORY_BYTES`, or any error (damaged, truncated); the
-    stream then gives the same error as before.
+    single file, over :data:`_IN_MEMORY_BYTES`, or any error but MemoryError (damaged,
+    truncated); the stream then gives the same error as before.
 
     Raises:
         ScanContentError, ScanReadError: the header declares more voxels than the
@@ -105,6 +105,8 @@ def _load_gzipped(path: Path) -> tuple[nib.Nifti1Image, np.ndarray] | None:
         header = nib.Nifti1Header(head[:348])  # checked as nib.load checks it
         shape, dtype = header.get_data_shape(), header.get_data_dtype()
         offset = header.get_data_offset()
+    except MemoryError:
+        raise
     except Exception:
         return None
     end = _check_sizes(shape, dtype, offset, path, size=len(raw))
@@ -116,6 +118,8 @@ def _load_gzipped(path: Path) -> tuple[nib.Nifti1Image, np.ndarray] | None:
             return None
         image = nib.Nifti1Image.from_stream(io.BytesIO(body))
         return image, np.asanyarray(image.dataobj)
+    except MemoryError:
+        raise
     except Exception:
         return None
 
