@@ -146,7 +146,8 @@ class Bundle:
         """The bundle as ``medres predict --runtime name`` uses it: itself, or for a
         runtime with its own trust layer (``onnx-int8``: refit on the quantised model's
         validation outputs by ``medres export --int8``) a copy holding that trust layer
-        and its binary operating point (the weights, Grad-CAM's model, are shared).
+        (the weights, Grad-CAM's model, and the binary operating point are the
+        bundle's).
 
         Raises:
             BundleError: :meth:`runtime`'s refusals; the trust layer cannot be read.
@@ -164,8 +165,7 @@ class Bundle:
                 f"{folder / CALIBRATION} cannot be read ({e!r}); export it again: "
                 f"`medres export {self.path} {export_command(name)}`"
             ) from e
-        manifest = self.manifest.model_copy(update={"threshold": entry.threshold})
-        return replace(self, manifest=manifest, trust=trust)
+        return replace(self, trust=trust)
 
 
 def training_cohort(bundle: Bundle) -> Path | None:

@@ -80,9 +80,9 @@ class ManifestRuntime(BaseModel):
     (``weights_sha256``) and what it was verified against (``verified``: the reference
     runtime, the quantity compared, the scans, the maximum absolute difference found and
     the tolerance it had to meet). A quantised model has its own trust layer: ``trust``
-    names the bundle folder holding its ``calibration.json`` (and ``ood.safetensors``),
-    ``threshold`` its binary operating point. Keys beyond these (opset, versions, ...)
-    are kept."""
+    names the bundle folder holding its ``calibration.json`` (and ``ood.safetensors``);
+    it keeps the bundle's binary operating point. Keys beyond these (opset, versions,
+    ...) are kept."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     file: str
@@ -90,7 +90,6 @@ class ManifestRuntime(BaseModel):
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     verified: dict[str, Any]
     trust: str | None = None  # folder of the runtime's own trust layer (int8)
-    threshold: float | None = None  # its binary operating point (with ``trust``)
 
 
 class Manifest(BaseModel):

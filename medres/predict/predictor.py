@@ -42,7 +42,7 @@ class Predictor:
     def __init__(
         self, members: list[Bundle], options: PredictOptions, out: Path, checksum: str
     ) -> None:
-        # as the runtime sees them: an int8 model's own trust layer and operating point
+        # as the runtime sees them: an int8 model has its own trust layer
         members = [member.on_runtime(options.runtime) for member in members]
         self.members, self.options, self.out = members, options, out
         first = members[0]
