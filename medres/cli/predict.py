@@ -45,9 +45,11 @@ def predict_command(
     runtime: Annotated[
         str,
         typer.Option(
-            help="What runs the network: torch (the bundle's weights) or onnx (its "
+            help="What runs the network: torch (the bundle's weights), onnx (its "
             "model.onnx in ONNX Runtime on the CPU; `medres export BUNDLE --runtime onnx` "
-            "first). Grad-CAM uses the torch weights either way."
+            "first) or onnx-int8 (model.int8.onnx with its own refitted trust layer; "
+            "`medres export BUNDLE --runtime onnx --int8` first). Grad-CAM uses the torch "
+            "weights either way."
         ),
     ] = "torch",
 ) -> None:
