@@ -63,6 +63,14 @@ def _module_at(commit: str, path: str, name: str):
     return module
 
 
+def _spec(files: list[Path], spatial_size: tuple[int, ...] | None):
+    """The ``mr_3d`` spec a bundle trained on these volumes has (or one resizing to
+    ``spatial_size``)."""
+    shape = list(nifti_after.read_nifti(files[0]).array.shape)
+    spec = transforms_after.default_spec("NIFTI", shape)
+    return spec if spatial_size is None else spec.model_copy(update={"spatial_size": spatial_size})
+
+
 def _per_volume_ms(fn: Callable, items: list) -> float:
     start = time.perf_counter()
     for item in items:
@@ -70,14 +78,12 @@ def _per_volume_ms(fn: Callable, items: list) -> float:
     return (time.perf_counter() - start) / len(items) * 1e3
 
 
-def _stages(files: list[Path], before, after) -> dict[str, tuple[Callable, Callable, list]]:
+def _stages(files: list[Path], before, after, spec) -> dict[str, tuple[Callable, Callable, list]]:
     """stage name → (before, after, inputs); the same function twice for unchanged steps."""
     raw = [f.read_bytes() for f in files]
     arrays = [np.asanyarray(nib.load(f).dataobj) for f in files]
     nifti_b, tf_b = before
     nifti_a, tf_a = after
-    vol = nifti_a.read_nifti(files[0])
-    spec = transforms_after.default_spec("NIFTI", list(vol.array.shape))
     old_t, new_t = tf_b.build_transform(spec), tf_a.build_transform(spec)
     volumes = [nifti_a.read_nifti(f) for f in files]
     inputs = [volumes]  # each step's inputs: the previous step's outputs
@@ -100,7 +106,7 @@ def _stages(files: list[Path], before, after) -> dict[str, tuple[Callable, Calla
         ),
         "F→C copy of the array": (
             lambda a: np.ascontiguousarray(a[None]),
-            lambda a: nifti_a._fortran_to_c(a)[None],
+            lambda a: nifti_a._fortran_to_c(a)[None] if a.ndim == 3 else a,
             arrays,
         ),
         "read_nifti, whole": (nifti_b.read_nifti, nifti_a.read_nifti, files),
@@ -114,9 +120,7 @@ def _stages(files: list[Path], before, after) -> dict[str, tuple[Callable, Calla
     }
 
 
-def _check_identical(files: list[Path], before, after) -> None:
-    vol = after[0].read_nifti(files[0])
-    spec = transforms_after.default_spec("NIFTI", list(vol.array.shape))
+def _check_identical(files: list[Path], before, after, spec) -> None:
     old_t, new_t = before[1].build_transform(spec), after[1].build_transform(spec)
     for f in files:
         a, b = before[0].read_nifti(f), after[0].read_nifti(f)
@@ -160,12 +164,27 @@ def main() -> None:
     after = (nifti_after, transforms_after)
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
+        cases = []
         for size, npz in SIZES.items():
             out = Path(tmp) / npz
             export_medmnist(SHARED / "medmnist" / npz, out, splits=["test"], limit=args.volumes)
             files = sorted((out / "test").glob("*.nii.gz"))
-            _check_identical(files, before, after)
-            stages = _stages(files, before, after)
+            average = statistics.mean(f.stat().st_size for f in files) / 1024
+            title = (
+                f"AdrenalMNIST3D {size} ({len(files)} test volumes, uint8 masks, "
+                f"{average:.1f} KiB .nii.gz on average, the bundle's own size)"
+            )
+            cases.append((title, files, _spec(files, None)))
+        mni = sorted((SHARED / "nifti" / "nilearn_mni152").glob("mni_*.nii.gz"))
+        if mni:
+            title = (
+                "MNI152 2009a T1, GM and WM templates (real MR, 197×233×189 uint8, "
+                "1.6-2.0 MB .nii.gz), resized to 64³"
+            )
+            cases.append((title, mni, _spec(mni, (64, 64, 64))))
+        for title, files, spec in cases:
+            _check_identical(files, before, after, spec)
+            stages = _stages(files, before, after, spec)
             times = {name: ([], []) for name in stages}
             for round_ in range(args.rounds):
                 for name, (old, new, items) in stages.items():
@@ -174,9 +193,7 @@ def main() -> None:
                     for which in (0, 1) if round_ % 2 == 0 else (1, 0):
                         times[name][which].append(_per_volume_ms((old, new)[which], items))
             lines += [
-                f"\n### AdrenalMNIST3D {size} ({len(files)} test volumes, "
-                f"{statistics.mean(f.stat().st_size for f in files) / 1024:.1f} KiB .nii.gz "
-                "on average)\n",
+                f"\n### {title}\n",
                 "| stage | before ms/volume | after ms/volume | before/after (median, range) |",
                 "|---|---:|---:|---:|",
             ]
