@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from medres.bundle import load_bundle
 from medres.cli import app
-from medres.predict.export import Int8Figures, Int8Limits, int8_gate
+from medres.predict.quantize import Int8Figures, Int8Limits, int8_gate
 from medres.uncertainty.trust import Trust
 from tests.conftest import EXAMPLE
 
@@ -56,11 +56,11 @@ LOOSE = Int8Limits(auroc_drop=0.2, ece_rise=0.2, coverage_gap=0.2, agreement=0.8
 def quantised(chest_bundle, tmp_path_factory) -> tuple[Path, str]:
     """A copy of the chest X-ray bundle after `medres export --runtime onnx --int8` under
     :data:`LOOSE` limits, and the command's output (read only)."""
-    import medres.predict.export as export
+    import medres.predict.quantize as quantizer
 
     bundle = _copy(chest_bundle, tmp_path_factory.mktemp("int8") / "b")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(export.export_int8.__kwdefaults__, "limits", LOOSE)
+        patch.setitem(quantizer.export_int8.__kwdefaults__, "limits", LOOSE)
         result = runner.invoke(app, ["export", str(bundle), *INT8, "--calibration-scans", "16"])
     assert result.exit_code == 0, result.output
     return bundle, " ".join(result.output.split())
@@ -146,11 +146,11 @@ def _scrambled(quantize):
 
 
 def test_a_bad_quantisation_is_refused_with_every_figure(chest_bundle, tmp_path, monkeypatch):
-    import medres.predict.export as export
+    import medres.predict.quantize as quantizer
 
     bundle = _copy(chest_bundle, tmp_path / "b")
     before = _digests(bundle)
-    monkeypatch.setattr(export, "quantize", _scrambled(export.quantize))
+    monkeypatch.setattr(quantizer, "quantize", _scrambled(quantizer.quantize))
     result = runner.invoke(app, ["export", str(bundle), *INT8, "--calibration-scans", "16"])
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())

@@ -63,7 +63,8 @@ def export_command(
         medres export bundles/pneumonia --runtime onnx --int8
         medres predict bundles/pneumonia /data/tonight -o predictions/int8 --runtime onnx-int8
     """
-    from medres.predict.export import export_bundle, export_int8
+    from medres.predict.export import export_bundle
+    from medres.predict.quantize import export_int8
 
     with user_errors():
         if int8:
