@@ -323,3 +323,11 @@ def test_training_progress_reaches_a_log_as_one_line_per_epoch(example_cohort, t
     assert result.exit_code == 0, result.output
     epochs = re.findall(r"^\d\d:\d\d:\d\d epoch (\d)/2 loss [\d.]+ val auroc", result.output, re.M)
     assert epochs == ["1", "2"]
+
+
+def test_a_diverging_run_says_so_and_what_to_change(example_cohort, tmp_path):
+    cohort = Cohort.load(small_cohort(example_cohort, tmp_path / "c.parquet"))
+    config = TrainConfig(**{**FAST, "epochs": 1, "lr": 1e12})  # the weights blow up
+    with pytest.raises(ConfigError, match="training diverged") as caught:
+        fit(cohort, config, tmp_path / "a", show_progress=False)
+    assert "--set lr=" in str(caught.value) and "--set precision=fp32" in str(caught.value)

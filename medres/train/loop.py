@@ -359,6 +359,13 @@ def _result(run: _Run, state: RunState, clock: _Clock) -> FitResult:
     """The selected epoch's weights, in the default memory layout, in eval mode."""
     selection = state.selection
     if selection.best_model is None:
+        if state.history:  # epochs ran, and none gave finite validation outputs
+            losses = ", ".join(f"{h['train_loss']:.3g}" for h in state.history)
+            raise ConfigError(
+                f"training diverged: no epoch gave finite validation outputs (training "
+                f"loss per epoch: {losses}); lower the learning rate (--set lr=...) or "
+                "train in fp32 (--set precision=fp32)"
+            )
         raise ConfigError("training ended before any epoch completed")
     run.model.load_state_dict(selection.best_model)
     model = run.model.to("cpu", memory_format=torch.contiguous_format).eval()  # device-neutral
