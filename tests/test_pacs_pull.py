@@ -167,7 +167,9 @@ def test_faults_name_the_peer_and_the_fix(orthanc, tmp_path):
     with pytest.raises(PacsError, match="connection refused"):
         web_down.echo()
     wrong_aet = Peer(parse_url(f"dicom://NOT-ORTHANC@127.0.0.1:{orthanc.dicom_port}"))
-    with pytest.raises(PacsError, match=r"rejected the association.*.NOT-ORTHANC. is the PACS"):
+    # Orthanc rejects the association; on a busy machine pynetdicom may see the socket
+    # close before the rejection and report an abort: both must name the AE title to check
+    with pytest.raises(PacsError, match=r"(rejected|aborted) the association.*.NOT-ORTHANC. is"):
         wrong_aet.echo()
     bad_auth = Peer(parse_url(orthanc.http_url), credentials=Credentials("medres", "wrong"))
     with pytest.raises(

@@ -192,7 +192,9 @@ def _association(url, calling_aet, contexts, *, ae=None, ext_neg=None, handlers=
     if not assoc.is_established:
         raise PacsError(
             f"{url} aborted the association from AE title {calling_aet!r} (no answer within "
-            f"{TIMEOUT:.0f} s, or the service is refused): check the PACS's log"
+            f"{TIMEOUT:.0f} s, the service is refused, or a rejection whose connection "
+            f"closed before it was read): check that {url.ae_title!r} is the PACS's own AE "
+            f"title and that it knows {calling_aet!r}, then the PACS's log"
         )
     try:
         yield assoc
