@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from tests.pacs_servers import die_with_parent
 
@@ -116,3 +117,23 @@ def new_database(sockets: Path) -> str:
     done = _as_postgres(str(PG_BIN / "createdb"), "-h", str(sockets), "-U", "postgres", name)
     assert done.returncode == 0, done.stderr
     return f"postgresql+psycopg://postgres@/{name}?host={sockets}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path) -> Path | str:
+    """A new review store: a SQLite file, or a database on a real PostgreSQL server
+    (tests/pg_server.py), as ``--store`` takes them."""
+    if request.param == "sqlite":
+        return tmp_path / "review.db"
+    return new_database(request.getfixturevalue("postgres_server"))
+
+
+def sql(db: Path | str, query: str) -> list[tuple]:
+    """Rows of ``query`` on the store ``db`` (SQLite file or database URL)."""
+    engine = create_engine(f"sqlite:///{db}" if isinstance(db, Path) else db)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(text(query))
+            return [tuple(r) for r in result] if result.returns_rows else []
+    finally:
+        engine.dispose()

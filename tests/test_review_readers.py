@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score
-from sqlalchemy import create_engine, insert, inspect, text
+from sqlalchemy import create_engine, insert, inspect
 from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
@@ -24,28 +24,10 @@ from medres.errors import ReviewError
 from medres.review import ReviewStore
 from medres.review.agreement import kappa_interval
 from tests import review_schema_v1 as v1
-from tests.pg_server import new_database
+from tests.pg_server import sql as _sql
 
 runner = CliRunner()
 FLIP = {"0": "1", "1": "0"}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request, tmp_path) -> Path | str:
-    """A new review store: a SQLite file, or a database on a real PostgreSQL server."""
-    if request.param == "sqlite":
-        return tmp_path / "review.db"
-    return new_database(request.getfixturevalue("postgres_server"))
-
-
-def _sql(db: Path | str, query: str) -> list[tuple]:
-    engine = create_engine(f"sqlite:///{db}" if isinstance(db, Path) else db)
-    try:
-        with engine.begin() as conn:
-            result = conn.execute(text(query))
-            return [tuple(r) for r in result] if result.returns_rows else []
-    finally:
-        engine.dispose()
 
 
 def _copy(review_run: Path, where: Path) -> Path:

@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
 from medres.cli import app
 from medres.errors import ReviewError
 from medres.review import ReviewStore, add_user, verify
-from tests.pg_server import new_database
+from tests.pg_server import sql as _sql
 
 runner = CliRunner()
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "chest_xray_small"
@@ -31,25 +30,6 @@ def predicted(review_run) -> Path:
     """A finished ``medres predict --explain`` OUTDIR over 20 chest X-rays + 1 black one
     (conftest's ``review_run``: read only)."""
     return review_run
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request, tmp_path) -> Path | str:
-    """A new review store: a SQLite file, or a database on a real PostgreSQL server
-    (tests/pg_server.py), as ``--store`` takes them."""
-    if request.param == "sqlite":
-        return tmp_path / "review.db"
-    return new_database(request.getfixturevalue("postgres_server"))
-
-
-def _sql(db: Path | str, query: str) -> list[tuple]:
-    """Rows of ``query`` on the store ``db`` (SQLite file or database URL)."""
-    engine = create_engine(f"sqlite:///{db}" if isinstance(db, Path) else db)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(query))]
-    finally:
-        engine.dispose()
 
 
 def _rows(db: Path | str, table: str) -> int:
