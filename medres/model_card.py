@@ -61,6 +61,10 @@ def model_card(facts: dict[str, Any], evaluations: dict[str, Evaluation]) -> str
     return "\n".join(lines)
 
 
+# a runtime family's engine as the card names it, and the package whose version it gives
+_ENGINES = {"onnx": ("ONNX Runtime", "onnxruntime"), "openvino": ("OpenVINO", "openvino")}
+
+
 def with_runtime(card: str, runtime: str, record: dict[str, Any]) -> str:
     """The model card with a section on the model exported for ``runtime`` (its
     ``runtimes`` record in ``bundle.json``: file, precision, versions and what it was
@@ -74,12 +78,14 @@ def with_runtime(card: str, runtime: str, record: dict[str, Any]) -> str:
         if not skipping:
             kept.append(line)
     v, versions = record["verified"], record.get("versions", {})
-    engine = {"onnx": "ONNX Runtime", "onnx-int8": "ONNX Runtime"}.get(runtime, runtime)
+    family = runtime.partition("-")[0]  # onnx-int8: onnx
+    engine, package = _ENGINES.get(family, (runtime, family))
+    converted = " (OpenVINO IR converted from the ONNX graph)" if family == "openvino" else ""
     lines = [
         f"{heading} ({record['precision']}, exported {record['exported'][:10]})",
         "",
-        f"`{record.get('file', 'model.onnx')}` runs the network in {engine} "
-        f"{versions.get('onnxruntime', '')} (`medres predict --runtime {runtime}`; "
+        f"`{record.get('file', 'model.onnx')}`{converted} runs the network in {engine} "
+        f"{versions.get(package, '').split('-')[0]} (`medres predict --runtime {runtime}`; "
         "Grad-CAM heatmaps still come from the torch weights). ",
     ]
     if "figures" not in v:  # fp32: the same probabilities as torch

@@ -21,6 +21,11 @@ A bundle is a folder::
     training_cohort.parquet  retrained bundles: the cohort trained on
     model.onnx          after ``medres export --runtime onnx``: the model for ONNX Runtime,
                         recorded with what it was verified against (``runtimes``)
+    model.int8.onnx     after ``--runtime onnx --int8``: its int8 model, with its own trust
+                        layer in ``onnx-int8/``
+    model.openvino.xml  after ``medres export --runtime openvino``: the model as OpenVINO IR
+    model.openvino.bin  (graph and weights; ``--int8``: ``model.int8.openvino.xml/.bin``
+                        and ``openvino-int8/``)
 
 :func:`write_manifest` is the only writer of ``bundle.json``: it writes the sidecar, then
 ``bundle.json`` last, so a folder without ``bundle.json`` is not a bundle.
@@ -51,6 +56,7 @@ from medres.bundle.layout import (
     TRAINING_COHORT,
     WEIGHTS,
     is_bundle,
+    model_files,
     verify_bundle,
     write_manifest,
 )
@@ -95,6 +101,7 @@ __all__ = [
     "check_class_names",
     "is_bundle",
     "load_bundle",
+    "model_files",
     "read_manifest",
     "save_bundle",
     "training_cohort",

@@ -23,8 +23,22 @@ REQUIRED = (WEIGHTS, "config.json", "metrics.json", "model_card.md")
 TRAINING_COHORT = "training_cohort.parquet"  # retrained bundles: the cohort trained on
 OPTIONAL = ("metrics.csv", TRAINING_COHORT)
 # the model compiled for another runtime by `medres export BUNDLE --runtime NAME`
-# (`onnx-int8`: `--runtime onnx --int8`, with its own trust layer in `onnx-int8/`)
-RUNTIME_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+# (`NAME-int8`: `--runtime NAME --int8`, with its own trust layer in `NAME-int8/`); an
+# OpenVINO IR is the .xml named here and its weights beside it (`model_files`)
+RUNTIME_FILES = {
+    "onnx": "model.onnx",
+    "onnx-int8": "model.int8.onnx",
+    "openvino": "model.openvino.xml",
+    "openvino-int8": "model.int8.openvino.xml",
+}
+
+
+def model_files(file: str) -> list[str]:
+    """Every file of the runtime model ``file`` (a name or path): itself and, for an
+    OpenVINO IR (``.xml``, the graph), its weights (the ``.bin`` of the same stem beside
+    it, where OpenVINO's ``read_model`` looks for them)."""
+    path = Path(file)
+    return [file, str(path.with_suffix(".bin"))] if path.suffix == ".xml" else [file]
 
 
 def export_command(runtime: str) -> str:
@@ -112,7 +126,7 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
 def _again(name: str) -> str:
     """For a runtime's model file: how to write it again."""
     for runtime, file in RUNTIME_FILES.items():
-        if name == file:
+        if name in model_files(file):
             return f" or export it again (`medres export BUNDLE {export_command(runtime)}`)"
     return ""
 

@@ -120,8 +120,9 @@ class Bundle:
             ) from e
 
     def runtime(self, name: str) -> tuple[Path, ManifestRuntime]:
-        """The model file exported for runtime ``name`` (``onnx``: ``model.onnx``,
-        checksummed when the bundle was loaded) and its ``runtimes`` record.
+        """The model file exported for runtime ``name`` (``onnx``: ``model.onnx``;
+        ``openvino``: ``model.openvino.xml``, its ``.bin`` beside it; checksummed when the
+        bundle was loaded) and its ``runtimes`` record.
 
         Raises:
             BundleError: the bundle has no export for ``name`` (run ``medres export``
@@ -144,10 +145,10 @@ class Bundle:
 
     def on_runtime(self, name: str) -> Bundle:
         """The bundle as ``medres predict --runtime name`` uses it: itself, or for a
-        runtime with its own trust layer (``onnx-int8``: refit on the quantised model's
-        validation outputs by ``medres export --int8``) a copy holding that trust layer
-        (the weights, Grad-CAM's model, and the binary operating point are the
-        bundle's).
+        runtime with its own trust layer (``onnx-int8``, ``openvino-int8``: refit on the
+        quantised model's validation outputs by ``medres export --int8``) a copy holding
+        that trust layer (the weights, Grad-CAM's model, and the binary operating point
+        are the bundle's).
 
         Raises:
             BundleError: :meth:`runtime`'s refusals; the trust layer cannot be read.

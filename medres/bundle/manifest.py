@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medres.bundle.layout import _RESTORE, FORMAT, MANIFEST
+from medres.bundle.layout import _RESTORE, FORMAT, MANIFEST, model_files
 from medres.errors import BundleError, ConfigError
 from medres.limits import MAX_VOXELS_ENV, max_voxels
 from medres.tasks import TASKS, label_key, task_named
@@ -194,12 +194,13 @@ def validate_manifest(path: str | Path, manifest: dict[str, Any]) -> Manifest:
                 path, "threshold", typed.threshold, "a probability of the positive class in [0, 1]"
             )
     for runtime, entry in typed.runtimes.items():
-        if entry.file not in typed.files:
+        unlisted = [name for name in model_files(entry.file) if name not in typed.files]
+        if unlisted:  # an OpenVINO IR's .bin too: its weights are checked like the graph
             raise _field_error(
                 path,
                 f"runtimes.{runtime}.file",
                 entry.file,
-                "a file listed with its checksum in 'files'",
+                f"a file listed with its checksum in 'files' ({', '.join(unlisted)} is not)",
             )
         if entry.trust is not None and f"{entry.trust}/calibration.json" not in typed.files:
             raise _field_error(

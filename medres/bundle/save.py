@@ -23,6 +23,7 @@ from medres.bundle.layout import (
     REQUIRED,
     RUNTIME_FILES,
     WEIGHTS,
+    model_files,
     write_manifest,
 )
 from medres.files import atomic_write, sha256_file, write_json, write_text
@@ -135,8 +136,10 @@ def add_runtime(
     extra: dict[str, Path] | None = None,
 ) -> Path:
     """Copy a verified export ``model_file`` into the bundle at ``path`` as the runtime's
-    file (``onnx``: ``model.onnx``), and ``extra`` files (bundle-relative name: source;
-    e.g. an int8 model's own trust layer, ``onnx-int8/calibration.json``), rewrite
+    file (``onnx``: ``model.onnx``; ``openvino``: ``model.openvino.xml`` and, from beside
+    ``model_file``, its ``.bin`` weights: :func:`~medres.bundle.layout.model_files`), and
+    ``extra`` files (bundle-relative name: source; e.g. an int8 model's own trust layer,
+    ``onnx-int8/calibration.json``), rewrite
     ``model_card.md`` as ``card``, and record them all (checksums in ``files``,
     ``record`` under ``runtimes.<runtime>`` with the file name and the sha256 of the
     weights it was exported from). ``bundle.json`` is rewritten last
@@ -145,7 +148,11 @@ def add_runtime(
     path = Path(path)
     name = RUNTIME_FILES[runtime]
     manifest = json.loads((path / MANIFEST).read_text())  # verified by the caller
-    copies = {name: Path(model_file), **(extra or {})}
+    names, sources = model_files(name), model_files(str(model_file))
+    copies = {
+        **{n: Path(source) for n, source in zip(names, sources, strict=True)},
+        **(extra or {}),
+    }
     for file, source in copies.items():
         atomic_write(path / file, lambda tmp, source=source: shutil.copyfile(source, tmp))
     write_text(path / "model_card.md", card)

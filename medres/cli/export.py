@@ -14,7 +14,12 @@ from medres.cli.common import app, console, user_errors
 def export_command(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder written by `medres train`.")],
     runtime: Annotated[
-        str, typer.Option(help="Runtime to export for: onnx (ONNX Runtime).")
+        str,
+        typer.Option(
+            help="Runtime to export for: onnx (ONNX Runtime: model.onnx) or openvino "
+            "(OpenVINO: model.openvino.xml and .bin, converted from the ONNX graph; needs "
+            '`pip install "medres[openvino]"`).'
+        ),
     ] = "onnx",
     int8: Annotated[
         bool,
@@ -22,7 +27,7 @@ def export_command(
             "--int8",
             help="Quantise to int8 (calibrated on training scans), refit the trust layer on "
             "the validation scans and keep it only if it passes the int8 gate; `medres "
-            "predict --runtime onnx-int8` runs it.",
+            "predict --runtime onnx-int8` (openvino: openvino-int8) runs it.",
         ),
     ] = False,
     calibration_scans: Annotated[
@@ -47,6 +52,11 @@ def export_command(
     found and writes nothing. `medres predict --runtime onnx` then runs it; a changed
     model.onnx is refused when the bundle is loaded. Needs `pip install "medres[onnx]"`.
 
+    --runtime openvino converts that same ONNX graph to OpenVINO IR
+    (BUNDLE/model.openvino.xml and model.openvino.bin, fp32 weights) and accepts it on
+    the same 1e-4 check; `medres predict --runtime openvino` runs it with OpenVINO on the
+    CPU. Needs `pip install "medres[openvino]"`.
+
     With --int8 it quantises the network (static, QDQ, per-channel int8 weights; the
     activation ranges from up to --calibration-scans training scans, preprocessed as
     predict does), refits the temperature, conformal quantile and referral threshold on
@@ -55,6 +65,9 @@ def export_command(
     torch on validation, AUROC drops by at most 0.005, ECE rises by at most 0.01,
     conformal coverage is at least its target minus 0.02 and at least 99 % of predicted
     classes are unchanged. Otherwise it exits 2 with all four figures and writes nothing.
+    With --runtime openvino --int8 the same int8 (QDQ) graph runs in OpenVINO, which
+    executes its quantised layers in int8, under the same gate:
+    BUNDLE/model.int8.openvino.xml/.bin and BUNDLE/openvino-int8/.
 
     Example:
 
@@ -62,6 +75,8 @@ def export_command(
         medres predict bundles/pneumonia /data/tonight -o predictions/tonight --runtime onnx
         medres export bundles/pneumonia --runtime onnx --int8
         medres predict bundles/pneumonia /data/tonight -o predictions/int8 --runtime onnx-int8
+        medres export bundles/pneumonia --runtime openvino
+        medres predict bundles/pneumonia /data/tonight -o predictions/ov --runtime openvino
     """
     from medres.predict.export import export_bundle
     from medres.predict.quantize import export_int8

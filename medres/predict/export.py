@@ -1,16 +1,20 @@
-"""``medres export BUNDLE --runtime onnx``: a bundle's network for ONNX Runtime, accepted
-only when it gives torch's calibrated probabilities.
+"""``medres export BUNDLE --runtime onnx|openvino``: a bundle's network for ONNX Runtime
+or OpenVINO, accepted only when it gives torch's calibrated probabilities.
 
 :func:`export_bundle` exports the bundle's model with ``torch.onnx.export`` (the
 ``torch.export``-based exporter, opset :data:`OPSET`, a dynamic batch axis; input
-``image`` (N, C, *spatial) float32, outputs ``logits`` (N, K) and ``features`` (N, F)),
-then runs the bundle's validation scans through both runtimes, along the path ``medres
-predict`` takes (:func:`medres.inference.forward`). The export is accepted when the
+``image`` (N, C, *spatial) float32, outputs ``logits`` (N, K) and ``features`` (N, F));
+for OpenVINO that graph is converted to OpenVINO IR (:func:`write_openvino`: the same
+input and outputs, fp32 weights). It then runs the bundle's validation scans through
+torch and the runtime, along the path ``medres predict`` takes
+(:func:`medres.inference.forward`). The export is accepted when the
 calibrated probabilities (regression: the predictions, in the target's units) differ by
 at most :data:`TOLERANCE` (maximum absolute difference over every scan and class), both
-through ``--runtime onnx``'s path (ONNX features, the torch head) and through the
-graph's own ``logits``; only then are ``model.onnx``, the model card's section and the
-``runtimes.onnx`` record of ``bundle.json`` written (:func:`medres.bundle.add_runtime`).
+through ``--runtime onnx``'s path (the runtime's features, the torch head) and through
+the graph's own ``logits``; only then are the model (``model.onnx``; OpenVINO:
+``model.openvino.xml`` and ``.bin``), the model card's section and the
+``runtimes.<runtime>`` record of ``bundle.json`` written
+(:func:`medres.bundle.add_runtime`).
 Otherwise :class:`ExportRefused` names the figure, and the bundle is untouched.
 
 The validation scans are the ``val`` split of the cohort that fitted the bundle's trust
@@ -43,15 +47,17 @@ from medres.predict.runtime import (
     FEATURES,
     INPUT,
     LOGITS,
-    OnnxClassifier,
+    RuntimeClassifier,
+    engine_of,
     import_onnxruntime,
-    onnx_session,
+    import_openvino,
+    open_session,
 )
 from medres.transforms import build_transform
 
 TOLERANCE = 1e-4  # the largest difference in calibrated probability accepted
 OPSET = 18  # ONNX opset of the export (ONNX Runtime 1.20+ runs it)
-INT8 = "onnx-int8"  # the runtime (and bundle folder of its trust layer) of --int8
+EXPORTED = ("onnx", "openvino")  # what `medres export --runtime` writes (fp32; --int8 too)
 
 
 class ExportRefused(BundleError):
@@ -109,40 +115,44 @@ def export_bundle(
     Raises:
         ExportRefused: the runtime's probabilities differ by more than ``tolerance``
             (the figure named; nothing written).
-        ConfigError: a runtime medres cannot export for, onnxruntime missing, no
-            validation scans.
+        ConfigError: a runtime medres cannot export for, its packages missing
+            (onnxruntime, openvino), no validation scans.
         BundleError: the bundle fails its checks.
     """
-    if runtime not in RUNTIME_FILES or runtime == INT8:
+    if runtime not in EXPORTED:
         raise ConfigError(
             f"medres export --runtime {runtime!r}: this medres exports for "
-            "onnx (int8: --runtime onnx --int8; torch is the bundle's own model: nothing "
-            "to export)"
+            f"{' and '.join(EXPORTED)} (int8: --runtime {EXPORTED[0]} --int8; torch is the "
+            "bundle's own model: nothing to export)"
         )
-    _check_installed()  # before any work: say how to install what is missing
+    _check_installed(runtime)  # before any work: say how to install what is missing
     bundle = load_bundle(bundle_path)
     cohort_path, rows = validation_rows(bundle, cohort)
     with tempfile.TemporaryDirectory(prefix="medres-export-") as tmp:
-        onnx_path = write_onnx(bundle.model, bundle, Path(tmp) / "model.onnx")
-        check = verify(bundle, onnx_path, rows, batch_size=batch_size, workers=workers)
+        path = write_onnx(bundle.model, bundle, Path(tmp) / "model.onnx")
+        if runtime == "openvino":
+            path = write_openvino(path, Path(tmp) / RUNTIME_FILES[runtime])
+        session = open_session(runtime, path)
+        check = verify(bundle, session, rows, batch_size=batch_size, workers=workers)
         if not check.max_abs_diff <= tolerance:  # NaN is refused too
             raise ExportRefused(
                 f"the {runtime} export of {bundle.path} is refused: its {check.quantity} "
                 f"differ from torch's by up to {check.max_abs_diff:.3g} on {check.scans} "
                 f"validation scans of {cohort_path} (tolerance {tolerance:g}); nothing was "
                 "written to the bundle. Report it with the bundle's model name and the "
-                "torch and onnxruntime versions"
+                f"versions of {', '.join(_versions(runtime))}"
             )
         record = {
             "file": RUNTIME_FILES[runtime],
             "precision": "fp32",
             "exported": datetime.now(UTC).isoformat(timespec="seconds"),
             "opset": OPSET,
+            **({"converted": CONVERTED} if runtime == "openvino" else {}),
             "verified": check.record(tolerance),
-            "versions": _versions(),
+            "versions": _versions(runtime),
         }
         card = (bundle.path / "model_card.md").read_text()
-        add_runtime(bundle.path, runtime, onnx_path, record, with_runtime(card, runtime, record))
+        add_runtime(bundle.path, runtime, path, record, with_runtime(card, runtime, record))
     return load_bundle(bundle.path).manifest.runtimes[runtime].model_dump()
 
 
@@ -214,20 +224,35 @@ def write_onnx(model: nn.Module, bundle: Bundle, path: Path) -> Path:
     return path
 
 
+# how an OpenVINO IR was made (its record's `converted`; int8: from the QDQ graph)
+CONVERTED = "openvino.convert_model of the ONNX graph, saved with compress_to_fp16=False"
+
+
+def write_openvino(onnx_path: Path, path: Path) -> Path:
+    """Convert the ONNX model at ``onnx_path`` (:func:`write_onnx`'s graph, fp32 or QDQ
+    int8) to OpenVINO IR at ``path`` (``.xml``; its weights in the ``.bin`` beside it):
+    the same input and output names, the batch axis dynamic, weights kept in fp32 (not
+    compressed to fp16, which would cost the 1e-4). OpenVINO runs a QDQ graph's
+    quantised layers in int8."""
+    ov = import_openvino()
+    ov.save_model(ov.convert_model(str(onnx_path)), str(path), compress_to_fp16=False)
+    return path
+
+
 def verify(
     bundle: Bundle,
-    onnx_path: Path,
+    session: Any,
     rows,
     *,
     batch_size: int = 32,
     workers: int | None = None,
 ) -> Verification:
-    """Run ``rows`` (manifest rows of :func:`validation_rows`) through torch and the ONNX
-    model at ``onnx_path``: the largest differences of the calibrated probabilities
-    (through ``--runtime onnx``'s path and through the graph's own ``logits``) and of
-    the features."""
-    session = onnx_session(onnx_path)
-    onnx_model = OnnxClassifier(session, bundle.model).eval()
+    """Run ``rows`` (manifest rows of :func:`validation_rows`) through torch and the
+    exported model's ``session`` (:func:`~medres.predict.runtime.open_session`): the
+    largest differences of the calibrated probabilities (through ``--runtime``'s path,
+    the runtime's features and the torch head, and through the graph's own ``logits``)
+    and of the features."""
+    on_runtime = RuntimeClassifier(session, bundle.model).eval()
     records = rows[["scan_id", "path", "files"]].to_dict("records")
     inputs = ScanInputs(records, read=read_row, prepare=build_transform(bundle.spec))
     engine = LocalEngine(auto_workers("cpu") if workers is None else workers)
@@ -238,12 +263,12 @@ def verify(
             continue
         images = torch.stack(good)
         torch_logits, torch_features = forward(bundle.model, images)
-        onnx_logits, onnx_features = forward(onnx_model, images)
+        runtime_logits, runtime_features = forward(on_runtime, images)
         (graph_logits,) = session.run([LOGITS], {INPUT: images.contiguous().numpy()})
         expected = _compared(bundle, torch_logits[0].numpy())
-        for logits in (onnx_logits[0].numpy(), graph_logits):
+        for logits in (runtime_logits[0].numpy(), graph_logits):
             worst = max(worst, float(np.abs(_compared(bundle, logits) - expected).max()))
-        gap = float((onnx_features - torch_features).abs().max())
+        gap = float((runtime_features - torch_features).abs().max())
         worst_features = max(worst_features, gap)
         scans += len(good)
     if not scans:
@@ -269,9 +294,12 @@ def _compared(bundle: Bundle, logits: np.ndarray) -> np.ndarray:
     return bundle.info.outputs_to_scores(logits)
 
 
-def _check_installed() -> None:
+def _check_installed(runtime: str = "onnx") -> None:
     """Refuse (ConfigError, naming the fix) when the exporter's packages are missing:
-    onnxruntime, onnx and onnxscript (``torch.onnx.export``'s exporter needs both)."""
+    onnxruntime, onnx and onnxscript (``torch.onnx.export``'s exporter needs both; every
+    export starts from the ONNX graph), and openvino for ``openvino``."""
+    if engine_of(runtime) == "openvino":
+        import_openvino()
     import_onnxruntime()
     try:
         import onnx  # noqa: F401
@@ -283,9 +311,16 @@ def _check_installed() -> None:
         ) from e
 
 
-def _versions() -> dict[str, str]:
-    """The versions that exported and verified the model."""
+def _versions(runtime: str = "onnx") -> dict[str, str]:
+    """The versions that exported and verified ``runtime``'s model (package: version)."""
     import onnx
 
     ort = import_onnxruntime()
-    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__}
+    versions = {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+    }
+    if engine_of(runtime) == "openvino":
+        versions["openvino"] = import_openvino().__version__
+    return versions

@@ -1,22 +1,26 @@
-"""``medres export BUNDLE --runtime onnx --int8``: an int8 model for ONNX Runtime,
-accepted only when it keeps the fp32 model's figures on the validation scans.
+"""``medres export BUNDLE --runtime onnx|openvino --int8``: an int8 model for ONNX Runtime
+or OpenVINO, accepted only when it keeps the fp32 model's figures on the validation scans.
 
 :func:`export_int8` quantises the fp32 graph of :mod:`medres.predict.export` with ONNX
 Runtime's static quantisation (QDQ, per-channel int8 weights, uint8 activations, MinMax
 ranges) calibrated on at most :data:`CALIBRATION_SCANS` training scans of the cohort the
-fp32 export verifies on, preprocessed as ``medres predict`` does. On the validation scans
-both the torch model (fp32) and the int8 model (along ``--runtime onnx-int8``'s path) get
-a trust layer fitted with the bundle's trust settings
-(:func:`medres.uncertainty.trust.fit_trust`: temperature, conformal quantile, referral
-threshold; the int8 model keeps the bundle's OOD model, its threshold set on the int8
-features, and the bundle's binary operating point: refitting Youden's J moved the demo's
-from 0.34 to 0.75 along a plateau, changing the call at it on 10 % of 300 scans, against
-none when kept). :func:`int8_gate` then accepts the int8 model only when AUROC drops by at
-most 0.005, ECE rises by at most 0.01, conformal coverage is at least its target minus
-0.02 and at least 99 % of predicted classes are torch's (:class:`Int8Limits`); otherwise
-:class:`ExportRefused` lists the four figures and nothing is written. Accepted:
-``model.int8.onnx``, its trust layer in ``onnx-int8/`` and the ``runtimes.onnx-int8``
-record (with the figures) and model card section.
+fp32 export verifies on, preprocessed as ``medres predict`` does. For OpenVINO that QDQ
+graph is converted to OpenVINO IR (:func:`medres.predict.export.write_openvino`), whose CPU
+plugin runs the quantised layers in int8: one quantiser, one gate for both runtimes. On
+the validation scans both the torch model (fp32) and the int8 model (along ``--runtime
+onnx-int8``'s or ``openvino-int8``'s path) get a trust layer fitted with the bundle's
+trust settings (:func:`medres.uncertainty.trust.fit_trust`: temperature, conformal
+quantile, referral threshold; the int8 model keeps the bundle's OOD model, its threshold
+set on the int8 features, and the bundle's binary operating point: refitting Youden's J
+moved the demo's from 0.34 to 0.75 along a plateau, changing the call at it on 10 % of
+300 scans, against none when kept). :func:`int8_gate` then accepts the int8 model only
+when AUROC drops by at most 0.005, ECE rises by at most 0.01, conformal coverage is at
+least its target minus 0.02 and at least 99 % of predicted classes are torch's
+(:class:`Int8Limits`); otherwise :class:`ExportRefused` lists the four figures and
+nothing is written. Accepted:
+``model.int8.onnx`` (OpenVINO: ``model.int8.openvino.xml`` and ``.bin``), its trust
+layer in ``onnx-int8/`` (``openvino-int8/``) and the ``runtimes.<runtime>-int8`` record
+(with the figures) and model card section.
 """
 
 from __future__ import annotations
@@ -44,19 +48,17 @@ from medres.evaluate.evaluation import evaluate
 from medres.inference import LocalEngine, ScanInputs, Scored, auto_workers, score_rows
 from medres.model_card import with_runtime
 from medres.predict.export import (
-    INT8,
+    CONVERTED,
+    EXPORTED,
     OPSET,
     ExportRefused,
     _check_installed,
     _versions,
     validation_rows,
     write_onnx,
+    write_openvino,
 )
-from medres.predict.runtime import (
-    INPUT,
-    OnnxClassifier,
-    onnx_session,
-)
+from medres.predict.runtime import INPUT, RuntimeClassifier, open_session
 from medres.transforms import build_transform
 from medres.uncertainty.trust import Trust, fit_trust
 
@@ -144,9 +146,9 @@ def export_int8(
     batch_size: int = 32,
     workers: int | None = None,
 ) -> dict[str, Any]:
-    """``medres export BUNDLE --runtime onnx --int8``: quantise the bundle's network,
-    refit its trust layer on the validation scans and write both into the bundle when
-    :func:`int8_gate` accepts them; returns the ``runtimes.onnx-int8`` record.
+    """``medres export BUNDLE --runtime onnx|openvino --int8``: quantise the bundle's
+    network, refit its trust layer on the validation scans and write both into the bundle
+    when :func:`int8_gate` accepts them; returns the ``runtimes.<runtime>-int8`` record.
 
     Args:
         cohort: a cohort manifest whose ``train`` split calibrates the quantisation and
@@ -159,15 +161,19 @@ def export_int8(
     Raises:
         ExportRefused: a check of the gate failed (all four figures named; nothing
             written).
-        ConfigError: not ``onnx``, a bundle without a trust layer (regression, or not
-            calibrated), packages missing, no training or validation scans.
+        ConfigError: not ``onnx`` or ``openvino``, a bundle without a trust layer
+            (regression, or not calibrated), packages missing, no training or validation
+            scans.
         BundleError: the bundle fails its checks.
     """
-    if runtime != "onnx":
-        raise ConfigError(f"--int8 quantises for --runtime onnx; got {runtime!r}")
+    if runtime not in EXPORTED:
+        raise ConfigError(
+            f"--int8 quantises for --runtime {' or '.join(EXPORTED)}; got {runtime!r}"
+        )
     if calibration_scans < 1:
         raise ConfigError(f"--calibration-scans must be at least 1; got {calibration_scans}")
-    _check_installed()
+    _check_installed(runtime)
+    int8_runtime = f"{runtime}-int8"  # also the bundle folder of its trust layer
     bundle = load_bundle(bundle_path)
     if bundle.trust is None:
         raise ConfigError(
@@ -190,7 +196,10 @@ def export_int8(
         fp32 = write_onnx(bundle.model, bundle, folder / "model.onnx")
         reader = _CalibrationReader(bundle, train, batch_size, engine)
         int8 = quantize(fp32, folder / "model.int8.onnx", reader)
-        int8_model = OnnxClassifier(onnx_session(int8), bundle.model).eval()
+        if runtime == "openvino":
+            int8 = write_openvino(int8, folder / RUNTIME_FILES[int8_runtime])
+        session = open_session(int8_runtime, int8)
+        int8_model = RuntimeClassifier(session, bundle.model).eval()
         figures, trust = _gate_figures(bundle, int8_model, val, batch_size, engine)
         checks = int8_gate(figures, limits)
         lines = "; ".join(f"{line}: {'ok' if ok else 'FAILED'}" for line, ok in checks)
@@ -198,11 +207,11 @@ def export_int8(
             raise ExportRefused(
                 f"the int8 export of {bundle.path} is refused on {figures.scans} validation "
                 f"scans of {cohort_path}: {lines}. Nothing was written to the bundle; the "
-                "fp32 export (`--runtime onnx`) keeps torch's probabilities"
+                f"fp32 export (`--runtime {runtime}`) keeps torch's probabilities"
             )
-        names = trust.save(folder / INT8)
+        names = trust.save(folder / int8_runtime)
         record = {
-            "file": RUNTIME_FILES[INT8],
+            "file": RUNTIME_FILES[int8_runtime],
             "precision": "int8",
             "exported": datetime.now(UTC).isoformat(timespec="seconds"),
             "opset": OPSET,
@@ -215,8 +224,9 @@ def export_int8(
                 "cohort": str(Path(cohort_path).resolve()),
                 "split": "train",
                 "scans": reader.scans,
+                **({"converted": CONVERTED} if runtime == "openvino" else {}),
             },
-            "trust": INT8,
+            "trust": int8_runtime,
             "verified": {
                 "against": "torch",
                 "quantity": "validation metrics",
@@ -229,12 +239,13 @@ def export_int8(
                 "accepted": True,
                 "scans": figures.scans,
             },
-            "versions": _versions(),
+            "versions": _versions(runtime),
         }
         card = (bundle.path / "model_card.md").read_text()
-        extra = {f"{INT8}/{name}": folder / INT8 / name for name in names}
-        add_runtime(bundle.path, INT8, int8, record, with_runtime(card, INT8, record), extra)
-    return load_bundle(bundle.path).manifest.runtimes[INT8].model_dump()
+        extra = {f"{int8_runtime}/{name}": folder / int8_runtime / name for name in names}
+        section = with_runtime(card, int8_runtime, record)
+        add_runtime(bundle.path, int8_runtime, int8, record, section, extra)
+    return load_bundle(bundle.path).manifest.runtimes[int8_runtime].model_dump()
 
 
 def quantize(fp32: Path, out: Path, reader: Any) -> Path:
