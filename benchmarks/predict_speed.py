@@ -1,4 +1,4 @@
-"""Batch prediction speed: ``medres predict`` vs a naive per-file loop vs the model alone.
+"""Batch prediction speed of ``medres predict``: runtimes × engines against the machine.
 
 Two folders are built once under ``--work`` (reused when already there):
 
@@ -9,38 +9,58 @@ Two folders are built once under ``--work`` (reused when already there):
 
 Each gets a bundle trained for one epoch through the medres CLI on a small labelled set of
 the same kind of images (other MedMNIST images; accuracy is irrelevant here, the
-bundle's preprocessing spec — 224² / 64³ — is what matters). Then, in one process and
-one run, with the same bundle, batch size and scans:
+bundle's preprocessing spec — 224² / 64³ — and model are what matter).
 
-(a) model only: the bundle's model (eval, ``no_grad``, channels-last, the precision
-    ``medres predict`` would pick) on preprocessed tensors already in memory;
-(b) naive loop: one file at a time, MONAI ``LoadImage`` + the bundle's own
-    ``build_transform(spec)`` + the model on a batch of 1;
-(c) ``medres.predict.predict_folder`` with default options and with ``workers`` 0, 1, 2
-    (a fresh output folder each time): scans/s over the whole call (bundle loading,
-    discovery, writing the tables included) and run.json's ``scans_per_second``
-    (prediction phase only).
+The default section, in one process and one run (the runtime/engine matrix):
 
-Writes ``benchmarks/results/predict_speed.md``.
+- the machine's matrix-multiply peak: torch GEMM 2048² (the process's torch threads),
+  best of a few repeats, fp32, bf16 (when this CPU has native bf16) and int8
+  (``torch._int_mm``), in GFLOP/s (GOP/s for int8);
+- the model's FLOPs per scan (``torch.utils.flop_counter.FlopCounterMode``, one scan);
+- per folder, a fresh copy of its bundle exported for ``onnx``, ``onnx-int8``,
+  ``openvino`` and ``openvino-int8`` through the library (``export_bundle``,
+  ``export_int8``): an export refused by its gate is recorded as refused with its
+  figures, a runtime this tree or this environment lacks as not available;
+- then ``--rounds`` interleaved rounds of, per runtime, *model only* (the network
+  ``medres predict`` builds for that runtime, through ``medres.inference.forward`` with
+  the precision and memory layout it picks, on preprocessed batches in memory: scans/s,
+  GFLOP/s and share of the peak) and *whole call* (``predict_folder`` with
+  ``PredictOptions(runtime=...)`` into a fresh output folder: scans/s over the whole
+  call, and run.json's prediction-phase ``scans_per_second``), and the Ray engine
+  (``PredictOptions(engine="ray", workers=1)``, a local cluster started and stopped
+  inside the call) with torch and with the best runtime, beside the local engine.
+
+Every speed is also given as a ratio to the default (``PredictOptions()``: ``--runtime
+torch``, local engine) whole call measured in the same run. ``--legacy`` adds the older
+measurements: (a) model only, (b) a naive per-file loop (MONAI ``LoadImage``, batch 1)
+and (c) ``predict_folder`` with ``workers`` 0, 1, 2.
+
+Writes ``benchmarks/results/predict_speed.md`` (``--out``).
 
 Usage::
 
-    python benchmarks/predict_speed.py
-    python benchmarks/predict_speed.py --folders adrenal64 --workers 0 1
+    python benchmarks/predict_speed.py                      # the full run (~20 min)
+    python benchmarks/predict_speed.py --limit 48 --rounds 1 --out /tmp/speed.md
+    python benchmarks/predict_speed.py --folders adrenal64 --runtimes torch onnx --no-ray
+    python benchmarks/predict_speed.py --legacy --workers 0 1 2
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import importlib.util
 import json
 import os
+import platform
 import resource
 import shlex
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +74,10 @@ HERE = Path(__file__).resolve().parent
 MEDMNIST = SHARED / "medmnist"
 TARGET_NAIVE = 3.0  # (c) must be at least this many times (b)
 TARGET_MODEL = 0.70  # (c) must reach this share of (a)
+TARGET_SPEEDUP = 1.5  # the best accepted runtime's whole call against the default's
 QUIET = 0.05  # a round counts as quiet when other processes took less than this CPU share
+RUNTIME_ORDER = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
+PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}  # runtime family -> package
 
 
 class OtherLoad:
@@ -351,7 +374,7 @@ def measure(folder: Folder, args: argparse.Namespace) -> dict:
         run = predict_run(folder, out, workers, args.batch_size)
         return n / run["wall_s"], run["scans_per_second"]
 
-    for round_ in range(1, args.repeats + 1):
+    for round_ in range(1, args.rounds + 1):
         result["a"] += attempts(lambda: (n / model_only(bundle, batches),))
         result["b"] += attempts(naive)
         print(f"round {round_}: (a) {result['a'][-1][0]:.1f}, (b) {result['b'][-1][0]:.1f}", end="")
@@ -457,45 +480,643 @@ def code_state() -> str:
     )
 
 
-def write_markdown(results: list[dict], out: Path, args: argparse.Namespace, context: dict) -> None:
-    """``benchmarks/results/predict_speed.md``."""
+# ---------------------------------------------------------------- the runtime/engine matrix
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def isa_flags() -> str:
+    """Which of the instruction-set extensions that matter for the model kernels this CPU
+    has (from /proc/cpuinfo's flags)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = set(next(x for x in text.splitlines() if x.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return "ISA flags unknown"
+    wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile"]
+    wanted += ["amx_bf16", "amx_int8"]
+    return ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in wanted)
+
+
+def version(package: str) -> str:
+    """A package's version, or 'not installed'."""
+    if importlib.util.find_spec(package) is None:
+        return "not installed"
+    try:
+        return str(importlib.import_module(package).__version__)
+    except Exception as e:  # a broken install says so instead of stopping the run
+        return f"unimportable ({type(e).__name__})"
+
+
+def matrix_machine() -> str:
+    """The machine line of the matrix: CPU, cores, versions, ISA flags."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from medres import __version__
+
+    versions = ", ".join(f"{p} {version(p)}" for p in ("torch", "onnxruntime", "openvino", "ray"))
+    return (
+        f"{cpu_model()}, {cores} cores, {versions}, Python {platform.python_version()}, "
+        f"medres {__version__}; torch threads {torch.get_num_threads()} (DataLoader "
+        f"workers run 1 each), torch CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"native bf16 (mkldnn) {torch.ops.mkldnn._is_mkldnn_bf16_supported()}; {isa_flags()}"
+    )
+
+
+def gemm_peak(dtype: str, n: int = 4096, repeats: int = 3) -> float | None:
+    """The best rate of an n×n matrix multiply in this process's torch threads, in
+    GFLOP/s (int8: GOP/s, ``torch._int_mm``); None when this torch/CPU cannot run it."""
+    try:
+        if dtype == "int8":
+            a = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+            b = torch.randint(-128, 128, (n, n), dtype=torch.int8)
+
+            def mm():
+                return torch._int_mm(a, b)
+        else:
+            if dtype == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                return None
+            kind = torch.float32 if dtype == "fp32" else torch.bfloat16
+            a, b = torch.randn(n, n, dtype=kind), torch.randn(n, n, dtype=kind)
+
+            def mm():
+                return a @ b
+
+        return 2 * n**3 / best_seconds(mm, repeats) / 1e9
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return None
+
+
+def conv_peak(dtype: str, repeats: int = 3) -> float | None:
+    """For context beside the GEMM peak: the best rate of one large 3×3 convolution
+    (batch 32, 256 → 256 channels, 28², channels-last; bf16 through autocast, as
+    ``medres predict`` runs a bf16 bundle), in GFLOP/s: oneDNN's convolutions can beat
+    torch's GEMM, so a model's share of the GEMM peak can exceed 100 %."""
+    if dtype == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None
+    x = torch.randn(32, 256, 28, 28).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(256, 256, 3, 3)
+    flops = 2 * 32 * 256 * 256 * 9 * 28 * 28
+
+    def conv():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            return torch.nn.functional.conv2d(x, w, padding=1)
+
+    with torch.no_grad():
+        return flops / best_seconds(conv, repeats) / 1e9
+
+
+def best_seconds(work, repeats: int) -> float:
+    """The shortest of ``repeats`` timed calls of ``work`` (after one untimed warm-up)."""
+    work()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        seconds.append(time.perf_counter() - start)
+    return min(seconds)
+
+
+PEAKS = ("fp32", "bf16", "int8", "conv fp32", "conv bf16")
+
+
+def peaks_now() -> tuple[float, ...]:
+    """One measurement of every peak in :data:`PEAKS` (NaN where not supported)."""
+    values = [gemm_peak(k) for k in ("fp32", "bf16", "int8")]
+    values += [conv_peak(k) for k in ("fp32", "bf16")]
+    return tuple(float("nan") if v is None else v for v in values)
+
+
+def model_flops(bundle) -> float:
+    """FLOPs of the bundle's model on one scan (``FlopCounterMode``: 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = bundle.spec
+    model = bundle.model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, spec.in_channels, *spec.spatial_size))
+    return float(counter.get_total_flops())
+
+
+@dataclass
+class Export:
+    """What became of one runtime's export: ``status`` accepted / refused / unavailable /
+    error, the seconds it took, and the text to show (its figures or the reason)."""
+
+    runtime: str
+    status: str
+    seconds: float = 0.0
+    note: str = ""
+
+
+def runtime_missing(runtime: str) -> str | None:
+    """Why ``runtime`` cannot run here (this tree lacks it, its package is missing), or
+    None."""
+    if runtime == "torch":
+        return None
+    try:
+        from medres.predict import runtime as module
+    except Exception as e:  # a tree mid-edit: say so, measure the rest
+        return f"medres.predict.runtime cannot be imported in this tree ({type(e).__name__}: {e})"
+    if runtime not in getattr(module, "RUNTIMES", ()):
+        return "not available in this tree (medres.predict.runtime.RUNTIMES lacks it)"
+    package = PACKAGES[runtime.split("-")[0]]
+    if importlib.util.find_spec(package) is None:
+        return f"unavailable: the {package} package is not installed"
+    return None
+
+
+def export_runtime(bundle_path: Path, runtime: str, batch_size: int) -> Export:
+    """Export the bundle for ``runtime`` through the library (``export_bundle``,
+    ``export_int8``); a refusal by its gate is a result, not an error."""
+    missing = runtime_missing(runtime)
+    if missing:
+        return Export(runtime, "unavailable", note=missing)
+    family, _, precision = runtime.partition("-")
+    start = time.perf_counter()
+    try:
+        from medres.predict.export import ExportRefused
+
+        if precision == "int8":
+            from medres.predict.quantize import export_int8
+
+            record = export_int8(bundle_path, family, batch_size=batch_size)
+        else:
+            from medres.predict.export import export_bundle
+
+            record = export_bundle(bundle_path, family, batch_size=batch_size)
+    except ExportRefused as e:
+        return Export(runtime, "refused", time.perf_counter() - start, str(e))
+    except Exception as e:  # ConfigError (e.g. the tree cannot export it yet) and the like
+        text = f"{type(e).__name__}: {e}"
+        status = "unavailable" if "must be one of" in text or "exports for" in text else "error"
+        note = ("not available in this tree: " if status == "unavailable" else "") + text
+        return Export(runtime, status, time.perf_counter() - start, note)
+    seconds = time.perf_counter() - start
+    verified = record.get("verified") or {}
+    if precision == "int8":
+        note = "; ".join(verified.get("checks", [])) or "accepted"
+    else:
+        note = (
+            f"{verified.get('quantity', 'outputs')} within {verified.get('max_abs_diff', 0):.2g} "
+            f"of torch on {verified.get('scans', '?')} validation scans "
+            f"(tolerance {verified.get('tolerance', '?')})"
+        )
+    return Export(runtime, "accepted", seconds, note)
+
+
+def ray_available() -> str | None:
+    """Why the Ray engine cannot be measured here, or None."""
+    from medres.predict.job import PredictOptions
+
+    names = {f.name for f in dataclasses.fields(PredictOptions)}
+    if "engine" not in names:
+        return "not available in this tree (PredictOptions has no `engine` field)"
+    if importlib.util.find_spec("ray") is None:
+        return "unavailable: the ray package is not installed"
+    return None
+
+
+@dataclass
+class Config:
+    """One row of the matrix: ``kind`` ``model`` (model only) or ``call`` (whole
+    ``predict_folder`` call) of ``runtime`` on ``engine``; ``attempts`` its measurements,
+    each (scans/s, [run.json scans/s,] other processes' CPU share)."""
+
+    kind: str
+    runtime: str
+    engine: str = "local"
+    attempts: list[tuple] = field(default_factory=list)
+    precision: str = ""
+    error: str = ""
+    ray: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        if self.kind == "model":
+            return f"model only, {self.runtime}"
+        engine = "Ray engine (workers=1)" if self.engine == "ray" else "local engine"
+        default = " = default" if self.runtime == "torch" and self.engine == "local" else ""
+        return f"whole call, {self.runtime}, {engine}{default}"
+
+
+def limited_folder(folder: Folder, limit: int | None, work: Path) -> Folder:
+    """``folder`` itself, or (``--limit``) a folder holding copies of its first ``limit``
+    scans (sorted by name), built under ``work``."""
+    if not limit:
+        return folder
+    files = sorted(p for p in folder.scans.iterdir() if p.is_file() and p.suffix != ".csv")
+    target = work / "limited" / f"{folder.bundle.parent.name}-{limit}"
+    wanted = [p.name for p in files[:limit]]
+    if sorted(p.name for p in target.glob("*")) != sorted(wanted):
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        for p in files[:limit]:
+            shutil.copyfile(p, target / p.name)
+    return dataclasses.replace(folder, scans=target)
+
+
+def fresh_bundle(folder: Folder) -> Path:
+    """A fresh copy of the folder's trained bundle (no exports yet), which this run
+    exports into: every export of the run is made and timed in it."""
+    copy = folder.bundle.parent / "bundle-matrix"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(folder.bundle, copy)
+    return copy
+
+
+def network_for(bundle_path: Path, runtime: str, scratch: Path):
+    """The network ``medres predict --runtime runtime`` runs, with its device, precision
+    and memory layout (built by ``medres.predict.predictor.Predictor`` itself)."""
+    from medres.bundle import load_bundle
+    from medres.predict.job import PredictOptions
+    from medres.predict.predictor import Predictor
+
+    bundle = load_bundle(bundle_path)
+    predictor = Predictor([bundle], PredictOptions(runtime=runtime), scratch, bundle.checksum)
+    return predictor.networks[0], predictor.device, predictor.precision, predictor.memory_format
+
+
+def time_network(network, device, precision, layout, batches: list[torch.Tensor]) -> float:
+    """Seconds for ``forward`` over ``batches`` (after one untimed warm-up batch)."""
+    from medres.inference import forward
+
+    batches = [b.contiguous(memory_format=layout) for b in batches]
+    with torch.no_grad():
+        forward(network, batches[0], device=device, precision=precision, memory_format=layout)
+        start = time.perf_counter()
+        for batch in batches:
+            forward(network, batch, device=device, precision=precision, memory_format=layout)
+        return time.perf_counter() - start
+
+
+def call(folder: Folder, bundle: Path, out: Path, batch_size: int, **options) -> dict:
+    """One ``predict_folder`` call into a fresh ``out``: its run.json plus ``wall_s``."""
+    from medres.predict.job import PredictOptions, predict_folder
+
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    run = predict_folder(
+        bundle, folder.scans, out, PredictOptions(batch_size=batch_size, **options)
+    )
+    wall = time.perf_counter() - start
+    counts = run.summary["counts"]
+    if counts["failed"] or counts["predicted_now"] != counts["scans"]:
+        raise RuntimeError(f"predict on {folder.scans} did not predict every scan: {counts}")
+    return {**run.summary, "wall_s": wall}
+
+
+def measure_matrix(folder: Folder, args: argparse.Namespace) -> dict:
+    """Exports, then ``--rounds`` interleaved rounds of every config, for one folder."""
+    from medres.bundle import load_bundle
+    from medres.io import discover
+
+    bundle_path = fresh_bundle(folder)
+    bundle = load_bundle(bundle_path)
+    size = tuple(bundle.spec.spatial_size)
+    if size != folder.size:
+        sys.exit(f"{folder.bundle} preprocesses to {size}, expected {folder.size}")
+    files = [Path(s.files[0]) for s in discover(folder.scans).scans]
+    n = len(files)
+    print(f"\n== {folder.name}: {n} scans, bundle {bundle_path}", flush=True)
+    flops = model_flops(bundle)
+    exports = {}
+    for runtime in [r for r in args.runtimes if r != "torch"]:
+        exports[runtime] = export_runtime(bundle_path, runtime, args.batch_size)
+        e = exports[runtime]
+        print(f"export {runtime}: {e.status} ({e.seconds:.0f} s) {e.note[:300]}", flush=True)
+    runtimes = [r for r in args.runtimes if r == "torch" or exports[r].status == "accepted"]
+
+    model_n = min(n, args.model_scans)
+    tensors, prep_seconds = preprocessed(files[:model_n], bundle.spec)
+    batches = [
+        torch.stack(tensors[i : i + args.batch_size]) for i in range(0, model_n, args.batch_size)
+    ]
+    del tensors
+    scratch = args.work / "out" / "scratch"
+    networks, configs = {}, []
+    for runtime in runtimes:
+        model = Config("model", runtime)
+        try:
+            networks[runtime] = network_for(bundle_path, runtime, scratch)
+            model.precision = networks[runtime][2]
+        except Exception as e:  # a runtime that cannot be built here is a row saying why
+            model.error = f"{type(e).__name__}: {e}"
+        configs.append(model)
+    configs += [Config("call", r) for r in runtimes]
+    ray_missing = ray_available() if args.ray else "not measured (--no-ray)"
+    result = {
+        "name": folder.name,
+        "n": n,
+        "model_n": model_n,
+        "bundle": bundle,
+        "flops": flops,
+        "exports": exports,
+        "prep": model_n / prep_seconds,
+        "configs": configs,
+        "ray_missing": ray_missing,
+        "ray_runtime": None,
+    }
+    if args.ray and not ray_missing and "torch" in runtimes:
+        configs.append(Config("call", "torch", "ray"))
+
+    def attempts(measure, retries: int | None = None) -> list[tuple]:
+        return quiet_attempts(
+            measure, args.wait_quiet, args.retries if retries is None else retries
+        )
+
+    def run_config(c: Config) -> None:
+        if c.error:
+            return
+        tag = f"{folder.bundle.parent.name}-{c.kind}-{c.runtime}-{c.engine}"
+        try:
+            if c.kind == "model":
+                network = networks[c.runtime]
+                c.attempts += attempts(lambda: (model_n / time_network(*network, batches),))
+            else:
+                options = {"runtime": c.runtime}
+                if c.engine == "ray":  # Ray's own processes count as "other": no retries
+                    options |= {"engine": "ray", "workers": 1}
+
+                def one() -> tuple[float, float]:
+                    out = args.work / "out" / tag
+                    run = call(folder, bundle_path, out, args.batch_size, **options)
+                    c.precision = str(run.get("precision") or "")
+                    c.ray = {**run.get("ray", {}), "threads": run.get("threads")}
+                    return n / run["wall_s"], run["scans_per_second"] or float("nan")
+
+                c.attempts += attempts(one, 0 if c.engine == "ray" else None)
+        except Exception as e:  # recorded in the table; the other configs still run
+            c.error = f"{type(e).__name__}: {e}"
+        value = f"{c.attempts[-1][0]:.1f} scans/s" if c.attempts and not c.error else c.error
+        print(f"  {c.label}: {value[:300]}", flush=True)
+
+    for round_ in range(1, args.rounds + 1):
+        print(f"round {round_}", flush=True)
+        for c in list(configs):
+            run_config(c)
+        if round_ == 1 and args.ray and not ray_missing:  # Ray with the best local runtime
+            calls = [c for c in configs if c.kind == "call" and c.engine == "local" and c.attempts]
+            if calls:
+                best_local = max(calls, key=lambda c: best(c.attempts))
+                result["ray_runtime"] = best_local.runtime
+                if best_local.runtime != "torch":
+                    configs.append(Config("call", best_local.runtime, "ray"))
+                    run_config(configs[-1])
+    return result
+
+
+def best_of(c: Config, i: int = 0) -> float:
+    """The best value ``i`` of a config's attempts: over the quiet ones (see
+    :func:`best`); a Ray row over all (its cluster's processes count as other load)."""
+    if not c.attempts:
+        return float("nan")
+    return max(a[i] for a in c.attempts) if c.engine == "ray" else best(c.attempts, i)
+
+
+def row_peak(c: Config, peaks: dict[str, float]) -> tuple[str, float]:
+    """Which peak a model-only row is compared with: int8 runtimes the int8 GEMM's, a
+    bf16 (autocast) torch row the bf16 GEMM's, every other the fp32 GEMM's."""
+    kind = "int8" if c.runtime.endswith("int8") else "bf16" if c.precision == "bf16" else "fp32"
+    value = peaks.get(kind)
+    if value is None or value != value:  # not measured: fall back to fp32
+        kind, value = "fp32", peaks["fp32"]
+    return kind, value
+
+
+def hours(rate: float, scans: float = 1e6) -> str:
+    return f"{scans / rate / 3600:.1f} h" if rate and rate == rate else "—"
+
+
+def matrix_lines(r: dict, args: argparse.Namespace, peaks: dict[str, float]) -> list[str]:
+    """The markdown of one folder: its exports, its table, the verdict, and the 1 M scans
+    calculation."""
+    spec, manifest, config = r["bundle"].spec, r["bundle"].manifest, r["bundle"].config
+    gflop = r["flops"] / 1e9
+    configs: list[Config] = r["configs"]
+    default = next((c for c in configs if c.label.endswith("= default")), None)
+    base = best_of(default) if default and default.attempts else float("nan")
     lines = [
-        "# Batch prediction speed: `medres predict` vs a naive loop vs the model alone",
+        f"## {r['name']}",
         "",
-        f"Machine: {machine()}.",
-        f"Command: `{context['command']}` ({context['minutes']:.1f} min; 1-min load average "
-        f"{context['load']:.2f} at the start). Code: {context['code']}.",
+        f"{r['n']} scans per whole call; model only on the first {r['model_n']} of them, "
+        f"preprocessed in memory. Bundle preprocessing `{spec.preset}` → "
+        f"{'×'.join(map(str, spec.spatial_size))}, model `{manifest.model.name}` "
+        f"stem_stride {manifest.model.args.get('stem_stride')}, trained in "
+        f"{config.precision}, batch {args.batch_size}; **{gflop:.3g} GFLOP per scan** "
+        "(`FlopCounterMode`, one scan, 2 FLOP per multiply-add). Reading + preprocessing "
+        f"alone (`read_scan` + transform, one thread): {r['prep']:.1f} scans/s.",
         "",
-        f"All numbers from one process: {args.repeats} interleaved rounds of (a), (b) and "
-        "every (c) setting. The machine is shared: each measurement waits (up to "
+        "Exports, made in this run into a fresh copy of the bundle through the library "
+        "(`export_bundle`, `export_int8`):",
+        "",
+    ]
+    for e in r["exports"].values():
+        took = f" in {e.seconds:.0f} s" if e.seconds else ""
+        lines.append(f"- `{e.runtime}`: **{e.status}**{took}: {e.note}")
+    if not r["exports"]:
+        lines.append("- none asked for (`--runtimes torch`)")
+    lines += [
+        "",
+        "| config | precision | scans | scans/s (best) | every attempt (other processes' CPU "
+        "share) | × default whole call | run.json prediction phase, scans/s (best) "
+        "| model GFLOP/s | share of peak |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in configs:
+        scans = r["model_n"] if c.kind == "model" else r["n"]
+        if c.error or not c.attempts:
+            lines.append(f"| {c.label} | {c.precision} | {scans} | failed: {c.error} | | | | | |")
+            continue
+        value = best_of(c)
+        phase = f"{best_of(c, 1):.1f}" if c.kind == "call" else ""
+        flops = share = ""
+        if c.kind == "model":
+            kind, peak = row_peak(c, peaks)
+            flops = f"{value * gflop:.1f}"
+            share = f"{value * gflop / peak:.0%} of {kind}"
+        lines.append(
+            f"| {c.label} | {c.precision} | {scans} | {value:.1f} | {_rounds(c.attempts)} "
+            f"| {value / base:.2f}× | {phase} | {flops} | {share} |"
+        )
+    for e in r["exports"].values():
+        if e.status != "accepted":
+            lines.append(f"| {e.runtime} | | | not measured: export {e.status} | | | | | |")
+    if r["ray_missing"]:
+        lines.append(f"| Ray engine | | | not measured: {r['ray_missing']} | | | | | |")
+    calls = [c for c in configs if c.kind == "call" and c.attempts and not c.error]
+    fastest = max(calls, key=best_of) if calls else None
+    lines.append("")
+    if fastest is not None and base == base:
+        ratio = best_of(fastest) / base
+        lines.append(
+            f"- Best accepted runtime, whole call, ≥ {TARGET_SPEEDUP}× the default "
+            f"(`--runtime torch`, local engine): {_verdict(ratio >= TARGET_SPEEDUP)} "
+            f"({ratio:.2f}×: {fastest.label}, {best_of(fastest):.1f} scans/s against "
+            f"{base:.1f})."
+        )
+    else:
+        lines.append("- Best accepted runtime against the default: not measured (see the table).")
+    ray = [c for c in calls if c.engine == "ray"]
+    if ray:
+        lines.append(
+            "- The Ray engine's whole call includes starting and stopping a local Ray "
+            "cluster (`ray.init` / `ray.shutdown` inside `predict_folder`); its run.json "
+            "column is run.json's prediction phase (whatever of the cluster's start-up falls "
+            "inside it). Its CPU share in brackets includes the cluster's own processes "
+            "(raylet, Ray workers), so its best is over all attempts. The cluster, from "
+            "run.json: "
+            + "; ".join(
+                f"{c.runtime}: " + ", ".join(f"{k} {v}" for k, v in c.ray.items()) for c in ray
+            )
+            + "."
+        )
+    if ray and r["ray_runtime"] == "torch":
+        lines.append(
+            "- The best local runtime (whole call, round 1) was torch: the Ray engine was "
+            "measured with torch only."
+        )
+    # 1 M scans: a calculation from the measured rates
+    local_best = max((c for c in calls if c.engine == "local"), key=best_of, default=None)
+    ray_best = max(ray, key=lambda c: best_of(c, 1), default=None)
+    text = (
+        f"- **1 M scans, a calculation from the figures above, not a measurement**: at the "
+        f"default's whole-call rate ({base:.1f} scans/s) one such machine takes "
+        f"{hours(base)}"
+    )
+    if local_best is not None:
+        text += (
+            f"; at the best local rate ({local_best.label}, {best_of(local_best):.1f} "
+            f"scans/s) {hours(best_of(local_best))}"
+        )
+    if ray_best is not None:
+        rate = best_of(ray_best, 1)
+        each = ", ".join(f"N = {k}: {hours(k * rate)}" for k in (1, 4, 16))
+        text += (
+            f". The Ray engine ({ray_best.runtime}) predicted {rate:.1f} scans/s per "
+            f"machine (prediction phase); assuming linear scaling over N such machines "
+            f"(cluster start-up and the shared file system ignored): {each}"
+        )
+    else:
+        text += f"; Ray engine: {r['ray_missing'] or 'not measured'}"
+    lines += [text + ".", ""]
+    return lines
+
+
+def write_matrix(
+    results: list[dict], legacy: list[dict], args: argparse.Namespace, context: dict
+) -> None:
+    """The results markdown: machine, command, code, peak, then one section per folder
+    (and the legacy sections when measured)."""
+    peaks = context["peaks"]
+    int8 = peaks.get("int8")
+    bf16 = peaks.get("bf16")
+    lines = [
+        "# Batch prediction speed: `medres predict` runtimes and engines against the machine",
+        "",
+        f"Machine: {matrix_machine()}.",
+        "",
+        f"Command: `{context['command']}` ({context['minutes']:.1f} min of measuring; "
+        f"1-min load average {context['load']:.2f} at the start). Code: {context['code']}.",
+        "",
+        "Matrix-multiply peak of this machine (torch, 4096² × 4096², "
+        f"{torch.get_num_threads()} threads, best of 3 products, measured at the start and "
+        f"at the end of the run): **fp32 {peaks['fp32']:.1f} GFLOP/s**"
+        + (f", bf16 {bf16:.1f} GFLOP/s" if bf16 == bf16 else ", bf16 not supported")
+        + (f", int8 {int8:.1f} GOP/s (`torch._int_mm`)" if int8 == int8 else "")
+        + f" (attempts, fp32: {_rounds(context['peak_attempts'])}). For context, one large "
+        "3×3 convolution (batch 32, 256 → 256 channels, 28², channels-last, oneDNN): "
+        f"fp32 {peaks['conv fp32']:.1f}, bf16 (autocast) {peaks['conv bf16']:.1f} GFLOP/s; "
+        "oneDNN's convolutions can beat torch's GEMM, so a share above 100 % is possible. "
+        "A model-only row's "
+        "GFLOP/s is its FLOPs per scan × scans/s; its share is of the fp32 GEMM peak for "
+        "fp32 rows, of the bf16 GEMM peak for a torch row running bf16 autocast (a bundle "
+        "trained in bf16 on a CPU with native bf16: what `medres predict` picks), and of "
+        "the int8 peak for int8 rows (their FLOPs counted as the fp32 model's; ONNX "
+        "Runtime's and OpenVINO's int8 kernels are not `torch._int_mm`, so that share is "
+        "indicative).",
+        "",
+        f"All figures from one process: {args.rounds} interleaved round(s) of every config. "
+        "The machine is shared: each measurement waits (up to "
         f"{args.wait_quiet:.0f} s) until other processes take < {QUIET:.0%} of the CPU, is "
         f"repeated (up to {args.retries}×) when they took more meanwhile, and every attempt "
         "is listed with that share in brackets; the best is taken over the quiet attempts "
-        "(over all when none was quiet), ratios best against best. (c) is timed over the "
-        "whole `predict_folder` call (bundle load, discovery, hashing, decoding, model, "
-        "trust layer, writing parquet/CSV) and by run.json's "
-        "`scans_per_second` (its prediction loop only), a fresh output folder each time. "
-        "`default` is `PredictOptions()` (workers = `default_workers()`: 2 on 2+ cores). "
-        "The ceiling row is what a perfect pipeline could reach if the model used every "
-        "core at speed (a) and each scan's decoding took one core for 1/prep s. "
-        f"Targets: (c) ≥ {TARGET_NAIVE:.0f}× (b) and (c) ≥ {TARGET_MODEL:.0%} of (a).",
+        "(over all when none was quiet). Speeds are compared as ratios to the default "
+        "(`PredictOptions()`: `--runtime torch`, local engine, default workers) whole call "
+        "measured in the same run. *Model only*: the network `medres predict` builds for the "
+        "runtime (`Predictor`), through `medres.inference.forward` with its precision and "
+        "memory layout, on preprocessed batches in memory. *Whole call*: `predict_folder` "
+        "into a fresh output folder, timed from the call to its return (bundle load, "
+        "discovery, hashing, decoding, model, trust layer, writing the tables); run.json's "
+        "`scans_per_second` is its prediction loop alone.",
         "",
     ]
     for r in results:
-        lines += folder_lines(r, args.batch_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+        lines += matrix_lines(r, args, peaks)
+    if legacy:
+        lines += [
+            "# Older measurements (`--legacy`): model only, naive loop, workers",
+            "",
+            f"Machine: {machine()}.",
+            "",
+        ]
+        for r in legacy:
+            lines += folder_lines(r, args.batch_size)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+
+
+def _peak_text(attempts: list[tuple]) -> str:
+    return ", ".join(f"{k} {best(attempts, i):.1f}" for i, k in enumerate(PEAKS)) + " G(FL)OP/s"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=(
+            "example: python benchmarks/predict_speed.py  (the full run, ~20 min on 2 quiet "
+            "cores, writes benchmarks/results/predict_speed.md); quick check: "
+            "python benchmarks/predict_speed.py --limit 48 --rounds 1 --out /tmp/speed.md"
+        ),
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/medres-bench-predict"))
-    parser.add_argument("--folders", nargs="+", default=["pneumonia224", "adrenal64"])
-    parser.add_argument("--scans-2d", type=int, default=2048, help="PNGs to predict")
-    parser.add_argument("--naive-limit", type=int, default=300, help="2D files in (b)")
+    parser.add_argument(
+        "--folders", nargs="+", default=["pneumonia224", "adrenal64"],
+        choices=["pneumonia224", "adrenal64"],
+    )  # fmt: skip
+    parser.add_argument("--scans-2d", type=int, default=1024, help="PNGs built to predict")
+    parser.add_argument(
+        "--limit", type=int, default=None,
+        help="predict only the first N scans of each folder (copied aside; a quick check)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--runtimes", nargs="+", default=list(RUNTIME_ORDER), choices=RUNTIME_ORDER,
+        help="runtimes of the matrix (torch is the default's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--model-scans", type=int, default=256, help="scans per model-only measurement"
+    )
+    parser.add_argument("--no-ray", dest="ray", action="store_false", help="skip the Ray engine")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds")
+    parser.add_argument(
+        "--rounds", "--repeats", dest="rounds", type=int, default=2, help="interleaved rounds"
+    )
+    parser.add_argument(
+        "--legacy", action="store_true",
+        help="also the older measurements: (a) model, (b) naive loop, (c) per --workers",
+    )  # fmt: skip
+    parser.add_argument("--naive-limit", type=int, default=300, help="2D files in (b), --legacy")
+    parser.add_argument(
+        "--workers", nargs="+", type=int, default=[0, 1, 2], help="(c) settings, --legacy"
+    )
     parser.add_argument(
         "--wait-quiet", type=float, default=60, help="seconds to wait for a quiet machine"
     )
@@ -508,19 +1129,29 @@ def main() -> None:
     args = parser.parse_args()
     if not MEDMNIST.is_dir():
         sys.exit(f"MedMNIST files not found under {MEDMNIST}")
+    if "torch" not in args.runtimes:
+        args.runtimes.insert(0, "torch")  # the default: every ratio is against it
+    args.runtimes = [r for r in RUNTIME_ORDER if r in args.runtimes]
     builders = {
         "pneumonia224": lambda: build_pneumonia(args.work, args.scans_2d, 160, 80),
         "adrenal64": lambda: build_adrenal(args.work, 40),
     }
-    folders = [builders[name]() for name in args.folders]
+    folders = [limited_folder(builders[name](), args.limit, args.work) for name in args.folders]
     context = {"load": os.getloadavg()[0], "code": code_state()}
     start = time.perf_counter()
-    results = [measure(folder, args) for folder in folders]
+    peak_attempts = quiet_attempts(peaks_now, args.wait_quiet, args.retries)
+    print(f"matmul peak: {_peak_text(peak_attempts)}", flush=True)
+    results = [measure_matrix(folder, args) for folder in folders]
+    legacy = [measure(folder, args) for folder in folders] if args.legacy else []
+    peak_attempts += quiet_attempts(peaks_now, args.wait_quiet, args.retries)  # and at the end
+    print(f"matmul peak, both measurements: {_peak_text(peak_attempts)}", flush=True)
+    context["peak_attempts"] = peak_attempts
+    context["peaks"] = {k: best(peak_attempts, i) for i, k in enumerate(PEAKS)}
     context["minutes"] = (time.perf_counter() - start) / 60
     context["command"] = " ".join(
         ["python benchmarks/predict_speed.py", *map(shlex.quote, sys.argv[1:])]
     )
-    write_markdown(results, args.out, args, context)
+    write_matrix(results, legacy, args, context)
     print(args.out.read_text())
 
 
