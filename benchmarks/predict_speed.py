@@ -734,15 +734,16 @@ def fresh_bundle(folder: Folder) -> Path:
 
 
 def network_for(bundle_path: Path, runtime: str, scratch: Path):
-    """The network ``medres predict --runtime runtime`` runs, with its device, precision
-    and memory layout (built by ``medres.predict.predictor.Predictor`` itself)."""
+    """The network ``medres predict --runtime runtime`` runs, with its device, torch
+    autocast precision and memory layout (built by ``medres.predict.predictor.Predictor``
+    itself)."""
     from medres.bundle import load_bundle
     from medres.predict.job import PredictOptions
     from medres.predict.predictor import Predictor
 
     bundle = load_bundle(bundle_path)
     predictor = Predictor([bundle], PredictOptions(runtime=runtime), scratch, bundle.checksum)
-    return predictor.networks[0], predictor.device, predictor.precision, predictor.memory_format
+    return predictor.networks[0], predictor.device, predictor.autocast, predictor.memory_format
 
 
 def time_network(network, device, precision, layout, batches: list[torch.Tensor]) -> float:
@@ -807,7 +808,7 @@ def measure_matrix(folder: Folder, args: argparse.Namespace) -> dict:
         model = Config("model", runtime)
         try:
             networks[runtime] = network_for(bundle_path, runtime, scratch)
-            model.precision = networks[runtime][2]
+            model.precision = "int8" if runtime.endswith("-int8") else networks[runtime][2]
         except Exception as e:  # a runtime that cannot be built here is a row saying why
             model.error = f"{type(e).__name__}: {e}"
         configs.append(model)

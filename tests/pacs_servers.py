@@ -84,21 +84,21 @@ def _loopback_up() -> None:
 
 
 @contextlib.contextmanager
-def private_network() -> Iterator[None]:
+def private_network(reason: str = NOT_ROOT_REASON) -> Iterator[None]:
     """Run the body in a new network namespace holding only a loopback interface (up).
 
     The namespace is the calling thread's (call it from the main thread); subprocesses and
     threads started inside inherit it, so nothing they bind is reachable from another host,
     whatever address they bind. Sockets opened before keep working in the old namespace.
     On exit the thread returns to its former namespace (``setns``). Skips the test (with
-    :data:`NOT_ROOT_REASON`) when ``unshare`` is refused.
+    ``reason``, why it needs the namespace) when ``unshare`` is refused.
     """
     libc = _libc()
     old = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         if libc.unshare(CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
-            pytest.skip(f"{NOT_ROOT_REASON}; unshare(CLONE_NEWNET) failed: {os.strerror(err)}")
+            pytest.skip(f"{reason}; unshare(CLONE_NEWNET) failed: {os.strerror(err)}")
         try:
             _loopback_up()
             yield

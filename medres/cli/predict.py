@@ -31,7 +31,11 @@ def predict_command(
         bool, typer.Option(help="Exit 1 when any scan could not be predicted.")
     ] = False,
     workers: Annotated[
-        int | None, typer.Option(help="Worker processes decoding scans (default: 2 on 2+ cores).")
+        int | None,
+        typer.Option(
+            help="--engine local: processes decoding scans (default: 2 on 2+ cores). "
+            "--engine ray: actors running the model (default: one per node)."
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Scans per forward pass.")] = 32,
     chunk_size: Annotated[
@@ -45,13 +49,30 @@ def predict_command(
     runtime: Annotated[
         str,
         typer.Option(
-            help="What runs the network: torch (the bundle's weights), onnx (its "
-            "model.onnx in ONNX Runtime on the CPU; `medres export BUNDLE --runtime onnx` "
-            "first) or onnx-int8 (model.int8.onnx with its own refitted trust layer; "
-            "`medres export BUNDLE --runtime onnx --int8` first). Grad-CAM uses the torch "
-            "weights either way."
+            help="What runs the network: torch (the bundle's weights), onnx or openvino "
+            "(the network compiled for ONNX Runtime or OpenVINO on the CPU; `medres export "
+            "BUNDLE --runtime onnx|openvino` first), onnx-int8 or openvino-int8 (quantised, "
+            "with its own refitted trust layer; `medres export ... --int8` first). Grad-CAM "
+            "uses the torch weights either way."
         ),
     ] = "torch",
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local (this machine) or ray (a Ray cluster: scans read by tasks, the model "
+            'in a pool of actors; `pip install "medres[ray]"`). Same output folder either way.'
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="--engine ray: the cluster to join, as `ray start --head` printed it "
+            "(default: a local cluster that starts and stops with the command)."
+        ),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float, typer.Option(help="--engine ray: GPUs each actor holds (0: CPUs only).")
+    ] = 0.0,
 ) -> None:
     """Predict every scan under FOLDER with the bundle's own preprocessing, calibration,
     conformal sets, OOD model and referral rule.
@@ -70,6 +91,8 @@ def predict_command(
         medres predict bundles/pneumonia /data/tonight -o predictions/tonight --explain
         medres predict bundles/mr_motion /data/mr -o qa/tonight --flag-below 0.9
         medres predict bundles/pneumonia /data/tonight -o predictions/tonight --runtime onnx
+        medres predict bundles/pneumonia /archive -o predictions/archive --engine ray \\
+            --address 10.0.0.5:6379 --runtime openvino-int8
     """
     from rich.table import Table
 
@@ -87,6 +110,9 @@ def predict_command(
         flag_below=flag_below,
         device=device or "auto",
         runtime=runtime,
+        engine=engine,
+        address=address,
+        gpus_per_worker=gpus_per_worker,
     )
     columns = progress_columns(scans_per_second=True, time_remaining=True)
     with user_errors(), progress_display(*columns, console=console, transient=True) as progress:

@@ -1,8 +1,10 @@
 """``medres predict``: a bundle (or an ensemble of bundles) over a folder of scans.
 
-Scans are found as in ingest, decoded and preprocessed in DataLoader workers while the
-main process runs the model in batches; each scan ends as a prediction row or a failure
-row (:mod:`medres.predict.store` for the files and resuming). The bundle's calibration,
+Scans are found as in ingest. The ``local`` engine decodes and preprocesses them in
+DataLoader workers while this process runs the model in batches; the ``ray`` engine
+(:mod:`medres.predict.ray_engine`) does both on a Ray cluster. Either way each scan ends
+as a prediction row or a failure row, written here (:mod:`medres.predict.store` for the
+files and resuming). The bundle's calibration,
 conformal sets, OOD model and referral rule are applied exactly as stored
 (:mod:`medres.predict.predictor` turns each batch into prediction rows).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,17 +24,18 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from medres import __version__
-from medres.bundle import load_bundle
+from medres.bundle import Bundle, load_bundle
 from medres.cohort import progress_task
 from medres.device import resolve_device
 from medres.errors import ConfigError
-from medres.inference import Item, LocalEngine, ScanInputs
+from medres.inference import LocalEngine, ScanInputs
 from medres.io.discover import Discovery, discover
-from medres.io.names import path_text
-from medres.predict.predictor import Predictor, check_members
+from medres.predict.predictor import Outcome, Predictor, check_members
 from medres.predict.runtime import check_runtime
 from medres.predict.scans import failure_row, predict_inputs
 from medres.predict.store import ResultStore
+
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -56,6 +60,13 @@ class PredictOptions:
             bundle's model) or ``onnx`` (its verified ``model.onnx`` in ONNX Runtime, on
             the CPU); like the device not part of the contract (the export was verified
             to give torch's probabilities within 1e-4).
+        engine: where scans are decoded and the network runs: ``local`` (this machine:
+            ``workers`` decoding processes beside this one) or ``ray`` (a Ray cluster:
+            decoding in tasks, the network in ``workers`` actors; None workers: one
+            actor per node). Not part of the contract: a run may resume on either.
+        address: ``ray`` only: the cluster to join (``ray start --head`` printed it);
+            None: a local cluster that starts and stops with the run.
+        gpus_per_worker: ``ray`` only: GPUs each actor holds (0: actors run on CPUs).
     """
 
     ensemble: list[Path] = field(default_factory=list)
@@ -68,6 +79,9 @@ class PredictOptions:
     flag_below: float | None = None
     device: str = "auto"
     runtime: str = "torch"
+    engine: str = "local"
+    address: str | None = None
+    gpus_per_worker: float = 0.0
 
     def contract(self) -> dict[str, Any]:
         """The options that change a prediction (a resumed run must repeat them)."""
@@ -125,7 +139,9 @@ def predict_folder(
         "bundles": [{"id": b.id, "checksum": b.checksum} for b in members],
         **options.contract(),
     }
-    predictor = Predictor(members, options, out, job["bundles"][0]["checksum"])
+    checksum = job["bundles"][0]["checksum"]
+    local = options.engine == "local"
+    predictor = Predictor(members, options, out, checksum) if local else None
     store = ResultStore(out, job)
     found = discover(folder, progress=progress_task(progress, "Discovering scans", None))
     timing = _Timing(started, t0, discover=time.perf_counter() - t0)
@@ -137,8 +153,6 @@ def predict_folder(
         done=set(zip(done["scan_id"], done["input_hash"], strict=True)),
         keep_volume=options.explain,
     )
-    device = str(predictor.device)
-    workers = default_workers(device) if options.workers is None else options.workers
     tally = _Tally(
         [
             failure_row(f.scan_id or f.path, f.path, f.stage, f.error_type, f.message)
@@ -147,9 +161,26 @@ def predict_folder(
     )
     advance = progress_task(progress, "Predicting", len(found.scans))
     t1 = time.perf_counter()
-    _predict_batches(dataset, workers, found, predictor, store, options, tally, advance)
+    if local:
+        device = str(predictor.device)
+        workers = default_workers(device) if options.workers is None else options.workers
+        engine = {
+            "workers": workers,
+            "device": device,
+            "precision": predictor.precision,
+            "threads": torch.get_num_threads(),
+        }
+        outcomes = _local_outcomes(dataset, workers, found, predictor, options.batch_size)
+        _record(outcomes, store, options, tally, advance)
+    else:
+        from medres.predict.ray_engine import RayRun
+
+        with RayRun(options, [bundle, *options.ensemble], out, checksum) as ray_run:
+            outcomes = ray_run.outcomes(dataset)
+            _record(outcomes, store, options, tally, advance)
+            engine = ray_run.summary(members[0].config.precision)
     timing.predict = time.perf_counter() - t1
-    summary = _summary(folder, job, options, workers, predictor, found, tally, timing)
+    summary = _summary(folder, job, options, engine, members, found, tally, timing)
     rows = store.finish(tally.keys, tally.failures)
     summary["counts"]["referred"] = int(rows["refer"].sum()) if "refer" in rows else None
     store.write_summary(summary)
@@ -164,6 +195,7 @@ class _Tally:
 
     failures: list[dict[str, Any]]
     keys: set[tuple[str, str]] = field(default_factory=set)
+    failed: dict[int, dict[str, Any]] = field(default_factory=dict)  # scan index → its row
     predicted: int = 0
     already: int = 0
 
@@ -187,6 +219,12 @@ def _check_request(
     ``out`` inside it."""
     resolve_device(options.device)
     check_runtime(options.runtime, options.device)
+    if options.engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}; got {options.engine!r}")
+    if options.engine == "local" and (options.address or options.gpus_per_worker):
+        raise ConfigError("--address and --gpus-per-worker apply to --engine ray")
+    if options.gpus_per_worker < 0:
+        raise ConfigError("--gpus-per-worker must be >= 0")
     if options.mc_samples < 0 or options.batch_size < 1 or options.chunk_size < 1:
         raise ConfigError("--mc-samples must be >= 0, --batch-size and --chunk-size >= 1")
     folder, out = Path(folder), Path(out)
@@ -200,68 +238,63 @@ def _check_request(
     return folder, out
 
 
-def _predict_batches(
-    dataset: ScanInputs,
-    workers: int,
-    found: Discovery,
-    predictor: Predictor,
+def _local_outcomes(
+    dataset: ScanInputs, workers: int, found: Discovery, predictor: Predictor, batch_size: int
+) -> Iterator[list[Outcome]]:
+    """The local engine: ``dataset`` decoded in batches by ``workers`` processes, each
+    batch predicted here."""
+    # numpy/OpenBLAS threads left spinning after each trust-layer call took a core from
+    # the model: a 3D batch took 387 ms instead of 346 (339 with this limit)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for batch in LocalEngine(workers).batches(dataset, batch_size):
+            yield predictor.outcomes([found.scans[item.index] for item in batch], batch)
+
+
+def _record(
+    outcomes: Iterable[list[Outcome]],
     store: ResultStore,
     options: PredictOptions,
     tally: _Tally,
     advance,
 ) -> None:
-    """Run ``predictor`` over the scans of ``dataset`` in batches decoded by ``workers``
-    processes, counting each scan in ``tally`` and writing prediction rows to ``store``
-    in chunks of ``options.chunk_size`` (the rows so far even when interrupted)."""
+    """Count each scan's outcome in ``tally`` and write prediction rows to ``store`` in
+    chunks of ``options.chunk_size`` (the rows so far even when interrupted). Failure
+    rows end in scan order whatever order the engine delivered them in."""
     pending: list[dict[str, Any]] = []
-    # numpy/OpenBLAS threads left spinning after each trust-layer call took a core from
-    # the model: a 3D batch took 387 ms instead of 346 (339 with this limit)
-    with threadpool_limits(limits=1, user_api="blas"):
-        try:
-            for batch in LocalEngine(workers).batches(dataset, options.batch_size):
-                good = _sort_batch(batch, found, tally)
-                if good:
-                    pending += predictor.rows([found.scans[i.index] for i in good], good)
-                    tally.predicted += len(good)
-                if len(pending) >= options.chunk_size:
-                    store.write_part(pending)
-                    pending = []
-                if advance:
-                    done = tally.predicted + tally.already + len(tally.failures)
-                    advance(done - len(found.failures))
-        finally:  # even when interrupted: the rows predicted so far are kept for the rerun
-            store.write_part(pending)
-            pending = []
-
-
-def _sort_batch(batch: list[Item], found: Discovery, tally: _Tally) -> list[Item]:
-    """The items of ``batch`` to predict now; the others counted in ``tally`` (a failure
-    row, or already predicted), and every read scan's key recorded."""
-    good: list[Item] = []
-    for item in batch:
-        scan = found.scans[item.index]
-        if item.input_hash:
-            tally.keys.add((scan.scan_id, item.input_hash))
-        if item.failure:
-            tally.failures.append(failure_row(scan.scan_id, path_text(scan.path), *item.failure))
-        elif item.done:
-            tally.already += 1
-        else:
-            good.append(item)
-    return good
+    try:
+        for batch in outcomes:
+            for outcome in batch:
+                if outcome.key:
+                    tally.keys.add(outcome.key)
+                if outcome.failure:
+                    tally.failed[outcome.index] = outcome.failure
+                elif outcome.row:
+                    pending.append(outcome.row)
+                    tally.predicted += 1
+                else:
+                    tally.already += 1
+            if len(pending) >= options.chunk_size:
+                store.write_part(pending)
+                pending = []
+            if advance:
+                advance(tally.predicted + tally.already + len(tally.failed))
+    finally:  # even when interrupted: the rows predicted so far are kept for the rerun
+        store.write_part(pending)
+        tally.failures += [tally.failed[i] for i in sorted(tally.failed)]
 
 
 def _summary(
     folder: Path,
     job: dict[str, Any],
     options: PredictOptions,
-    workers: int,
-    predictor: Predictor,
+    engine: dict[str, Any],
+    members: list[Bundle],
     found: Discovery,
     tally: _Tally,
     timing: _Timing,
 ) -> dict[str, Any]:
-    """``run.json`` (without ``counts.referred``, known once the store is finished)."""
+    """``run.json`` (without ``counts.referred``, known once the store is finished);
+    ``engine``: what the engine ran with (workers, device, precision, threads ...)."""
     seconds = timing.predict
     return {
         "medres_version": __version__,
@@ -269,13 +302,11 @@ def _summary(
         "finished": pd.Timestamp.now("UTC").isoformat(timespec="seconds"),
         "folder": str(folder.resolve()),
         "bundles": job["bundles"],
-        "class_names": predictor.members[0].class_names or None,
+        "class_names": members[0].class_names or None,
         "options": {**asdict(options), "ensemble": [str(p) for p in options.ensemble]},
-        "workers": workers,
-        "device": str(predictor.device),
-        "precision": predictor.precision,
+        "engine": options.engine,
+        **engine,  # workers, device, precision (ray: also the cluster's nodes and CPUs)
         "runtime": options.runtime,
-        "threads": torch.get_num_threads(),
         "counts": {
             "scans": len(found.scans) + len(found.failures),
             "predicted_now": tally.predicted,

@@ -10,6 +10,7 @@ bundle's carry the prediction and, with a QA threshold, the referral below it. W
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from medres.inference import Item, forward
 from medres.io.discover import ScanSource
 from medres.io.names import path_text
 from medres.predict.runtime import runtime_model
+from medres.predict.scans import failure_row
 from medres.tasks import label_key
 from medres.transforms import build_transform
 from medres.uncertainty.sampling import tta_views
@@ -34,6 +36,18 @@ from medres.uncertainty.trust import Assessment
 
 if TYPE_CHECKING:
     from medres.predict.job import PredictOptions
+
+
+@dataclass
+class Outcome:
+    """What became of one scan: its ``index`` in the run's scan list, ``key``
+    (scan_id, input hash; None when its bytes could not be read), and its prediction
+    ``row`` or its ``failure`` row (neither: already predicted by an earlier run)."""
+
+    index: int
+    key: tuple[str, str] | None
+    row: dict[str, Any] | None = None
+    failure: dict[str, Any] | None = None
 
 
 class Predictor:
@@ -53,15 +67,17 @@ class Predictor:
         if self.flag_below is not None and self.info.kind.classifies:
             raise ConfigError(f"--flag-below applies to regression bundles; {first.path} is not")
         self.views = tta_views(first.spec) if options.tta else None
-        compiled = options.runtime != "torch"  # ONNX Runtime: fp32 on the CPU
+        compiled = options.runtime != "torch"  # ONNX Runtime, OpenVINO: on the CPU
         self.device = resolve_device("cpu" if compiled else options.device)
-        self.precision = (
+        # torch's autocast around the network (a compiled runtime computes in its own)
+        self.autocast = (
             "fp32" if compiled else predict_precision(self.device, first.config.precision)
         )
+        self.precision = network_precision(options.runtime, self.device, first.config.precision)
         self.transform = build_transform(first.spec)
         dims = first.spec.spatial_dims
         self.memory_format = torch.channels_last if dims == 2 else torch.channels_last_3d
-        if compiled:  # ONNX Runtime takes the batch as a contiguous (N, C, *spatial) array
+        if compiled:  # the runtimes take the batch as a contiguous (N, C, *spatial) array
             self.memory_format = torch.contiguous_format
         for member in members:
             member.model.to(self.device, memory_format=self.memory_format)
@@ -73,6 +89,27 @@ class Predictor:
             "medres_version": __version__,
         }
 
+    def outcomes(self, scans: list[ScanSource], items: list[Item]) -> list[Outcome]:
+        """One :class:`Outcome` per item of a decoded batch (``scans[k]`` is the scan of
+        ``items[k]``): the good ones predicted together (:meth:`rows`), failures as
+        failure rows, scans already predicted as neither."""
+        outcomes, good = [], []
+        for scan, item in zip(scans, items, strict=True):
+            key = (scan.scan_id, item.input_hash) if item.input_hash else None
+            if item.failure:
+                failure = failure_row(scan.scan_id, path_text(scan.path), *item.failure)
+                outcomes.append(Outcome(item.index, key, failure=failure))
+            elif item.done:
+                outcomes.append(Outcome(item.index, key))
+            else:
+                good.append((scan, item))
+        if good:
+            scans, items = [s for s, _ in good], [i for _, i in good]
+            rows = self.rows(scans, items)
+            for scan, item, row in zip(scans, items, rows, strict=True):
+                outcomes.append(Outcome(item.index, (scan.scan_id, item.input_hash), row=row))
+        return outcomes
+
     def rows(self, scans: list[ScanSource], items: list[Item]) -> list[dict[str, Any]]:
         images = torch.stack([item.image.as_subclass(torch.Tensor) for item in items])
         images = images.contiguous(memory_format=self.memory_format)
@@ -83,7 +120,7 @@ class Predictor:
                 network,
                 images,
                 device=self.device,
-                precision=self.precision,
+                precision=self.autocast,
                 memory_format=self.memory_format,
                 mc_samples=self.options.mc_samples,
                 views=self.views,
@@ -162,6 +199,14 @@ class Predictor:
             paths = write_explanation(item.volume, on_scan, folder, stem)
             row["heatmap"] = str(Path(paths["png"]).relative_to(self.out))
             row["heatmap_map"] = str(Path(paths.get("nifti") or paths["npy"]).relative_to(self.out))
+
+
+def network_precision(runtime: str, device: torch.device, trained: str) -> str:
+    """The precision the network runs in: a compiled runtime's own (fp32, or int8 weights
+    and activations for ``*-int8``), torch's autocast choice (:func:`predict_precision`)."""
+    if runtime == "torch":
+        return predict_precision(device, trained)
+    return "int8" if runtime.endswith("-int8") else "fp32"
 
 
 def predict_precision(device: torch.device, trained: str) -> str:
