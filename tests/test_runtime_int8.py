@@ -124,7 +124,7 @@ def test_predict_on_int8_gives_a_row_for_every_scan(quantised, tmp_path):
     assert np.abs(rows[["prob_0", "prob_1"]].to_numpy() - expected).max() < 1e-6
     assert temperature != load_bundle(bundle).trust.calibrator.temperature_
     run = json.loads((out / "run.json").read_text())
-    assert run["runtime"] == "onnx-int8" and run["precision"] == "fp32"
+    assert run["runtime"] == "onnx-int8" and run["precision"] == "int8"
 
 
 def _scrambled(quantize):
