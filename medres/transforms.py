@@ -196,11 +196,41 @@ def fits_spec(spec: PreprocessSpec, shape: list[int]) -> bool:
 
 class Preprocess(Compose):
     """A MONAI ``Compose`` that lets a ScanError through as itself (MONAI wraps every
-    transform error in RuntimeError, which would hide "what is wrong with this scan")."""
+    transform error in RuntimeError, which would hide "what is wrong with this scan").
+
+    With a ``shortcut`` (``spatial_size`` and the steps that remain), a whole call on a
+    :class:`Volume` already of that size and, in 3D, in RAS orientation (a diagonal affine
+    with positive spacings) runs only those steps: the orientation and resize steps would
+    change nothing, but their bookkeeping cost a 64³ volume ~0.85 ms of 2.5 (the same
+    output, value for value: tests/test_transforms_shortcut.py).
+    """
+
+    def __init__(self, transforms, shortcut: tuple[tuple[int, ...], list] | None = None):
+        super().__init__(transforms)
+        self.shortcut = shortcut
 
     def __call__(self, *args, **kwargs):
         with scan_errors_unwrapped():
+            if self.shortcut and len(args) == 1 and not kwargs and _in_place(args[0], self):
+                image = args[0]
+                for step in self.shortcut[1]:
+                    image = step(image)
+                return image
             return super().__call__(*args, **kwargs)
+
+
+def _in_place(volume, transform: Preprocess) -> bool:
+    """Whether ``volume`` is already of the shortcut's size and (3D) RAS-oriented."""
+    if not isinstance(volume, Volume) or not volume.array.ndim:
+        return False
+    size = transform.shortcut[0]
+    if tuple(volume.array.shape[1:]) != size:
+        return False
+    if len(size) == 2:
+        return True
+    rotation = np.asarray(volume.affine, dtype=float)[:3, :3]
+    diagonal = np.diag(rotation)
+    return bool((diagonal > 0).all() and not (rotation - np.diag(diagonal)).any())
 
 
 @contextmanager
@@ -242,7 +272,9 @@ def build_transform(spec: PreprocessSpec, *, train: bool = False) -> Preprocess:
         steps.append(ResizeWithPadOrCrop(spec.spatial_size))
     steps.append(PlainTensor())
     if train:
-        steps += _augmentations(spec)
+        return Preprocess(steps + _augmentations(spec))
+    if spec.spacing_mm is None:  # orientation and resize are no-ops on a scan in place
+        return Preprocess(steps, shortcut=(spec.spatial_size, [steps[0], *steps[-2:]]))
     return Preprocess(steps)
 
 

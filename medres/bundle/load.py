@@ -253,15 +253,20 @@ def load_bundle(path: str | Path) -> Bundle:
     check_class_names(path, typed)
     args = {k: v for k, v in typed.model.args.items() if k != "pretrained"}
     try:
-        model = create_model(typed.model.name, **args)
+        # on the meta device: no random initialisation of weights about to be replaced
+        # (a 3D ResNet-18: 0.27 s of a 0.5 s load); the state dict's tensors become them
+        with torch.device("meta"):
+            model = create_model(typed.model.name, **args)
     except (TypeError, ConfigError) as e:
         raise _field_error(
             path, "model", manifest["model"], f"a model medres can build ({e})"
         ) from e
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(state, assign=True)
     except RuntimeError as e:
         raise BundleError(f"{path / WEIGHTS} does not fit model {manifest['model']}: {e}") from e
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise BundleError(f"{path / WEIGHTS} lacks tensors of model {manifest['model']}")
     try:
         trust = Trust.load(path) if CALIBRATION in manifest["files"] else None
     except (KeyError, TypeError, ValueError, OSError) as e:  # JSONDecodeError is a ValueError
