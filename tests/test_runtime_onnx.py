@@ -173,12 +173,12 @@ def test_a_3d_resnet_exports_with_a_dynamic_batch(tmp_path):
 
     from medres.models import create_model
     from medres.predict.export import write_onnx
-    from medres.predict.runtime import OnnxClassifier, onnx_session
+    from medres.predict.runtime import RuntimeClassifier, onnx_session
 
     model = create_model("resnet18", in_channels=1, num_classes=3, spatial_dims=3, stem_stride=4)
     spec = SimpleNamespace(in_channels=1, spatial_size=(28, 28, 28))
     path = write_onnx(model.eval(), SimpleNamespace(spec=spec), tmp_path / "model.onnx")
-    on_onnx = OnnxClassifier(onnx_session(path), model)
+    on_onnx = RuntimeClassifier(onnx_session(path), model)
     for batch in (1, 5):  # exported with 2 scans: any batch size runs
         images = torch.randn(batch, 1, 28, 28, 28)
         with torch.no_grad():

@@ -34,7 +34,8 @@ def predict_command(
         int | None,
         typer.Option(
             help="--engine local: processes decoding scans (default: 2 on 2+ cores). "
-            "--engine ray: actors running the model (default: one per node)."
+            "--engine ray: actors running the model (default: one per node; a node's "
+            "actors share its CPUs but one, left to the tasks reading scans)."
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Scans per forward pass.")] = 32,

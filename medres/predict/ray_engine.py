@@ -124,8 +124,9 @@ class RayRun:
         self.ray.shutdown()
 
     def _size_pool(self) -> None:
-        """Actors: ``options.workers`` (default one per node), each holding the CPUs of
-        the smallest node but one, with at least one CPU of the cluster left over."""
+        """Actors: ``options.workers`` (default one per node), those of a node sharing
+        its CPUs but one (the smallest node's), with at least one CPU of the cluster
+        left over for the read tasks."""
         cpus = [int(n["Resources"].get("CPU", 0)) for n in self.nodes]
         total = sum(cpus)
         if total < 2:
@@ -135,8 +136,9 @@ class RayRun:
                 "--engine local"
             )
         gpus = self.options.gpus_per_worker
-        self.cpus_per_actor = 1 if gpus else max(1, min(cpus) - 1)
         wanted = self.options.workers or len(self.nodes)
+        per_node = -(-wanted // len(self.nodes))
+        self.cpus_per_actor = 1 if gpus else max(1, (min(cpus) - 1) // per_node)
         room = max(1, (total - 1) // self.cpus_per_actor)  # one CPU left for read tasks
         self.actors = min(wanted, room)
         if gpus:
@@ -251,7 +253,7 @@ def _decode(batch, template: ScanInputs):
     hashes = [d.split("|") if d else [] for d in batch["done"]]
     inputs.done = {(s.scan_id, h) for s, d in zip(scans, hashes, strict=True) for h in d}
     items = []
-    with torch.inference_mode(), threadpool_limits(limits=1):
+    with threadpool_limits(limits=1):
         for k, index in enumerate(batch["index"]):
             item = inputs[k]
             item.index = int(index)

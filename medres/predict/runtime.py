@@ -158,9 +158,6 @@ class RuntimeClassifier(nn.Module):
         return self.head(self.dropout(self.features(x)))
 
 
-OnnxClassifier = RuntimeClassifier  # its name before OpenVINO (ONNX Runtime sessions only)
-
-
 def runtime_model(bundle: Bundle, runtime: str, threads: int | None = None) -> nn.Module:
     """The network of ``bundle`` on ``runtime``: its torch model, or a
     :class:`RuntimeClassifier` over its verified export (``onnx``: ``model.onnx``,
