@@ -331,3 +331,26 @@ def test_a_diverging_run_says_so_and_what_to_change(example_cohort, tmp_path):
     with pytest.raises(ConfigError, match="training diverged") as caught:
         fit(cohort, config, tmp_path / "a", show_progress=False)
     assert "--set lr=" in str(caught.value) and "--set precision=fp32" in str(caught.value)
+
+
+def test_a_step_with_non_finite_gradients_is_skipped_and_counted():
+    from medres.train.steps import train_one_epoch, weight_average
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    batches = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(3)]
+    calls = []
+
+    def loss_fn(outputs, targets):  # the second step's loss (and gradients) is NaN
+        calls.append(1)
+        loss = torch.nn.functional.cross_entropy(outputs, targets)
+        return loss * math.nan if len(calls) == 2 else loss
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    averaged = weight_average(model, 0, len(batches))
+    loss, skipped = train_one_epoch(
+        model, batches, loss_fn, optimizer, averaged, "fp32", torch.contiguous_format
+    )
+    assert skipped == 1 and math.isfinite(loss)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.isfinite(p).all() for p in averaged.module.parameters())

@@ -304,7 +304,7 @@ def _run_epoch(run: _Run, selection: Selection, epoch: int, bars: _Bars) -> dict
         run.train_set, run.batch_size, run.workers, shuffle=True, seed=epoch_seed, pin=run.pin
     )
     bars.start_epoch(epoch, len(loader))
-    train_loss = train_one_epoch(
+    train_loss, skipped = train_one_epoch(
         run.trainer,
         loader,
         run.loss_fn,
@@ -333,6 +333,7 @@ def _run_epoch(run: _Run, selection: Selection, epoch: int, bars: _Bars) -> dict
     return {
         "epoch": epoch,
         "train_loss": train_loss,
+        "skipped_steps": skipped,
         "val_loss": val_loss,
         f"val_{run.metric}": shown(run.metric, score),
         "lr": lr,
@@ -443,5 +444,10 @@ class _Bars:
             description=(
                 f"epoch {row['epoch']}/{self.epochs} loss {row['train_loss']:.3f} val {metric} "
                 f"{row[f'val_{metric}']:.3f} (best {best:.3f} @ {selection.best_epoch})"
+                + (
+                    f"; {row['skipped_steps']} step(s) skipped: gradients not finite"
+                    if row["skipped_steps"]
+                    else ""
+                )
             ),
         )

@@ -112,13 +112,19 @@ def train_one_epoch(
     memory_format,
     on_batch=None,
     device: torch.device = CPU,
-) -> float:
+) -> tuple[float, int]:
     """One pass over ``loader``, updating ``averaged`` (:func:`weight_average`) after
-    every step; returns the mean training loss. ``precision`` fp16 scales the loss
-    (a GPU's fp16 gradients underflow without it)."""
+    every step; returns the mean training loss of the steps taken and how many were
+    skipped. ``precision`` fp16 scales the loss (a GPU's fp16 gradients underflow
+    without it).
+
+    A step whose gradients are not finite is skipped, weights and average untouched, as
+    fp16's loss scaler does (an unexplained NaN in one bf16 3D step on a CPU once
+    poisoned every later epoch); a model that diverges skips them all, and the caller
+    says so."""
     model.train()
     scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(precision))
-    total, count = 0.0, 0
+    total, count, skipped = 0.0, 0, 0
     for images, targets in loader:
         images = images.to(device, memory_format=memory_format, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -127,6 +133,11 @@ def train_one_epoch(
         loss = loss_fn(outputs.float(), targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if not scaler.is_enabled() and not _finite_gradients(model):
+            skipped += 1
+            if on_batch is not None:
+                on_batch()
+            continue
         scaler.step(optimizer)
         scaler.update()
         averaged.update_parameters(model)
@@ -134,7 +145,13 @@ def train_one_epoch(
         count += len(targets)
         if on_batch is not None:
             on_batch()
-    return total / max(count, 1)
+    return (total / count if count else math.nan), skipped
+
+
+def _finite_gradients(model) -> bool:
+    """Whether every gradient of ``model`` is finite (one reduction over their norms)."""
+    norms = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
+    return bool(torch.isfinite(torch.stack(norms)).all()) if norms else True
 
 
 @torch.no_grad()
