@@ -445,7 +445,8 @@ class _Bars:
                 f"epoch {row['epoch']}/{self.epochs} loss {row['train_loss']:.3f} val {metric} "
                 f"{row[f'val_{metric}']:.3f} (best {best:.3f} @ {selection.best_epoch})"
                 + (
-                    f"; {row['skipped_steps']} step(s) skipped: gradients not finite"
+                    f"; {row['skipped_steps']} step(s) skipped: gradients not finite "
+                    "(if it recurs: --set precision=fp32)"
                     if row["skipped_steps"]
                     else ""
                 )
