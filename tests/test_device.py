@@ -53,6 +53,8 @@ def test_precision_follows_the_device(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda:0")
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert resolve_precision("auto", cpu, spatial_dims=3) == "fp32"  # bf16 3D: wild gradients
+    assert resolve_precision("bf16", cpu, spatial_dims=3) == "bf16"  # asked for: given
     assert resolve_precision("fp32", cpu) == "fp32"
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):
         resolve_precision("fp16", cpu)

@@ -218,7 +218,7 @@ def _prepare(cohort: Cohort, config: TrainConfig, init_state) -> _Run:
         update={
             "task": info.task,
             "preprocess": spec,
-            "precision": resolve_precision(config.precision, device),
+            "precision": resolve_precision(config.precision, device, spec.spatial_dims),
             "num_workers": workers,
             "device": str(device),
             "class_names": class_name_map(info.classes, names) or None,
